@@ -1,0 +1,169 @@
+"""Checkpoint -> embeddings file: frozen encoder, eval transform, batched on CPU or CUDA.
+
+The encoder comes from `ssl_bf.checkpoint.load_encoder` (eval mode, never BatchFormer). Images
+go through `EvalTransform`: resize + centre crop when larger than the eval size, only
+normalisation at the native size (e.g. 28 px Fashion-MNIST, 32 px CIFAR).
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .formats import Embeddings, make_embeddings, write_embeddings
+
+FOLDER_EVAL_SIZE = 224  # image folders whose config says "native size" are centre-cropped to this
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """auto -> cuda when available, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{device}' was asked for but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def resolve_data(data: str, root: Optional[str] = None) -> tuple[str, Optional[str]]:
+    """`--data NAME_OR_PATH` -> (dataset name, root).
+
+    A known name is used as is (with `root`). A folder is an `imagefolder` when it holds a
+    train/, val/ or test/ subfolder, else an unlabeled `folder`.
+    """
+    from ssl_bf.data import DATASET_NAMES
+
+    if data in DATASET_NAMES:
+        return data, root
+    if os.path.isdir(data):
+        splits = ("train", "val", "test")
+        if any(os.path.isdir(os.path.join(data, s)) for s in splits):
+            return "imagefolder", data
+        return "folder", data
+    raise ValueError(f"--data '{data}' is neither a dataset name ({', '.join(DATASET_NAMES)}) "
+                     f"nor an existing folder")
+
+
+def eval_image_size(config_size: int, dataset) -> int:
+    """The evaluation crop: the run's `augment.image_size`, else the dataset's native size
+    (image folders, decoded at `load_size`, default to 224)."""
+    if config_size:
+        return int(config_size)
+    if hasattr(dataset, "get_batch"):
+        return int(dataset.image_size)
+    return min(FOLDER_EVAL_SIZE, int(dataset.image_size))
+
+
+def iterate_batches(dataset, batch_size: int, num_workers: int = 0,
+                    pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 (B, C, H, W), int64 (B,)) batches in dataset order.
+
+    In-memory datasets are sliced with `get_batch`; folders go through a DataLoader.
+    """
+    n = len(dataset)
+    if hasattr(dataset, "get_batch"):
+        for start in range(0, n, batch_size):
+            yield dataset.get_batch(torch.arange(start, min(n, start + batch_size)))
+        return
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         num_workers=num_workers, pin_memory=pin_memory,
+                                         drop_last=False)
+    for images, labels in loader:
+        yield images, torch.as_tensor(labels, dtype=torch.int64)
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+                     transform: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+                     total: Optional[int] = None, progress: bool = True,
+                     desc: str = "embed") -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `model` in eval mode over uint8 batches: features (N, D) float32 and labels (N,), on CPU."""
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    feats, labels = [], []
+    try:
+        with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+            for images, y in batches:
+                x = transform(images.to(device, non_blocking=True))  # (B, C, S, S) float
+                f = model(x).float()  # (B, D)
+                feats.append(f.cpu())
+                labels.append(y.cpu())
+                bar.update(len(y))
+    finally:
+        model.train(was_training)
+    if not feats:
+        raise ValueError("no images to embed: the dataset is empty")
+    return torch.cat(feats), torch.cat(labels).to(torch.int64)
+
+
+def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out: Optional[str] = None,
+          features: str = "backbone", root: Optional[str] = None, batch_size: int = 256,
+          device: str = "auto", dtype: str = "float32", normalize: bool = False,
+          image_size: Optional[int] = None, num_workers: int = 4, save_paths: bool = True,
+          subset: Optional[int] = None, progress: bool = True) -> Embeddings:
+    """Extract features of one split with a checkpoint's encoder; write `out` when given.
+
+    Args:
+        checkpoint: a training checkpoint (`RUN/checkpoints/last.pt`) or an exported backbone.
+        data: dataset name or folder; None: the dataset in the checkpoint's config.
+        split: train | test.
+        features: backbone (the usual choice) or projection (the projector's output).
+        dtype: stored precision, float32 or float16.
+        normalize: L2-normalise the stored features (k-NN normalises anyway).
+        image_size: eval crop size; None: the run's `augment.image_size` or the native size.
+    Returns:
+        The embeddings (also written to `out` atomically, with metadata).
+    """
+    from ssl_bf.augment import EvalTransform
+    from ssl_bf.checkpoint import load_encoder
+    from ssl_bf.data import build_dataset
+
+    dev = resolve_device(device)
+    model, cfg = load_encoder(checkpoint, features=features, device=dev)
+    if data is None:
+        name, root = cfg.data.name, root or cfg.data.root
+    else:
+        name, root = resolve_data(data, root)
+    dataset = build_dataset(name, root=root, split=split, subset=subset, load_size=cfg.data.load_size)
+    in_channels = _in_channels(model)
+    if in_channels is not None and in_channels != dataset.num_channels:
+        raise ValueError(f"{checkpoint} expects {in_channels}-channel images but {name} "
+                         f"({dataset.root}) has {dataset.num_channels} channels")
+    size = image_size or eval_image_size(cfg.augment.image_size, dataset)
+    transform = EvalTransform(size, dataset.mean, dataset.std).to(dev)
+    batches = iterate_batches(dataset, batch_size, num_workers if name in ("imagefolder", "folder") else 0,
+                              pin_memory=dev.type == "cuda")
+    feats, labels = extract_features(model, batches, transform, dev, total=len(dataset),
+                                     progress=progress, desc=f"embed {split}")
+    if normalize:
+        feats = torch.nn.functional.normalize(feats, dim=1)
+    paths = [p for p, _ in dataset.samples] if save_paths and hasattr(dataset, "samples") else None
+    emb = make_embeddings(feats, labels, checkpoint=os.path.abspath(checkpoint), features=features,
+                          dataset=name, split=split, classes=list(dataset.classes) or None,
+                          normalized=normalize, image_paths=paths,
+                          extra={"data_root": str(dataset.root), "image_size": str(size)})
+    if out:
+        write_embeddings(out, emb, dtype)
+    return emb
+
+
+def _in_channels(model: nn.Module) -> Optional[int]:
+    """Input channels of the first convolution (or patch projection), if there is one."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    return None
+
+
+def embed_arrays(model: nn.Module, images: torch.Tensor, transform: nn.Module,
+                 batch_size: int = 512, device: str | torch.device = "cpu") -> np.ndarray:
+    """Features (N, D) float32 of an in-memory uint8 image tensor; a helper for tests and probes."""
+    dev = torch.device(device)
+    labels = torch.zeros(len(images), dtype=torch.int64)
+    batches = ((images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(images), batch_size))
+    feats, _ = extract_features(model, batches, transform.to(dev), dev, progress=False)
+    return feats.numpy()

@@ -1,0 +1,347 @@
+"""Embeddings files: the native safetensors format, `.npy` pairs and DINO `.pth` dumps.
+
+Native format (the contract other programs may also write):
+- safetensors with `embeddings` (N, D) float32/float16/bfloat16 and `labels` (N,) integer;
+- string metadata: `format`, `checkpoint`, `features`, `dataset`, `split`, `classes` (a JSON
+  list of class names), `normalized` ("true"/"false"), and anything else as plain strings;
+- optionally `image_paths`: a uint8 tensor holding the newline-joined UTF-8 paths.
+Writes are atomic (temp file beside the target, then `os.replace`).
+
+Readers for what users already have:
+- `X.npy` + its labels `.npy` (found by name or given), or one `.npz` with both arrays;
+- DINO `eval_knn.py` dumps: `trainfeat.pth` + `trainlabels.pth` (loaded with weights_only=True).
+Every error names the file and the mismatch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+FORMAT = "ssl-bf-embeddings/1"
+EMBEDDINGS_KEY = "embeddings"
+LABELS_KEY = "labels"
+PATHS_KEY = "image_paths"
+_FEATURE_KEYS = ("embeddings", "features", "feats", "feat", "x")
+_LABEL_KEYS = ("labels", "targets", "y")
+
+
+class EmbeddingsError(ValueError):
+    """An embeddings file that cannot be used; the message names the file and the problem."""
+
+
+@dataclass
+class Embeddings:
+    """Features of one split with their labels and descriptive metadata."""
+
+    embeddings: np.ndarray  # (N, D) float32 or float16
+    labels: np.ndarray  # (N,) int64
+    metadata: dict[str, str] = field(default_factory=dict)
+    path: str = "<memory>"
+    image_paths: Optional[list[str]] = None
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.embeddings.shape[1]
+
+    @property
+    def classes(self) -> Optional[list[str]]:
+        """Class names from the metadata (index i names label i), if recorded."""
+        raw = self.metadata.get("classes")
+        if not raw:
+            return None
+        try:
+            names = json.loads(raw)
+        except json.JSONDecodeError:
+            raise EmbeddingsError(f"{self.path}: metadata 'classes' is not a JSON list") from None
+        return [str(c) for c in names] if isinstance(names, list) and names else None
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        classes = self.classes
+        return len(classes) if classes else None
+
+    @property
+    def normalized(self) -> bool:
+        return self.metadata.get("normalized", "false").lower() == "true"
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------
+
+
+def _atomic_target(path: str) -> tuple[str, str]:
+    """A temp name beside `path` (same filesystem, so `os.replace` is atomic)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{os.path.basename(path)}")
+    return tmp, path
+
+
+def make_embeddings(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
+                    checkpoint: str = "", features: str = "", dataset: str = "", split: str = "",
+                    classes: Optional[Sequence[str]] = None, normalized: bool = False,
+                    image_paths: Optional[Sequence[str]] = None,
+                    extra: Optional[dict[str, str]] = None, path: str = "<memory>") -> Embeddings:
+    """Embeddings with the standard metadata, validated (float32 features, int64 labels)."""
+    x = embeddings.detach().cpu().numpy() if isinstance(embeddings, torch.Tensor) else np.asarray(embeddings)
+    y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    metadata = {"format": FORMAT, "checkpoint": str(checkpoint), "features": str(features),
+                "dataset": str(dataset), "split": str(split),
+                "classes": json.dumps(list(classes)) if classes else "",
+                "normalized": "true" if normalized else "false"}
+    metadata.update({str(k): str(v) for k, v in (extra or {}).items()})
+    paths = [str(p) for p in image_paths] if image_paths is not None else None
+    emb = Embeddings(_float_matrix(x, path), _int_labels(y, path), metadata, path, paths)
+    validate(emb)
+    if paths is not None and len(paths) != len(emb):
+        raise EmbeddingsError(f"{path}: {len(paths)} image paths for {len(emb)} rows")
+    return emb
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_embeddings(path: str, emb: Embeddings, dtype: str = "float32") -> None:
+    """Write `emb` as safetensors, atomically; `dtype` is the stored precision (float32, float16)."""
+    from safetensors.torch import save_file
+
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be float32 or float16, not {dtype}")
+    tensors = {EMBEDDINGS_KEY: torch.from_numpy(np.ascontiguousarray(emb.embeddings)).to(getattr(torch, dtype)),
+               LABELS_KEY: torch.from_numpy(np.ascontiguousarray(emb.labels, dtype=np.int64))}
+    if emb.image_paths is not None:
+        if any("\n" in p for p in emb.image_paths):
+            raise EmbeddingsError(f"{path}: an image path contains a newline; it cannot be stored")
+        blob = "\n".join(emb.image_paths).encode()
+        tensors[PATHS_KEY] = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob \
+            else torch.zeros(0, dtype=torch.uint8)
+    tmp, target = _atomic_target(path)
+    try:
+        save_file(tensors, tmp, metadata=dict(emb.metadata))
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600 files; use the usual mode
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    emb.path = path
+
+
+def save_embeddings(path: str, embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
+                    *, dtype: str = "float32", **metadata) -> Embeddings:
+    """`make_embeddings(embeddings, labels, **metadata)`, written to `path`; returns it."""
+    emb = make_embeddings(embeddings, labels, path=path, **metadata)
+    write_embeddings(path, emb, dtype)
+    return emb
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------
+
+
+def load_embeddings(path: str, labels_path: Optional[str] = None, check: bool = True) -> Embeddings:
+    """Read embeddings from safetensors, `.npy` (+ labels), `.npz` or a DINO `.pth` dump.
+
+    Args:
+        path: the features file. A folder holding DINO dumps is not enough: name the file.
+        labels_path: the labels file for `.npy` / `.pth` features; by default it is found by
+            name (`trainfeat.pth` -> `trainlabels.pth`, `x_features.npy` -> `x_labels.npy`,
+            `x.npy` -> `x_labels.npy` or `x.labels.npy`).
+        check: run `validate` (shapes, dtypes, finite values).
+    """
+    if not os.path.exists(path):
+        raise EmbeddingsError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise EmbeddingsError(f"{path} is a folder; name the features file inside it "
+                              f"(e.g. {os.path.join(path, 'trainfeat.pth')})")
+    if os.path.getsize(path) == 0:
+        raise EmbeddingsError(f"{path}: the file is empty (0 bytes)")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".safetensors":
+        emb = _read_safetensors(path)
+    elif ext == ".npz":
+        emb = _read_npz(path)
+    elif ext in (".npy", ".pth", ".pt"):
+        x = _read_array(path)
+        if isinstance(x, dict):  # a .pth holding {"embeddings"/"features": ..., "labels": ...}
+            emb = _from_mapping(x, path)
+        else:
+            lpath = labels_path or find_labels_file(path)
+            emb = Embeddings(_float_matrix(x, path), _read_labels(lpath, path), {}, path)
+    else:
+        raise EmbeddingsError(f"{path}: unknown embeddings format '{ext}'; use .safetensors, "
+                              f".npy (+ labels .npy), .npz or DINO .pth dumps")
+    if labels_path and ext in (".safetensors", ".npz"):
+        emb.labels = _read_labels(labels_path, path)
+    if check:
+        validate(emb)
+    return emb
+
+
+def find_labels_file(features_path: str) -> str:
+    """The labels file that goes with a `.npy` / `.pth` features file, found by name."""
+    folder, name = os.path.split(features_path)
+    stem, ext = os.path.splitext(name)
+    candidates = []
+    swapped = re.sub(r"(embeddings|embeds|features|feats|feat)(?!.*(embeddings|embeds|features|feats|feat))",
+                     "labels", stem)
+    if swapped != stem:
+        candidates.append(swapped + ext)
+    candidates += [f"{stem}_labels{ext}", f"{stem}.labels{ext}", f"{stem}-labels{ext}"]
+    for c in candidates:
+        full = os.path.join(folder, c)
+        if os.path.isfile(full):
+            return full
+    raise EmbeddingsError(f"{features_path}: no labels file found (looked for "
+                          f"{', '.join(candidates)} beside it); pass the labels file explicitly")
+
+
+def _read_safetensors(path: str) -> Embeddings:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            keys = set(f.keys())
+            metadata = dict(f.metadata() or {})
+            missing = [k for k in (EMBEDDINGS_KEY, LABELS_KEY) if k not in keys]
+            if missing:
+                raise EmbeddingsError(f"{path}: missing tensor(s) {missing}; an embeddings file holds "
+                                      f"'embeddings' (N, D) and 'labels' (N,), found {sorted(keys)}")
+            x = f.get_tensor(EMBEDDINGS_KEY)
+            y = f.get_tensor(LABELS_KEY)
+            blob = f.get_tensor(PATHS_KEY) if PATHS_KEY in keys else None
+    except SafetensorError as err:
+        raise EmbeddingsError(f"{path}: not a readable safetensors file ({err})") from None
+    emb = Embeddings(_float_matrix(x, path), _int_labels(y, path), metadata, path)
+    if blob is not None:
+        text = blob.numpy().tobytes().decode()
+        emb.image_paths = text.split("\n")
+    return emb
+
+
+def _read_npz(path: str) -> Embeddings:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return _from_mapping({k: z[k] for k in z.files}, path)
+    except (OSError, ValueError) as err:
+        raise EmbeddingsError(f"{path}: not a readable .npz file ({err})") from None
+
+
+def _from_mapping(d: dict, path: str) -> Embeddings:
+    fk = next((k for k in _FEATURE_KEYS if k in d), None)
+    lk = next((k for k in _LABEL_KEYS if k in d), None)
+    if fk is None or lk is None:
+        raise EmbeddingsError(f"{path}: expected arrays named one of {_FEATURE_KEYS} and one of "
+                              f"{_LABEL_KEYS}, found {sorted(map(str, d))}")
+    return Embeddings(_float_matrix(d[fk], path), _int_labels(d[lk], path), {}, path)
+
+
+def _read_array(path: str):
+    if os.path.getsize(path) == 0:
+        raise EmbeddingsError(f"{path}: the file is empty (0 bytes)")
+    try:
+        if path.lower().endswith(".npy"):
+            return np.load(path, allow_pickle=False, mmap_mode="r")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a parse boundary: any failure means "unreadable file"
+        raise EmbeddingsError(f"{path}: cannot read it ({type(err).__name__}: {err})") from None
+
+
+def _read_labels(labels_path: str, features_path: str) -> np.ndarray:
+    if not os.path.isfile(labels_path):
+        raise EmbeddingsError(f"{labels_path} (labels for {features_path}): no such file")
+    return _int_labels(_read_array(labels_path), labels_path)
+
+
+def _float_matrix(x, path: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        x = x.numpy()
+    elif not isinstance(x, np.ndarray):
+        raise EmbeddingsError(f"{path}: expected a tensor or array of features, found {type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise EmbeddingsError(f"{path}: embeddings must be floating point, found dtype {x.dtype}")
+    if x.ndim != 2:
+        raise EmbeddingsError(f"{path}: embeddings must be 2-D (N, D), found shape {tuple(x.shape)}")
+    return x
+
+
+def _int_labels(y, path: str) -> np.ndarray:
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu().numpy()
+    elif not isinstance(y, np.ndarray):
+        raise EmbeddingsError(f"{path}: expected a tensor or array of labels, found {type(y).__name__}")
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise EmbeddingsError(f"{path}: labels must be 1-D (N,), found shape {tuple(y.shape)}")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise EmbeddingsError(f"{path}: labels must be integers, found non-integral floats")
+    elif y.dtype.kind not in "iu":
+        raise EmbeddingsError(f"{path}: labels must be integers, found dtype {y.dtype}")
+    return y.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+
+
+def validate(emb: Embeddings) -> None:
+    """Raise EmbeddingsError, naming the file, unless `emb` is usable on its own."""
+    n = emb.embeddings.shape[0]
+    if n == 0 or emb.embeddings.shape[1] == 0:
+        raise EmbeddingsError(f"{emb.path}: no embeddings (shape {tuple(emb.embeddings.shape)})")
+    if emb.labels.shape != (n,):
+        raise EmbeddingsError(f"{emb.path}: {n} embeddings but {emb.labels.shape[0]} labels")
+    bad = nonfinite_rows(emb.embeddings)
+    if bad.size:
+        shown = ", ".join(map(str, bad[:5])) + (", ..." if bad.size > 5 else "")
+        raise EmbeddingsError(f"{emb.path}: {bad.size} of {n} rows contain NaN or Inf (rows {shown})")
+    c = emb.num_classes
+    if c is not None and (emb.labels.min() < 0 or emb.labels.max() >= c):
+        raise EmbeddingsError(f"{emb.path}: labels span [{emb.labels.min()}, {emb.labels.max()}] but "
+                              f"the metadata lists {c} classes")
+
+
+def nonfinite_rows(x: np.ndarray, block: int = 1 << 16) -> np.ndarray:
+    """Indices of rows holding NaN or Inf, checked block by block (no full-size temporary)."""
+    bad = [start + np.flatnonzero(~np.isfinite(x[start:start + block]).all(axis=1))
+           for start in range(0, x.shape[0], block)]
+    return np.concatenate(bad) if bad else np.zeros(0, np.int64)
+
+
+def check_pair(train: Embeddings, test: Embeddings, ks: Sequence[int] = ()) -> None:
+    """Raise EmbeddingsError unless `train` and `test` can be scored together with every k."""
+    if train.dim != test.dim:
+        raise EmbeddingsError(f"embedding dimensions differ: {train.path} has D={train.dim}, "
+                              f"{test.path} has D={test.dim}")
+    for k in ks:
+        if k < 1:
+            raise EmbeddingsError(f"k must be at least 1, got {k}")
+        if k > len(train):
+            raise EmbeddingsError(f"k={k} is larger than the train set: {train.path} has "
+                                  f"{len(train)} rows")
+    ct, cs = train.classes, test.classes
+    if ct and cs and ct != cs:
+        raise EmbeddingsError(f"class lists differ: {train.path} has {len(ct)} classes, "
+                              f"{test.path} has {len(cs)} (or the names differ)")
