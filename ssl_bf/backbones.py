@@ -1,0 +1,70 @@
+"""Backbones: torchvision ResNets with a small-image stem and a width option."""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Optional
+
+from torch import nn
+from torchvision.models import resnet as tv_resnet
+
+_RESNETS = {
+    "resnet18": (tv_resnet.BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (tv_resnet.BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (tv_resnet.Bottleneck, [3, 4, 6, 3]),
+}
+
+
+class _WidthResNet(tv_resnet.ResNet):
+    """torchvision's ResNet with every stage width scaled by `width / 64` (same key names)."""
+
+    def __init__(self, block, layers, width: int, norm_layer: Optional[Callable] = None):
+        self._scale = width / 64
+        super().__init__(block, layers, norm_layer=norm_layer)
+
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
+        if planes == 64:  # first stage: its input is the stem's output width
+            self.inplanes = int(64 * self._scale)
+        return super()._make_layer(block, int(planes * self._scale), blocks, stride, dilate)
+
+
+def resnet(name: str = "resnet18", stem: str = "imagenet", width: int = 64, in_channels: int = 3,
+           stem_stride: int = 1, norm_layer: Optional[Callable[..., nn.Module]] = None) -> nn.Module:
+    """A torchvision ResNet without its classifier (`fc` is Identity): (N, C, H, W) -> (N, D).
+
+    stem="imagenet": 7x7/2 conv + max-pool (torchvision's). stem="small": one 3x3 conv with
+    `stem_stride` and no max-pool, for 28-32 px images. With width=64, stem="imagenet" and
+    3 input channels the state dict loads into `torchvision.models.<name>()` with strict=True.
+    """
+    if name not in _RESNETS:
+        raise ValueError(f"unknown ResNet '{name}'; choose from {sorted(_RESNETS)}")
+    block, layers = _RESNETS[name]
+    norm_layer = norm_layer or nn.BatchNorm2d
+    if width == 64:
+        net = tv_resnet.ResNet(block, layers, norm_layer=norm_layer)
+    else:
+        net = _WidthResNet(block, layers, width, norm_layer=norm_layer)
+    if stem == "small":
+        net.conv1 = nn.Conv2d(in_channels, width, 3, stride=stem_stride, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    elif stem == "imagenet":
+        if in_channels != 3 or width != 64:
+            net.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
+    else:
+        raise ValueError(f"unknown stem '{stem}'; choose 'imagenet' or 'small'")
+    net.bn1 = norm_layer(width)
+    net.feature_dim = int(512 * width / 64) * block.expansion
+    net.fc = nn.Identity()
+    for m in net.modules():  # torchvision's init for the replaced stem
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return net
+
+
+def build_backbone(name: str, stem: str, width: int, in_channels: int, stem_stride: int = 1,
+                   split_bn_groups: int = 1) -> nn.Module:
+    """Backbone from config values; split_bn_groups > 1 uses SplitBatchNorm2d."""
+    norm_layer = None
+    if split_bn_groups > 1:
+        from .norm import SplitBatchNorm2d
+        norm_layer = partial(SplitBatchNorm2d, groups=split_bn_groups)
+    return resnet(name, stem, width, in_channels, stem_stride, norm_layer)

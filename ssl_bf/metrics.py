@@ -1,0 +1,51 @@
+"""Run logging: RUN/metrics.jsonl (one JSON object a line) and TensorBoard events."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Optional
+
+from .checkpoint import atomic_write_bytes
+
+
+def read_metrics(path: str) -> list[dict]:
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_metrics(path: str, step: int) -> None:
+    """Drop lines logged after `step` (work that a resume is about to redo), atomically."""
+    kept = [r for r in read_metrics(path) if r.get("step", -1) <= step]
+    atomic_write_bytes(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
+
+
+class MetricsLogger:
+    """Append-only JSON lines plus optional TensorBoard scalars; a no-op off rank 0."""
+
+    def __init__(self, run_dir: str, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+            except ImportError:  # tensorboard is optional at run time
+                self.writer = None
+
+    def log(self, record: dict[str, Any], prefix: Optional[str] = None) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None and "step" in record:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(f"{prefix or 'train'}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
