@@ -1,0 +1,170 @@
+"""`ssl-bf submit` and `ssl-bf sweep-report` (dispatched from ssl_bf.cli)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional
+
+from .options import CLUSTERS, PRESET_ENV, LaunchError, make_options, parse_extra
+from .slurm import COMMANDS, submit
+from .sweep import parse_sweep
+
+_EPILOG = """\
+examples:
+  ssl-bf submit pretrain --preset example-gpu --nodes 2 --gpus-per-node 8 -- \\
+      --config configs/mocov3_r50_imagenet.yaml run.dir=runs/mocov3
+  ssl-bf submit pretrain --sweep seed=0,1,2 --sweep batchformer.enabled=false,true \\
+      --then evaluate -- --config configs/demo.yaml run.dir=runs/bf-sweep
+  ssl-bf sweep-report runs/bf-sweep
+Everything after `--` goes to the subcommand unchanged. Options default to the cluster preset
+(--preset, or $SSL_BF_CLUSTER_PRESET), then to built-in defaults."""
+
+
+def _submit_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ssl-bf submit", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
+        usage="ssl-bf submit {%s} [launcher options] -- [the subcommand's arguments]" % "|".join(COMMANDS),
+        description="Run an ssl-bf subcommand as a SLURM job (submitit), or locally with the same job "
+                    "code. Pretraining jobs checkpoint and requeue on preemption and at the time limit.")
+    p.add_argument("command", choices=COMMANDS, help="the subcommand to run in the job")
+    g = p.add_argument_group("where")
+    g.add_argument("--cluster", choices=CLUSTERS, help="slurm (sbatch), local (a background process "
+                   "here) or debug (in this process); default: the preset's, else slurm")
+    g.add_argument("--preset", help=f"cluster preset: a name in launch/clusters/ or a YAML path "
+                   f"(default: ${PRESET_ENV})")
+    g.add_argument("--partition")
+    g.add_argument("--account")
+    g.add_argument("--qos")
+    g.add_argument("--constraint", help="node features, as sbatch --constraint")
+    g = p.add_argument_group("resources")
+    g.add_argument("--nodes", type=int)
+    g.add_argument("--gpus-per-node", type=int, help="one task per GPU")
+    g.add_argument("--tasks-per-node", type=int, help="default: --gpus-per-node, or 1 without GPUs")
+    g.add_argument("--cpus-per-task", type=int)
+    g.add_argument("--mem-gb", type=float, help="memory per node")
+    g.add_argument("--time", type=int, metavar="MIN", help="time limit in minutes")
+    g.add_argument("--exclusive", action="store_true", default=None, help="whole nodes")
+    g.add_argument("--signal-delay", type=int, metavar="S",
+                   help="seconds before the time limit at which the job checkpoints and requeues")
+    g.add_argument("--max-requeues", type=int, help="time-outs after which the job is not requeued")
+    g.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other sbatch option, e.g. gres=gpu:a100:8 or mail-type=END (repeatable)")
+    g.add_argument("--setup", action="append", default=[], metavar="SHELL",
+                   help="a shell line to run before the job starts, e.g. 'module load cuda' (repeatable)")
+    g = p.add_argument_group("what")
+    g.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                   help="submit the cartesian product of these config values as a job array; each "
+                        "element runs in RUN/KEY=V__... (repeatable; pretrain only)")
+    g.add_argument("--then", choices=["evaluate"],
+                   help="chain `ssl-bf evaluate RUN` after each pretraining run that succeeds")
+    g.add_argument("--folder", help="submitit folder (scripts, pickles, logs); default RUN/submitit")
+    g.add_argument("--job-name")
+    g.add_argument("--dry-run", action="store_true", help="print the sbatch script; submit nothing")
+    g.add_argument("--wait", action="store_true", help="wait for the job(s) and print the results")
+    g.add_argument("--json", metavar="OUT", help="also write the submission (job ids, logs, run folders) "
+                                                 "as JSON ('-' for stdout)")
+    return p
+
+
+def submit_main(argv: list[str]) -> int:
+    argv = list(argv)
+    if "--" in argv:
+        cut = argv.index("--")
+        mine, rest = argv[:cut], argv[cut + 1:]
+    else:
+        mine, rest = argv, []
+    parser = _submit_parser()
+    args = parser.parse_args(mine)
+    try:
+        opts = make_options(
+            args.preset, cluster=args.cluster, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+            tasks_per_node=args.tasks_per_node, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
+            partition=args.partition, account=args.account, qos=args.qos, constraint=args.constraint,
+            time=args.time, exclusive=args.exclusive, signal_delay=args.signal_delay,
+            max_requeues=args.max_requeues, slurm_extra=parse_extra(args.slurm_extra) or None,
+            setup=args.setup or None, folder=args.folder, job_name=args.job_name)
+        sub = submit(args.command, rest, opts, sweep_axes=parse_sweep(args.sweep) or None,
+                     then=args.then, dry_run=args.dry_run)
+    except LaunchError as e:
+        print(f"ssl-bf submit: error: {e}", file=sys.stderr)
+        return 2
+    print(sub.describe(), flush=True)
+    record = {"cluster": sub.cluster, "command": sub.command, "folder": sub.folder, "run_dirs": sub.run_dirs,
+              "dry_run": sub.dry_run, "job_ids": sub.job_ids, "eval_job_ids": [j.job_id for j in sub.eval_jobs],
+              "logs": [str(j.paths.stdout) for j in sub.jobs], "partition": sub.partition}
+    rc = 0
+    if args.wait and not sub.dry_run:
+        rc = _wait(sub, record)
+    if args.json:
+        text = json.dumps(record, indent=2, default=str)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+    return rc
+
+
+def _wait(sub, record: dict) -> int:
+    """Block until every job (and chained evaluation) ends; print each outcome."""
+    rc = 0
+    record["results"] = []
+    for job in [*sub.jobs, *sub.eval_jobs]:
+        try:
+            results = job.results()
+            record["results"].append({"job_id": job.job_id, "state": "COMPLETED", "results": results})
+            print(f"job {job.job_id}: done")
+        except Exception as e:  # noqa: BLE001 - report any failure of the job, keep waiting for the rest
+            rc = 1
+            record["results"].append({"job_id": job.job_id, "state": "FAILED", "error": str(e)[-2000:]})
+            print(f"job {job.job_id}: FAILED\n{str(e)[-2000:]}", file=sys.stderr)
+    return rc
+
+
+def sweep_report_main(argv: list[str]) -> int:
+    from .report import sweep_report
+
+    p = argparse.ArgumentParser(
+        prog="ssl-bf sweep-report",
+        description="Aggregate RUN/results.json over a sweep into a mean ± std table (markdown + CSV), "
+                    "grouped by the swept keys except the seed.")
+    p.add_argument("folder", help="the sweep's base folder (with sweep.json), or any folder of runs")
+    p.add_argument("--out", help="where to write sweep-report.md/.csv (default: FOLDER)")
+    p.add_argument("--json", metavar="OUT", help="also write the table as JSON ('-' for stdout)")
+    args = p.parse_args(argv)
+    import os
+    if not os.path.isdir(args.folder):
+        print(f"ssl-bf sweep-report: error: no such folder: {args.folder}", file=sys.stderr)
+        return 2
+    rep = sweep_report(args.folder, args.out)
+    if not rep["rows"]:
+        missing = f" (no results.json yet in: {', '.join(rep['missing'])})" if rep["missing"] else ""
+        print(f"ssl-bf sweep-report: error: no run with results.json under {args.folder}{missing}", file=sys.stderr)
+        return 1
+    print(rep["markdown"], end="")
+    if rep["missing"]:
+        print(f"missing results: {', '.join(rep['missing'])}")
+    print(f"wrote {rep['paths']['markdown']} and {rep['paths']['csv']}")
+    if args.json:
+        data = {k: rep[k] for k in ("keys", "group_keys", "runs", "missing", "rows")}
+        text = json.dumps(data, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:  # python -m ssl_bf.launch.cli submit ...
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "sweep-report":
+        return sweep_report_main(argv[1:])
+    if argv and argv[0] == "submit":
+        argv = argv[1:]
+    return submit_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""`ssl-bf sweep-report`: mean ± std of every numeric result over the seeds of a sweep."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from typing import Any, Iterator, Optional
+
+import yaml
+
+from .sweep import read_sweep
+
+RESULTS = "results.json"
+SEED_KEYS = ("seed",)
+# Fields of a list entry that name it rather than measure it, e.g. {"k": 20, "temperature": 0.07}.
+_ID_FIELDS = {"k", "temperature", "t", "name", "protocol", "split", "features", "method", "mode", "layer"}
+
+
+def numeric_leaves(obj: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
+    """Flatten a results tree to (path, number); list entries are named by their id fields."""
+    if isinstance(obj, bool) or obj is None:
+        return
+    if isinstance(obj, (int, float)):
+        if math.isfinite(float(obj)):
+            yield prefix, float(obj)
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from numeric_leaves(v, f"{prefix}.{k}" if prefix else str(k))
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, item in enumerate(obj):
+            label = str(i)
+            if isinstance(item, dict):
+                ids = [f"{k}={v}" for k, v in item.items()
+                       if k in _ID_FIELDS or isinstance(v, str)]
+                if ids:
+                    label = ",".join(ids)
+                    item = {k: v for k, v in item.items() if not (k in _ID_FIELDS or isinstance(v, str))}
+            yield from numeric_leaves(item, f"{prefix}[{label}]")
+
+
+def _flat_config(run_dir: str) -> dict:
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    out = {}
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+    walk(data, "")
+    return out
+
+
+def collect(folder: str) -> tuple[list[str], list[dict], list[str]]:
+    """(swept keys, runs [{'name', 'params', 'results'}], missing run names) of a sweep folder.
+
+    Uses FOLDER/sweep.json when `ssl-bf submit --sweep` wrote it; otherwise every sub-folder
+    with a results.json is a run and the swept keys are the config keys that differ.
+    """
+    sweep = read_sweep(folder)
+    runs, missing = [], []
+    if sweep is not None:
+        keys = list(sweep.keys)
+        for el in sweep.elements:
+            run_dir = el.run_dir if os.path.isdir(el.run_dir) else os.path.join(folder, el.name)
+            res = _load_results(run_dir)
+            if res is None:
+                missing.append(el.name)
+            else:
+                runs.append({"name": el.name, "params": dict(el.overrides), "results": res})
+        return keys, runs, missing
+    for name in sorted(os.listdir(folder)):
+        run_dir = os.path.join(folder, name)
+        if not os.path.isdir(run_dir):
+            continue
+        res = _load_results(run_dir)
+        if res is not None:
+            runs.append({"name": name, "config": _flat_config(run_dir), "results": res})
+    keys = []
+    if runs:
+        all_keys = sorted(set().union(*(r["config"] for r in runs)))
+        keys = [k for k in all_keys if k != "run.dir"
+                and len({json.dumps(r["config"].get(k), sort_keys=True) for r in runs}) > 1]
+    for r in runs:
+        r["params"] = {k: str(r["config"].get(k)) for k in keys}
+    return keys, runs, missing
+
+
+def _load_results(run_dir: str) -> Optional[dict]:
+    path = os.path.join(run_dir, RESULTS)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def aggregate(keys: list[str], runs: list[dict]) -> tuple[list[str], list[dict]]:
+    """Group runs by the swept keys except the seed; mean and sample std of every numeric leaf.
+
+    Returns (group key names, rows [{'group': {k: v}, 'metric', 'mean', 'std', 'n', 'values'}]).
+    """
+    group_keys = [k for k in keys if k not in SEED_KEYS]
+    groups: dict[tuple, dict[str, list[float]]] = {}
+    for r in runs:
+        gid = tuple(str(r["params"].get(k)) for k in group_keys)
+        metrics = groups.setdefault(gid, {})
+        for path, value in numeric_leaves(r["results"]):
+            metrics.setdefault(path, []).append(value)
+    rows = []
+    for gid, metrics in groups.items():
+        for metric, values in metrics.items():
+            n = len(values)
+            mean = sum(values) / n
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
+            rows.append({"group": dict(zip(group_keys, gid)), "metric": metric, "mean": mean, "std": std,
+                         "n": n, "values": values})
+    return group_keys, rows
+
+
+def to_markdown(group_keys: list[str], rows: list[dict]) -> str:
+    """One row per metric, one column per group: 'mean ± std (n)'."""
+    groups = []
+    for r in rows:
+        g = tuple(r["group"].get(k) for k in group_keys)
+        if g not in groups:
+            groups.append(g)
+    metrics = []
+    for r in rows:
+        if r["metric"] not in metrics:
+            metrics.append(r["metric"])
+    cell = {(tuple(r["group"].get(k) for k in group_keys), r["metric"]): r for r in rows}
+    heads = [", ".join(f"{k}={v}" for k, v in zip(group_keys, g)) or "all runs" for g in groups]
+    lines = ["| metric | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+    for m in metrics:
+        cells = []
+        for g in groups:
+            r = cell.get((g, m))
+            if r is None:
+                cells.append("")
+            elif r["n"] > 1:
+                cells.append(f"{r['mean']:.2f} ± {r['std']:.2f} (n={r['n']})")
+            else:
+                cells.append(f"{r['mean']:.2f} (n=1)")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(group_keys: list[str], rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow([*group_keys, "metric", "mean", "std", "n", "values"])
+    for r in rows:
+        w.writerow([*(r["group"].get(k) for k in group_keys), r["metric"], f"{r['mean']:.6g}",
+                    "" if math.isnan(r["std"]) else f"{r['std']:.6g}", r["n"],
+                    " ".join(f"{v:.6g}" for v in r["values"])])
+    return buf.getvalue()
+
+
+def sweep_report(folder: str, out_dir: Optional[str] = None) -> dict:
+    """Write FOLDER/sweep-report.md and .csv; return what was written and the table."""
+    keys, runs, missing = collect(folder)
+    group_keys, rows = aggregate(keys, runs)
+    md = to_markdown(group_keys, rows) if rows else ""
+    out_dir = out_dir or folder
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"markdown": os.path.join(out_dir, "sweep-report.md"), "csv": os.path.join(out_dir, "sweep-report.csv")}
+    if rows:
+        header = f"# Sweep report: {os.path.abspath(folder)}\n\n{len(runs)} run(s) with results, grouped by " \
+                 f"{', '.join(group_keys) or 'nothing'} (mean ± sample std over the other keys: " \
+                 f"{', '.join(k for k in keys if k not in group_keys) or 'none'}).\n\n"
+        if missing:
+            header += f"Missing results.json: {', '.join(missing)}\n\n"
+        with open(paths["markdown"], "w") as f:
+            f.write(header + md)
+        with open(paths["csv"], "w") as f:
+            f.write(to_csv(group_keys, rows))
+    return {"keys": keys, "group_keys": group_keys, "runs": len(runs), "missing": missing, "rows": rows,
+            "markdown": md, "paths": paths if rows else {}}

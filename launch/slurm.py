@@ -1,0 +1,543 @@
+"""Submit ssl-bf subcommands with submitit: SLURM jobs, job arrays for sweeps, afterok chains.
+
+Inside the job, `SubcommandJob` exports the torch.distributed variables
+(`submitit.helpers.TorchDistributedEnvironment`, env://, no shared init file) and runs the
+subcommand in-process. Its `checkpoint()` (called by submitit on preemption or at the time limit)
+saves the trainer state and requeues a clean copy of the job. Every start resumes from
+RUN/checkpoints/last.pt (the trainer looks it up), so a plain `scontrol requeue` or a node failure,
+which rerun the ORIGINAL pickle without calling `checkpoint()`, resume as well.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .options import LaunchError, LaunchOptions, sbatch_parameters
+from .sweep import Sweep, expand, write_sweep
+
+COMMANDS = ("pretrain", "embed", "knn", "linear", "evaluate")
+DISTRIBUTED_COMMANDS = ("pretrain",)  # the others run as one task
+SUBMITIT_DIR = "submitit"
+
+
+# --- the job -------------------------------------------------------------------------------------
+class SubcommandJob:
+    """`ssl-bf ARGV` as a checkpointable submitit callable (optionally followed by `then`).
+
+    Holds only the command line: a requeue never trusts state pickled at submission time.
+    """
+
+    def __init__(self, argv: list[str], then: Optional[list[str]] = None):
+        self.argv = list(argv)
+        self.then = list(then) if then else None
+        self._checkpointed = False
+
+    def __call__(self) -> dict:
+        import submitit
+
+        job_env = submitit.JobEnvironment()
+        # overwrite: the submitter's environment (inherited by sbatch) may carry stale values.
+        # CUDA_VISIBLE_DEVICES stays as SLURM set it; the trainer picks cuda:LOCAL_RANK.
+        dist_env = submitit.helpers.TorchDistributedEnvironment().export(
+            set_cuda_visible_devices=False, overwrite=True)
+        print(f"[ssl-bf job] {job_env}; MASTER_ADDR={dist_env.master_addr} "
+              f"MASTER_PORT={dist_env.master_port} WORLD_SIZE={dist_env.world_size} "
+              f"restart={os.environ.get('SLURM_RESTART_COUNT', '0')}", flush=True)
+        guard_step_signals()
+        if self.argv[0] == "pretrain":
+            result = _run_pretrain(self.argv[1:])
+        else:
+            result = {"rc": self._run_cli(self.argv)}
+        if self.then and dist_env.rank == 0:
+            result["then_rc"] = self._run_cli(self.then)
+        result.update(rank=dist_env.rank, world_size=dist_env.world_size, host=socket.gethostname(),
+                      node=os.environ.get("SLURMD_NODENAME"),
+                      job_id=job_env.job_id, argv=self.argv)
+        return result
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        """Save the training state (rank 0 writes) and requeue a clean copy of this job.
+
+        submitit calls this on rank 0 only, from the signal handler; the trainer blocks the
+        signal during a step, so the state saved is that of the last completed step. No barrier
+        here: the other ranks may sit in an all-reduce, and a collective in a handler deadlocks.
+        """
+        import submitit
+
+        self._checkpointed = True
+        try:
+            from ssl_bf.train import current_trainer
+            trainer = current_trainer()
+        except ImportError:
+            trainer = None
+        if trainer is not None:
+            path = trainer.save_checkpoint()
+            print(f"[ssl-bf job] preempted at step {trainer.step}: saved {path}; requeueing", flush=True)
+        else:
+            print("[ssl-bf job] preempted (no trainer running); requeueing", flush=True)
+        return submitit.helpers.DelayedSubmission(SubcommandJob(self.argv, self.then))
+
+    def _run_cli(self, argv: list[str]) -> int:
+        from ssl_bf.cli import main
+        try:
+            rc = int(main(list(argv)) or 0)
+        except SystemExit as e:  # argparse errors
+            if self._checkpointed:  # submitit's exit after a requeue: let it through
+                raise
+            rc = e.code if isinstance(e.code, int) else 1
+        if rc != 0:
+            raise RuntimeError(f"`ssl-bf {shlex.join(argv)}` exited with code {rc}")
+        return rc
+
+    def __repr__(self) -> str:
+        then = f" then {shlex.join(self.then)}" if self.then else ""
+        return f"SubcommandJob(ssl-bf {shlex.join(self.argv)}{then})"
+
+
+def guard_step_signals(signals=(signal.SIGUSR2, signal.SIGTERM)) -> None:
+    """Keep submitit's preemption handler out of a training step.
+
+    The trainer blocks these signals in the main thread during a step, but a signal sent to the
+    process may land on any other thread (OpenMP, gloo, tqdm), and Python then runs the handler
+    in the main thread mid-step, saving a half-updated state. Wrapped here: a handler that finds
+    the signal blocked in the main thread re-sends it to the main thread, where it stays pending
+    until the step ends.
+    """
+    main_id = threading.main_thread().ident
+    for sig in signals:
+        inner = signal.getsignal(sig)
+        if not callable(inner) or getattr(inner, "_ssl_bf_guard", False):
+            continue
+
+        def guard(signum, frame, inner=inner):
+            if signum in signal.pthread_sigmask(signal.SIG_BLOCK, []):
+                signal.pthread_kill(main_id, signum)  # pending until the trainer unblocks it
+                return
+            inner(signum, frame)
+
+        guard._ssl_bf_guard = True
+        signal.signal(sig, guard)
+
+
+def weights_digest(model) -> str:
+    """sha256 over the parameters (names and values): equal digests mean equal weights."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _run_pretrain(args: list[str]) -> dict:
+    """Run (or resume) the pretraining in this process; rank 0 alone writes (the trainer's rule)."""
+    import torch.distributed as dist
+
+    from ssl_bf.checkpoint import write_json_atomic
+    from ssl_bf.cli import pretrain_config_from_args
+    from ssl_bf.train import Trainer
+
+    cfg = pretrain_config_from_args(args)
+    trainer = Trainer(cfg)
+    summary = trainer.fit()
+    digest = weights_digest(trainer.model)
+    json_out = _option_value(args, "--json")
+    if json_out and trainer.is_main:
+        write_json_atomic(summary, json_out)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"rc": 0, "summary": summary, "weights_sha256": digest, "run_dir": cfg.run.dir}
+
+
+def _option_value(args: list[str], name: str) -> Optional[str]:
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+# --- what to run: run folders, arguments ----------------------------------------------------------
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def with_overrides(args: list[str], overrides: list[str]) -> list[str]:
+    """Set key=value overrides: replace a given key in place, insert new ones next to the
+    existing overrides (argparse wants the positionals contiguous)."""
+    out = list(args)
+    new = []
+    for ov in overrides:
+        key = ov.split("=", 1)[0] + "="
+        hits = [i for i, a in enumerate(out) if a.startswith(key) and _OVERRIDE.match(a)]
+        if hits:
+            for i in hits:
+                out[i] = ov
+        else:
+            new.append(ov)
+    last = max((i for i, a in enumerate(out) if _OVERRIDE.match(a)), default=None)
+    if last is None:
+        return out + new
+    return out[:last + 1] + new + out[last + 1:]
+
+
+def pretrain_config(args: list[str]):
+    """Parse and validate pretrain arguments at submit time (errors become LaunchError)."""
+    from ssl_bf.cli import pretrain_config_from_args
+    from ssl_bf.config import ConfigError
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return pretrain_config_from_args(list(args))
+    except ConfigError as e:
+        raise LaunchError(f"pretrain config error: {e}") from None
+    except SystemExit:
+        msg = err.getvalue().strip().splitlines()
+        raise LaunchError(f"bad pretrain arguments: {msg[-1] if msg else shlex.join(args)}") from None
+
+
+def guess_run_dir(command: str, args: list[str]) -> Optional[str]:
+    """The run folder an evaluation command works on: the first positional path that is a run
+    folder or lies inside one (RUN/checkpoints/x.pt, RUN/embeddings/...)."""
+    skip_next = False
+    for a in args:
+        if skip_next:
+            skip_next = False
+            continue
+        if a.startswith("-"):
+            skip_next = "=" not in a and a not in ("--cached",)
+            continue
+        p = os.path.abspath(a)
+        if os.path.isdir(p) and (os.path.isfile(os.path.join(p, "config.yaml"))
+                                 or os.path.isdir(os.path.join(p, "checkpoints"))):
+            return p
+        parent = os.path.dirname(p)
+        if os.path.basename(parent) in ("checkpoints", "embeddings") and os.path.exists(p):
+            return os.path.dirname(parent)
+        if command == "evaluate":
+            return p
+    return None
+
+
+# --- the cluster: submit-time checks --------------------------------------------------------------
+def _run(cmd: list[str], timeout: float = 20) -> Optional[str]:
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _minutes(text: str) -> Optional[int]:
+    """SLURM time 'd-hh:mm:ss' / 'hh:mm:ss' / 'mm' -> minutes; UNLIMITED -> None."""
+    if text.upper() in ("UNLIMITED", "INFINITE", "NONE", ""):
+        return None
+    days, _, rest = text.rpartition("-")
+    parts = [int(x) for x in rest.split(":")]
+    h, m, s = ([0, 0] + parts)[-3:] if len(parts) > 1 else (0, parts[0], 0)
+    return int(days or 0) * 1440 + h * 60 + m + (1 if s else 0)
+
+
+def _gpus(gres: str) -> int:
+    total = 0
+    for item in gres.split(","):
+        fields = item.split("(")[0].split(":")
+        if fields[0] == "gpu" and fields[-1].isdigit():
+            total += int(fields[-1])
+    return total
+
+
+def check_request(opts: LaunchOptions, tasks_per_node: int, nodes: int) -> Optional[str]:
+    """Compare the request with what the cluster has (sinfo/scontrol); raise LaunchError if it can
+    never run. Returns the partition checked, or None when no cluster answered."""
+    parts = _run(["scontrol", "show", "partition", "-o"])
+    if parts is None:
+        return None
+    table = {}
+    for line in parts.splitlines():
+        kv = dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
+        if "PartitionName" in kv:
+            table[kv["PartitionName"]] = kv
+    if not table:
+        return None
+    name = opts.partition
+    if name is None:
+        name = next((n for n, kv in table.items() if kv.get("Default") == "YES"), None)
+        if name is None:
+            raise LaunchError(f"this cluster has no default partition: pass --partition (one of {sorted(table)})")
+    if name not in table:
+        raise LaunchError(f"unknown partition '{name}': this cluster has {sorted(table)}")
+    kv = table[name]
+    if kv.get("State", "UP") != "UP":
+        print(f"warning: partition '{name}' is {kv['State']}; the job will wait", file=sys.stderr)
+    max_time = _minutes(kv.get("MaxTime", "UNLIMITED"))
+    if max_time is not None and opts.time > max_time:
+        raise LaunchError(f"--time {opts.time} min exceeds the {max_time} min limit of partition '{name}'")
+
+    rows = _run(["sinfo", "-h", "-N", "-p", name, "-o", "%N|%c|%m|%G|%f"])
+    if not rows:
+        return name
+    nodes_info = {}
+    for row in rows.splitlines():
+        n, cpus, mem, gres, feats = (row.split("|") + [""] * 5)[:5]
+        nodes_info[n] = (int(cpus or 0), int(re.sub(r"\D", "", mem) or 0), _gpus(gres), set(feats.split(",")))
+    have = len(nodes_info)
+    if nodes > have:
+        raise LaunchError(f"--nodes {nodes}: partition '{name}' has only {have} node(s)")
+
+    need_cpus = tasks_per_node * (opts.cpus_per_task or 1)
+    need_mem = round(opts.mem_gb * 1024) if opts.mem_gb else 0
+    need_gpus = opts.gpus_per_node
+    simple_feature = opts.constraint if opts.constraint and re.fullmatch(r"[\w.-]+", opts.constraint) else None
+    reasons = {"cpus": 0, "mem": 0, "gpus": 0, "feature": 0}
+    fit = 0
+    for cpus, mem, gpus, feats in nodes_info.values():
+        ok = True
+        for key, bad in (("cpus", cpus < need_cpus), ("mem", mem < need_mem), ("gpus", gpus < need_gpus),
+                         ("feature", simple_feature is not None and simple_feature not in feats)):
+            if bad:
+                reasons[key] += 1
+                ok = False
+        fit += ok
+    if fit >= nodes:
+        return name
+    biggest_mem = max(v[1] for v in nodes_info.values())
+    biggest_cpu = max(v[0] for v in nodes_info.values())
+    most_gpus = max(v[2] for v in nodes_info.values())
+    why = []
+    if reasons["mem"]:
+        why.append(f"--mem-gb {opts.mem_gb:g} per node, but the largest node in partition '{name}' has "
+                   f"{biggest_mem / 1024:.1f} GB")
+    if reasons["cpus"]:
+        why.append(f"{tasks_per_node} task(s) x {opts.cpus_per_task or 1} CPU(s) = {need_cpus} CPUs per node, "
+                   f"but the largest node in partition '{name}' has {biggest_cpu}")
+    if reasons["gpus"]:
+        why.append(f"--gpus-per-node {need_gpus}, but nodes in partition '{name}' have at most {most_gpus} GPU(s)")
+    if reasons["feature"]:
+        why.append(f"--constraint {opts.constraint}: no node in partition '{name}' has that feature")
+    raise LaunchError(f"the request can never run: {'; '.join(why) or 'no node fits'} "
+                      f"({fit} of the {nodes} node(s) needed fit)")
+
+
+# --- submission ----------------------------------------------------------------------------------
+@dataclass
+class Submission:
+    command: list
+    cluster: str
+    folder: str
+    run_dirs: list
+    jobs: list = field(default_factory=list)  # submitit jobs (one per run folder)
+    eval_jobs: list = field(default_factory=list)
+    script: str = ""  # the sbatch script (dry run, or the first job's)
+    eval_script: str = ""
+    sweep: Optional[Sweep] = None
+    dry_run: bool = False
+    partition: Optional[str] = None
+    shape: str = ""
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [j.job_id for j in self.jobs]
+
+    def describe(self) -> str:
+        """What the CLI prints: job ids, log paths and run folders."""
+        lines = []
+        what = shlex.join(self.command[:1])
+        where = f"{self.cluster}" + (f", partition {self.partition}" if self.partition else "")
+        if self.dry_run:
+            lines.append(f"dry run: nothing submitted ({what} on {where}, {self.shape})")
+            lines.append("--- sbatch script ---")
+            lines.append(self.script.rstrip())
+            if self.eval_script:
+                lines.append("--- chained evaluation (sbatch script) ---")
+                lines.append(self.eval_script.rstrip())
+            for d in self.run_dirs:
+                lines.append(f"run folder: {d}")
+            return "\n".join(lines)
+        if len(self.jobs) > 1:
+            array_id = self.jobs[0].job_id.split("_")[0]
+            lines.append(f"submitted {what} job array {array_id} ({len(self.jobs)} elements) on {where}, "
+                         f"{self.shape} each")
+        else:
+            lines.append(f"submitted {what} job {self.jobs[0].job_id} on {where}, {self.shape}")
+        for i, (job, run_dir) in enumerate(zip(self.jobs, self.run_dirs)):
+            prefix = f"  [{i}] " if len(self.jobs) > 1 else "  "
+            lines.append(f"{prefix}job {job.job_id}  run folder: {run_dir}")
+            lines.append(f"{' ' * len(prefix)}  log: {job.paths.stdout}")
+            lines.append(f"{' ' * len(prefix)}  err: {job.paths.stderr}")
+            if i < len(self.eval_jobs):
+                ej = self.eval_jobs[i]
+                lines.append(f"{' ' * len(prefix)}  then evaluate: job {ej.job_id} "
+                             f"(starts after {job.job_id} succeeds)  log: {ej.paths.stdout}")
+        if self.sweep is not None:
+            lines.append(f"sweep file: {os.path.join(self.sweep.base_dir, 'sweep.json')}  "
+                         f"(report: ssl-bf sweep-report {self.sweep.base_dir})")
+        lines.append(f"submitit folder: {self.folder}")
+        return "\n".join(lines)
+
+
+def _executor(cluster: str, folder: str, opts: LaunchOptions, params: dict):
+    """A submitit executor for `cluster` with sbatch-style `params`."""
+    import submitit
+
+    if cluster == "slurm":
+        if shutil.which("sbatch") is None:
+            raise LaunchError("--cluster slurm: sbatch is not on PATH (use --cluster local to run here, "
+                              "or --dry-run to see the script)")
+        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=opts.max_requeues)
+        ex.update_parameters(**params)
+        return ex
+    if cluster == "local":
+        ex = submitit.LocalExecutor(folder=folder, max_num_timeout=opts.max_requeues)
+        local = {"timeout_min": params["time"], "tasks_per_node": params["ntasks_per_node"],
+                 "nodes": 1, "signal_delay_s": params["signal_delay_s"]}
+        if params.get("gpus_per_node"):
+            local["gpus_per_node"] = params["gpus_per_node"]
+        if params.get("setup"):
+            local["setup"] = params["setup"]
+        ex.update_parameters(**local)
+        return ex
+    return submitit.DebugExecutor(folder=folder)
+
+
+def sbatch_script(folder: str, params: dict, array: int = 0) -> str:
+    """The sbatch script submitit would write (no cluster needed)."""
+    import submitit
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    python = shlex.quote(sys.executable)
+    command = f"{python} -u -m submitit.core._submit {shlex.quote(folder)}"
+    kwargs = dict(params)
+    if array > 1:
+        kwargs["map_count"] = array
+    try:
+        return _make_sbatch_string(command=command, folder=folder, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise LaunchError(f"bad sbatch parameters ({e}); submitit {submitit.__version__}") from None
+
+
+def _submit_all(executor, jobs: list[SubcommandJob]):
+    import submitit
+
+    try:
+        if len(jobs) == 1:
+            return [executor.submit(jobs[0])]
+        with executor.batch():
+            handles = [executor.submit(j) for j in jobs]
+        return handles
+    except submitit.core.utils.FailedJobError as e:
+        msg = str(e).strip().splitlines()
+        detail = "; ".join(m.strip() for m in msg if "error" in m.lower()) or " ".join(msg)[-500:]
+        raise LaunchError(f"sbatch refused the job: {detail}") from None
+
+
+def submit(command: str, args: list[str], opts: LaunchOptions, sweep_axes: Optional[dict] = None,
+           then: Optional[str] = None, dry_run: bool = False) -> Submission:
+    """Submit `ssl-bf COMMAND ARGS` (a sweep submits a job array; `then="evaluate"` chains an
+    evaluation per run that starts only after the run succeeds)."""
+    if command not in COMMANDS:
+        raise LaunchError(f"cannot submit '{command}': choose one of {list(COMMANDS)}")
+    if then not in (None, "evaluate"):
+        raise LaunchError(f"--then supports 'evaluate' only, got '{then}'")
+    if then and command != "pretrain":
+        raise LaunchError("--then evaluate chains after a pretrain job; submit evaluate directly instead")
+    if sweep_axes and command != "pretrain":
+        raise LaunchError("--sweep varies pretrain config keys; it needs `submit pretrain`")
+    if command not in DISTRIBUTED_COMMANDS and opts.world_size > 1:
+        raise LaunchError(f"{command} runs as a single task: use --nodes 1 and at most one task "
+                          f"(got {opts.nodes} node(s) x {opts.ntasks_per_node} task(s))")
+    if "--print-config" in args or "-h" in args or "--help" in args:
+        raise LaunchError("the subcommand's arguments ask for help/printing only: nothing to submit")
+
+    # Run folders (absolute: the job's working directory may differ) and per-job arguments.
+    sweep: Optional[Sweep] = None
+    if command == "pretrain":
+        cfg = pretrain_config(args)
+        base = os.path.abspath(cfg.run.dir)
+        if sweep_axes:
+            sweep = expand(sweep_axes, base)
+            sweep.command = ["pretrain", *args]
+            argvs = []
+            for el in sweep.elements:
+                argv = with_overrides(args, [f"{k}={v}" for k, v in el.overrides.items()] + [f"run.dir={el.run_dir}"])
+                pretrain_config(argv)  # every element must be a valid config before anything is submitted
+                argvs.append(["pretrain", *argv])
+            run_dirs = [el.run_dir for el in sweep.elements]
+        else:
+            argvs = [["pretrain", *with_overrides(args, [f"run.dir={base}"])]]
+            run_dirs = [base]
+        folder = opts.folder or os.path.join(base, SUBMITIT_DIR)
+    else:
+        run_dir = guess_run_dir(command, args)
+        argvs = [[command, *args]]
+        run_dirs = [run_dir] if run_dir else []
+        folder = opts.folder or (os.path.join(run_dir, SUBMITIT_DIR, command) if run_dir
+                                 else os.path.join(os.getcwd(), "ssl-bf-jobs", command))
+    folder = os.path.abspath(folder)
+
+    n = len(argvs)
+    tasks = opts.ntasks_per_node if command in DISTRIBUTED_COMMANDS else 1
+    params = sbatch_parameters(opts, f"ssl-bf-{command}", tasks_per_node=tasks)
+    chained_in_job = then is not None and opts.cluster != "slurm"
+    shape = f"{opts.nodes} node(s) x {tasks} task(s)" + (f" x {opts.gpus_per_node} GPU(s)/node" if opts.gpus_per_node else "")
+    if chained_in_job:
+        shape += "; evaluate runs at the end of the same job"
+    eval_params = None
+    if then and opts.cluster == "slurm":
+        eval_params = sbatch_parameters(opts, "ssl-bf-evaluate", nodes=1, tasks_per_node=1,
+                                        gpus_per_node=min(opts.gpus_per_node, 1),
+                                        dependency=("aftercorr:<ARRAY_ID>" if n > 1 else "afterok:<JOB_ID>"))
+
+    sub = Submission(command=[command, *args], cluster=opts.cluster, folder=folder, run_dirs=run_dirs,
+                     sweep=sweep, dry_run=dry_run, shape=shape)
+    if opts.cluster == "slurm":
+        sub.partition = check_request(opts, tasks, opts.nodes) or opts.partition
+    if dry_run:
+        if opts.cluster == "slurm":
+            sub.script = sbatch_script(folder, params, array=n)
+            if eval_params:
+                sub.eval_script = sbatch_script(folder, eval_params, array=n)
+        else:
+            sub.script = "\n".join(f"# {opts.cluster}: ssl-bf {shlex.join(a)}" for a in argvs)
+        return sub
+
+    then_argvs = [["evaluate", d] for d in run_dirs] if then else [None] * n
+    jobs = [SubcommandJob(a, then=t if chained_in_job else None) for a, t in zip(argvs, then_argvs)]
+    os.makedirs(folder, exist_ok=True)
+    executor = _executor(opts.cluster, folder, opts, params)
+    sub.jobs = _submit_all(executor, jobs)
+    if opts.cluster == "slurm":
+        sub.script = sub.jobs[0].paths.submission_file.read_text() if sub.jobs[0].paths.submission_file.exists() else ""
+
+    if then and opts.cluster == "slurm":
+        if n > 1:  # per element: evaluation i starts after pretraining element i succeeds
+            dependency = f"aftercorr:{sub.jobs[0].job_id.split('_')[0]}"
+        else:
+            dependency = f"afterok:{sub.jobs[0].job_id}"
+        eval_params = sbatch_parameters(opts, "ssl-bf-evaluate", nodes=1, tasks_per_node=1,
+                                        gpus_per_node=min(opts.gpus_per_node, 1), dependency=dependency)
+        eval_ex = _executor("slurm", folder, opts, eval_params)
+        sub.eval_jobs = _submit_all(eval_ex, [SubcommandJob(t) for t in then_argvs])
+
+    if sweep is not None:
+        for el, job in zip(sweep.elements, sub.jobs):
+            el.job_id = job.job_id
+        for el, job in zip(sweep.elements, sub.eval_jobs):
+            el.eval_job_id = job.job_id
+        write_sweep(sweep)
+    return sub
