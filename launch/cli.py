@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from typing import Optional
 
@@ -58,6 +59,8 @@ def _submit_parser() -> argparse.ArgumentParser:
                         "element runs in RUN/KEY=V__... (repeatable; pretrain only)")
     g.add_argument("--then", choices=["evaluate"],
                    help="chain `ssl-bf evaluate RUN` after each pretraining run that succeeds")
+    g.add_argument("--then-args", metavar="ARGS", help="extra arguments for the chained evaluation, "
+                   "as one shell-quoted string, e.g. --then-args='--skip-linear'")
     g.add_argument("--folder", help="submitit folder (scripts, pickles, logs); default RUN/submitit")
     g.add_argument("--job-name")
     g.add_argument("--dry-run", action="store_true", help="print the sbatch script; submit nothing")
@@ -85,7 +88,8 @@ def submit_main(argv: list[str]) -> int:
             max_requeues=args.max_requeues, slurm_extra=parse_extra(args.slurm_extra) or None,
             setup=args.setup or None, folder=args.folder, job_name=args.job_name)
         sub = submit(args.command, rest, opts, sweep_axes=parse_sweep(args.sweep) or None,
-                     then=args.then, dry_run=args.dry_run)
+                     then=args.then, dry_run=args.dry_run,
+                     then_args=shlex.split(args.then_args) if args.then_args else None)
     except LaunchError as e:
         print(f"ssl-bf submit: error: {e}", file=sys.stderr)
         return 2

@@ -327,7 +327,8 @@ def check_request(opts: LaunchOptions, tasks_per_node: int, nodes: int) -> Optio
         why.append(f"{tasks_per_node} task(s) x {opts.cpus_per_task or 1} CPU(s) = {need_cpus} CPUs per node, "
                    f"but the largest node in partition '{name}' has {biggest_cpu}")
     if reasons["gpus"]:
-        why.append(f"--gpus-per-node {need_gpus}, but nodes in partition '{name}' have at most {most_gpus} GPU(s)")
+        why.append(f"--gpus-per-node {need_gpus}, but " + (f"nodes in partition '{name}' have at most {most_gpus} GPU(s)"
+                   if most_gpus else f"partition '{name}' has no GPUs (no gpu GRES)"))
     if reasons["feature"]:
         why.append(f"--constraint {opts.constraint}: no node in partition '{name}' has that feature")
     raise LaunchError(f"the request can never run: {'; '.join(why) or 'no node fits'} "
@@ -447,13 +448,16 @@ def _submit_all(executor, jobs: list[SubcommandJob]):
 
 
 def submit(command: str, args: list[str], opts: LaunchOptions, sweep_axes: Optional[dict] = None,
-           then: Optional[str] = None, dry_run: bool = False) -> Submission:
+           then: Optional[str] = None, dry_run: bool = False,
+           then_args: Optional[list[str]] = None) -> Submission:
     """Submit `ssl-bf COMMAND ARGS` (a sweep submits a job array; `then="evaluate"` chains an
     evaluation per run that starts only after the run succeeds)."""
     if command not in COMMANDS:
         raise LaunchError(f"cannot submit '{command}': choose one of {list(COMMANDS)}")
     if then not in (None, "evaluate"):
         raise LaunchError(f"--then supports 'evaluate' only, got '{then}'")
+    if then_args and not then:
+        raise LaunchError("--then-args needs --then evaluate")
     if then and command != "pretrain":
         raise LaunchError("--then evaluate chains after a pretrain job; submit evaluate directly instead")
     if sweep_axes and command != "pretrain":
@@ -516,11 +520,20 @@ def submit(command: str, args: list[str], opts: LaunchOptions, sweep_axes: Optio
             sub.script = "\n".join(f"# {opts.cluster}: ssl-bf {shlex.join(a)}" for a in argvs)
         return sub
 
-    then_argvs = [["evaluate", d] for d in run_dirs] if then else [None] * n
+    then_argvs = [["evaluate", d, *(then_args or [])] for d in run_dirs] if then else [None] * n
     jobs = [SubcommandJob(a, then=t if chained_in_job else None) for a, t in zip(argvs, then_argvs)]
+    created = folder  # the top-most folder this call creates: removed again if sbatch refuses
+    while not os.path.exists(os.path.dirname(created)) and os.path.dirname(created) != created:
+        created = os.path.dirname(created)
+    created = None if os.path.exists(created) else created
     os.makedirs(folder, exist_ok=True)
-    executor = _executor(opts.cluster, folder, opts, params)
-    sub.jobs = _submit_all(executor, jobs)
+    try:
+        executor = _executor(opts.cluster, folder, opts, params)
+        sub.jobs = _submit_all(executor, jobs)
+    except LaunchError:
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     if opts.cluster == "slurm":
         sub.script = sub.jobs[0].paths.submission_file.read_text() if sub.jobs[0].paths.submission_file.exists() else ""
 
