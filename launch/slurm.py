@@ -350,6 +350,7 @@ class Submission:
     dry_run: bool = False
     partition: Optional[str] = None
     shape: str = ""
+    note: str = ""
 
     @property
     def job_ids(self) -> list[str]:
@@ -370,12 +371,16 @@ class Submission:
             for d in self.run_dirs:
                 lines.append(f"run folder: {d}")
             return "\n".join(lines)
-        if len(self.jobs) > 1:
+        if len(self.jobs) > 1 and self.cluster == "slurm":
             array_id = self.jobs[0].job_id.split("_")[0]
             lines.append(f"submitted {what} job array {array_id} ({len(self.jobs)} elements) on {where}, "
                          f"{self.shape} each")
+        elif len(self.jobs) > 1:
+            lines.append(f"submitted {len(self.jobs)} {what} jobs on {where}, {self.shape} each")
         else:
             lines.append(f"submitted {what} job {self.jobs[0].job_id} on {where}, {self.shape}")
+        if self.note:
+            lines.append(self.note)
         for i, (job, run_dir) in enumerate(zip(self.jobs, self.run_dirs)):
             prefix = f"  [{i}] " if len(self.jobs) > 1 else "  "
             lines.append(f"{prefix}job {job.job_id}  run folder: {run_dir}")
@@ -499,8 +504,6 @@ def submit(command: str, args: list[str], opts: LaunchOptions, sweep_axes: Optio
     params = sbatch_parameters(opts, f"ssl-bf-{command}", tasks_per_node=tasks)
     chained_in_job = then is not None and opts.cluster != "slurm"
     shape = f"{opts.nodes} node(s) x {tasks} task(s)" + (f" x {opts.gpus_per_node} GPU(s)/node" if opts.gpus_per_node else "")
-    if chained_in_job:
-        shape += "; evaluate runs at the end of the same job"
     eval_params = None
     if then and opts.cluster == "slurm":
         eval_params = sbatch_parameters(opts, "ssl-bf-evaluate", nodes=1, tasks_per_node=1,
@@ -508,7 +511,8 @@ def submit(command: str, args: list[str], opts: LaunchOptions, sweep_axes: Optio
                                         dependency=("aftercorr:<ARRAY_ID>" if n > 1 else "afterok:<JOB_ID>"))
 
     sub = Submission(command=[command, *args], cluster=opts.cluster, folder=folder, run_dirs=run_dirs,
-                     sweep=sweep, dry_run=dry_run, shape=shape)
+                     sweep=sweep, dry_run=dry_run, shape=shape,
+                     note="then: `ssl-bf evaluate RUN` runs at the end of the same job" if chained_in_job else "")
     if opts.cluster == "slurm":
         sub.partition = check_request(opts, tasks, opts.nodes) or opts.partition
     if dry_run:

@@ -1,0 +1,277 @@
+"""ssl_bf.launch without a SLURM cluster: dry runs, option checks, `--cluster local|debug` jobs,
+the job's checkpoint()/signal guard, and sweep-report."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ssl_bf.cli import main as ssl_bf_main
+from ssl_bf.launch import LaunchError, SubcommandJob, make_options
+from ssl_bf.launch import report as report_mod
+from ssl_bf.launch import slurm as slurm_mod
+from ssl_bf.launch.slurm import guard_step_signals, with_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.yaml")
+
+
+@pytest.fixture
+def no_cluster(monkeypatch):
+    """Submit-time cluster checks see no cluster (as on a laptop)."""
+    monkeypatch.setattr(slurm_mod, "_run", lambda *a, **k: None)
+
+
+def starts(run) -> list[dict]:
+    path = Path(run) / "metrics.jsonl"
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("event") == "start"]
+
+
+# --- dry run ------------------------------------------------------------------------------------
+def test_dry_run_prints_the_sbatch_script_and_submits_nothing(tmp_path, capsys, no_cluster):
+    run = tmp_path / "run"
+    rc = ssl_bf_main([
+        "submit", "pretrain", "--cluster", "slurm", "--nodes", "2", "--gpus-per-node", "8",
+        "--cpus-per-task", "10", "--mem-gb", "480", "--partition", "gpu", "--account", "acc", "--qos", "high",
+        "--constraint", "a100", "--time", "4320", "--exclusive", "--signal-delay", "180", "--max-requeues", "5",
+        "--slurm-extra", "mail-type=END", "--setup", "module load cuda", "--sweep", "seed=0,1,2",
+        "--sweep", "batchformer.enabled=false,true", "--then", "evaluate", "--dry-run",
+        "--", "--config", TINY, f"run.dir={run}"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    for line in ["#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --cpus-per-task=10", "#SBATCH --mem=491520M", "#SBATCH --partition=gpu",
+                 "#SBATCH --account=acc", "#SBATCH --qos=high", "#SBATCH --constraint=a100",
+                 "#SBATCH --time=4320", "#SBATCH --exclusive", "#SBATCH --signal=USR2@180",
+                 "#SBATCH --mail-type=END", "#SBATCH --array=0-5%6", "module load cuda",
+                 f"#SBATCH --output={run}/submitit/%A_%a_0_log.out", "srun --unbuffered",
+                 "#SBATCH --kill-on-invalid-dep=yes", "aftercorr:"]:
+        assert line in out, f"{line!r} missing from:\n{out}"
+    assert "nothing submitted" in out
+    assert f"run folder: {run}/seed=2__batchformer.enabled=true" in out
+    assert not run.exists()
+
+
+def test_dry_run_single_job_defaults(tmp_path, capsys, no_cluster):
+    rc = ssl_bf_main(["submit", "pretrain", "--dry-run", "--then", "evaluate", "--",
+                      "--config", TINY, f"run.dir={tmp_path / 'r'}"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "#SBATCH --nodes=1" in out and "#SBATCH --ntasks-per-node=1" in out
+    assert "--gpus-per-node" not in out and "#SBATCH --array" not in out
+    assert "afterok:" in out
+
+
+# --- options and bad requests -------------------------------------------------------------------
+def test_preset_then_command_line():
+    opts = make_options("testcluster", time=5, slurm_extra={"comment": "x"})
+    assert (opts.cluster, opts.partition, opts.time, opts.mem_gb, opts.cpus_per_task) == ("slurm", "debug", 5, 2, 1)
+    assert opts.slurm_extra == {"comment": "x"} and opts.setup == ["export OMP_NUM_THREADS=1"]
+    assert make_options("example-gpu").ntasks_per_node == 8
+
+
+def test_preset_from_environment(monkeypatch):
+    monkeypatch.setenv("SSL_BF_CLUSTER_PRESET", "local")
+    assert make_options(None).cluster == "local"
+
+
+def test_preset_with_unknown_key(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("partion: gpu\n")
+    with pytest.raises(LaunchError, match="unknown launcher option 'partion'; did you mean 'partition'"):
+        make_options(str(bad))
+    with pytest.raises(LaunchError, match="unknown cluster preset 'nope'"):
+        make_options("nope")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pretrain", "--cluster", "local", "--nodes", "2"], "--cluster local runs on this machine only"),
+    (["pretrain", "--gpus-per-node", "4", "--tasks-per-node", "2"], "one task per GPU"),
+    (["pretrain", "--time", "1", "--signal-delay", "90"], "must be shorter than --time"),
+    (["pretrain", "--sweep", "seed"], "--sweep expects key=v1,v2"),
+    (["pretrain", "--sweep", "seed=1,1"], "must be non-empty and distinct"),
+    (["pretrain", "--sweep", "run.dir=a,b"], "each element gets its own run folder"),
+    (["knn", "--sweep", "seed=0,1"], "needs `submit pretrain`"),
+    (["knn", "--then", "evaluate"], "chains after a pretrain job"),
+    (["knn", "--nodes", "2"], "knn runs as a single task"),
+    (["pretrain", "--then-args=-x"], "--then-args needs --then evaluate"),
+], ids=["local-nodes", "tasks-vs-gpus", "signal-delay", "sweep-format", "sweep-dupes", "sweep-run-dir",
+        "sweep-not-pretrain", "then-not-pretrain", "knn-nodes", "then-args"])
+def test_bad_requests_are_refused_before_submission(tmp_path, capsys, no_cluster, argv, message):
+    run = tmp_path / "run"
+    rc = ssl_bf_main(["submit", *argv, "--", "--config", TINY, f"run.dir={run}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err, err
+    assert not run.exists()
+
+
+def test_config_errors_are_reported_at_submit_time(tmp_path, capsys, no_cluster):
+    rc = ssl_bf_main(["submit", "pretrain", "--sweep", "sed=0,1", "--", "--config", TINY, f"run.dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown config key 'sed'" in err and "did you mean 'seed'" in err
+
+
+def test_overrides_stay_contiguous_for_argparse():
+    args = ["--config", "c.yaml", "run.dir=a", "seed=1", "--json", "o.json"]
+    assert with_overrides(args, ["run.dir=/abs", "train.epochs=3"]) == \
+        ["--config", "c.yaml", "run.dir=/abs", "seed=1", "train.epochs=3", "--json", "o.json"]
+    assert with_overrides(["--config", "c.yaml"], ["run.dir=/x"]) == ["--config", "c.yaml", "run.dir=/x"]
+
+
+# --- jobs on this machine -----------------------------------------------------------------------
+@pytest.mark.slow
+def test_local_pretrain_completes_and_every_start_resumes(tmp_path, capsys):
+    run = tmp_path / "run"
+    out_json = tmp_path / "sub.json"
+    rc = ssl_bf_main(["submit", "pretrain", "--cluster", "local", "--wait", "--json", str(out_json), "--",
+                      "--config", TINY, f"run.dir={run}", "train.epochs=1"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    record = json.loads(out_json.read_text())
+    result = record["results"][0]["results"][0]
+    assert result["world_size"] == 1 and result["summary"]["step"] == 8
+    assert (run / "checkpoints" / "last.pt").is_file()
+    assert f"run folder: {run}" in out and str(run / "submitit") in out
+
+    # A second start of the same run (as after a requeue) continues from its checkpoint.
+    rc = ssl_bf_main(["submit", "pretrain", "--cluster", "local", "--wait", "--",
+                      "--config", TINY, f"run.dir={run}", "train.epochs=2"])
+    assert rc == 0, capsys.readouterr()
+    assert [s["resumed_from_step"] for s in starts(run)] == [None, 8]
+
+
+@pytest.mark.slow
+def test_debug_cluster_runs_in_this_process(tmp_path, capsys):
+    run = tmp_path / "run"
+    rc = ssl_bf_main(["submit", "pretrain", "--cluster", "debug", "--wait", "--",
+                      "--config", TINY, f"run.dir={run}", "train.epochs=1"])
+    assert rc == 0, capsys.readouterr()
+    assert (run / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.slow
+def test_local_sweep_with_evaluation_and_report(tmp_path, capsys):
+    base = tmp_path / "sweep"
+    rc = ssl_bf_main(["submit", "pretrain", "--cluster", "local", "--sweep", "seed=0,1", "--then", "evaluate",
+                      "--wait", "--", "--config", TINY, f"run.dir={base}", "train.epochs=1"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "`ssl-bf evaluate RUN` runs at the end of the same job" in out
+    for name in ("seed=0", "seed=1"):
+        assert (base / name / "results.json").is_file()
+    assert ssl_bf_main(["sweep-report", str(base)]) == 0
+    assert "(n=2)" in capsys.readouterr().out
+
+
+# --- the job object -----------------------------------------------------------------------------
+def test_checkpoint_saves_state_and_returns_a_clean_job(monkeypatch):
+    import ssl_bf.train
+
+    class FakeTrainer:
+        step = 7
+        saved = 0
+
+        def save_checkpoint(self):
+            self.saved += 1
+            return "/run/checkpoints/last.pt"
+
+    trainer = FakeTrainer()
+    monkeypatch.setattr(ssl_bf.train, "current_trainer", lambda: trainer)
+    job = SubcommandJob(["pretrain", "--config", "c.yaml", "run.dir=/run"], then=["evaluate", "/run"])
+    job.extra_state = "not carried over"
+    delayed = job.checkpoint()
+    assert trainer.saved == 1
+    clean = delayed.function
+    assert isinstance(clean, SubcommandJob) and clean is not job
+    assert clean.argv == job.argv and clean.then == job.then
+    assert not hasattr(clean, "extra_state") and clean._checkpointed is False
+    assert delayed.args == () and delayed.kwargs == {}
+
+
+def test_signal_guard_defers_the_handler_until_the_step_ends():
+    calls = []
+    old = signal.signal(signal.SIGUSR2, lambda s, f: calls.append(time.monotonic()))
+    try:
+        guard_step_signals(signals=(signal.SIGUSR2,))
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})  # "inside a training step"
+        try:
+            # Delivered to a thread that does not block it, as OpenMP/gloo threads in a real job.
+            t = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGUSR2))
+            t.start()
+            t.join()
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:  # run bytecode so Python checks for signals
+                sum(range(1000))
+            assert calls == [], "the handler ran inside the step"
+            step_end = time.monotonic()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
+        for _ in range(1000):
+            if calls:
+                break
+            time.sleep(0.001)
+        assert len(calls) == 1 and calls[0] >= step_end
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+
+
+# --- sweep-report -------------------------------------------------------------------------------
+def _results(top1: float, lin: float) -> dict:
+    return {"knn": [{"k": 20, "temperature": 0.07, "top1": top1, "top5": top1 + 10},
+                    {"k": 200, "temperature": 0.07, "top1": top1 - 1, "top5": top1 + 9}],
+            "linear": {"top1": lin, "protocol": "cached", "ok": True}, "note": "ignored"}
+
+
+def _fake_sweep(base: Path, values: dict) -> None:
+    elements = []
+    for (bf, seed), res in values.items():
+        name = f"batchformer.enabled={bf}__seed={seed}"
+        d = base / name
+        d.mkdir(parents=True)
+        if res is not None:
+            (d / "results.json").write_text(json.dumps(res))
+        (d / "config.yaml").write_text(f"seed: {seed}\nbatchformer:\n  enabled: {bf}\nrun:\n  dir: {d}\n")
+        elements.append({"name": name, "overrides": {"batchformer.enabled": bf, "seed": seed}, "run_dir": str(d)})
+    (base / "sweep.json").write_text(json.dumps({"base_dir": str(base), "keys": ["batchformer.enabled", "seed"],
+                                                 "elements": elements}))
+
+
+def test_sweep_report_mean_and_std_grouped_without_seed(tmp_path, capsys):
+    base = tmp_path / "sweep"
+    _fake_sweep(base, {("false", "0"): _results(70, 80), ("false", "1"): _results(72, 82),
+                       ("true", "0"): _results(75, 85), ("true", "1"): _results(77, 86),
+                       ("true", "2"): None})
+    assert ssl_bf_main(["sweep-report", str(base), "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "batchformer.enabled=false" in out and "batchformer.enabled=true" in out
+    assert "| knn[k=20,temperature=0.07].top1 | 71.00 ± 1.41 (n=2) | 76.00 ± 1.41 (n=2) |" in out
+    assert "| linear.top1 | 81.00 ± 1.41 (n=2) | 85.50 ± 0.71 (n=2) |" in out
+    assert "missing results: batchformer.enabled=true__seed=2" in out
+    with open(base / "sweep-report.csv", newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["batchformer.enabled", "metric", "mean", "std", "n", "values"]
+    assert ["true", "knn[k=200,temperature=0.07].top5", "85", "1.41421", "2", "84 86"] in table
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert {r["metric"] for r in rows} >= {"linear.top1", "knn[k=20,temperature=0.07].top5"}
+    assert not any("note" in r["metric"] or r["metric"].endswith(".ok") for r in rows)
+
+
+def test_sweep_report_without_sweep_file_infers_the_keys(tmp_path):
+    base = tmp_path / "runs"
+    _fake_sweep(base, {("false", "0"): _results(70, 80), ("false", "1"): _results(74, 80)})
+    (base / "sweep.json").unlink()
+    rep = report_mod.sweep_report(str(base))
+    assert rep["keys"] == ["seed"] and rep["group_keys"] == []
+    row = next(r for r in rep["rows"] if r["metric"] == "knn[k=20,temperature=0.07].top1")
+    assert row["mean"] == 72 and row["n"] == 2
+
+
+def test_sweep_report_on_an_empty_folder_fails_clearly(tmp_path, capsys):
+    assert ssl_bf_main(["sweep-report", str(tmp_path)]) == 1
+    assert "no run with results.json" in capsys.readouterr().err
