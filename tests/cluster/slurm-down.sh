@@ -8,7 +8,12 @@ STATE="${SSL_BF_SLURM_STATE:-/tmp/ssl-bf-slurm}"
 HOSTS_MARK="# ssl-bf-slurm test cluster"
 QUIET=0
 [ "${1:-}" = "--quiet" ] && QUIET=1
-say() { [ $QUIET = 1 ] || echo "[slurm-down] $*"; }
+T0=$(date +%s%N)
+say() {
+    [ $QUIET = 1 ] && return
+    local ms=$(( ($(date +%s%N) - T0) / 1000000 ))
+    printf '[slurm-down %3d.%01ds] %s\n' $((ms / 1000)) $((ms % 1000 / 100)) "$*"
+}
 
 if [ ! -d "$STATE" ]; then
     say "no state folder $STATE: nothing to stop"
@@ -17,21 +22,27 @@ fi
 rm -f "$STATE/ready"
 export SLURM_CONF="$STATE/slurm.conf"
 
-# Stop the process in pid file $1 (TERM, then KILL after $2 s).
-stop_pidfile() {
-    local file=$1 grace=${2:-15} pid
-    [ -s "$file" ] || return 0
-    pid="$(tr -dc '0-9' <"$file")"
-    rm -f "$file"
-    [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 0
-    say "stopping $(basename "$file" .pid) (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq $(( grace * 5 ))); do
-        [ -d "/proc/$pid" ] || return 0
-        sleep 0.2
+# Stop the processes in the given pid files together: TERM, then KILL after $GRACE_S seconds.
+GRACE_S=15
+stop_pidfiles() {
+    local file pid pids=()
+    for file in "$@"; do
+        [ -s "$file" ] || continue
+        pid="$(tr -dc '0-9' <"$file")"
+        rm -f "$file"
+        [ -n "$pid" ] && [ -d "/proc/$pid" ] || continue
+        say "stopping $(basename "$file" .pid) (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null && pids+=("$pid")
     done
-    say "pid $pid still alive after ${grace} s: KILL"
-    kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq $(( GRACE_S * 10 ))); do
+        local alive=()
+        for pid in "${pids[@]}"; do [ -d "/proc/$pid" ] && alive+=("$pid"); done
+        pids=("${alive[@]}")
+        [ ${#pids[@]} -eq 0 ] && return 0
+        sleep 0.1
+    done
+    say "still alive after ${GRACE_S} s, sending KILL: ${pids[*]}"
+    kill -KILL "${pids[@]}" 2>/dev/null || true
 }
 
 # 1. Cancel the jobs, so no job step outlives the daemons (bounded wait).
@@ -49,15 +60,13 @@ if [ -n "$ctld_pid" ] && [ -d "/proc/$ctld_pid" ] && [ -f "$SLURM_CONF" ]; then
     fi
 fi
 
-# 2. Daemons, nodes first. Node pid files are node-<name>.pid (a glob slurmd*.pid would also
-#    match slurmdbd.pid).
-for f in "$STATE"/pids/node-*.pid; do
-    [ -e "$f" ] && stop_pidfile "$f"
-done
-stop_pidfile "$STATE/pids/slurmctld.pid"
-stop_pidfile "$STATE/pids/slurmdbd.pid"
-stop_pidfile "$STATE/pids/mariadb.pid" 30   # only present when slurm-up.sh started MariaDB
-stop_pidfile "$STATE/pids/munged.pid"       # likewise for munged
+# 2. Daemons in three waves: SLURM itself, then accounting, then the services it used.
+#    Node pid files are node-<name>.pid (a glob slurmd*.pid would also match slurmdbd.pid).
+shopt -s nullglob
+stop_pidfiles "$STATE"/pids/node-*.pid "$STATE/pids/slurmctld.pid"
+stop_pidfiles "$STATE/pids/slurmdbd.pid"
+# mariadb/munged pid files exist only when slurm-up.sh started them (not a machine's own).
+stop_pidfiles "$STATE/pids/mariadb.pid" "$STATE/pids/munged.pid"
 
 # 3. Undo the machine-wide edits.
 if [ -f "$STATE/hosts-added" ] && grep -qF "$HOSTS_MARK" /etc/hosts; then
