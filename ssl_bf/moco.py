@@ -157,26 +157,35 @@ class MoCoV2(MoCoBase):
             h_k = restore(h_k)
         return h_k, self.momentum_projector(h_k)
 
+    @torch.no_grad()
+    def key_streams(self, x2: torch.Tensor) -> list[torch.Tensor]:
+        """L2-normalised key targets: [k_pre] or [k_pre, k_bf], each (N, D)."""
+        h_k, z_k = self.keys(x2)
+        streams = [F.normalize(z_k, dim=1).float()]
+        if self.uses_key_bf():
+            streams.append(F.normalize(self.key_bf_stream(h_k, z_k), dim=1).float())
+        return streams
+
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, momentum: Optional[float] = None) -> dict:
-        """Two views (N, C, H, W) -> {'loss', 'loss_plain', 'pos_logit', ...}."""
+        """Two views (N, C, H, W) -> {'loss', 'loss_plain', 'pos_logit', 'neg_logit'}.
+
+        The loss averages InfoNCE over every (query stream, key stream) pair, so with
+        BatchFormer off it is exactly the plain MoCo-v2 loss.
+        """
         n = x1.shape[0]
         z_q, _ = self.query_streams(x1)  # (S*N, D)
-        q = F.normalize(z_q, dim=1).float()
+        q_streams = F.normalize(z_q, dim=1).float().split(n)  # 1 or 2 x (N, D)
         with torch.no_grad():
             self.momentum_update(self.cfg.moco.momentum if momentum is None else momentum)
-            h_k, z_k = self.keys(x2)
-            k_pre = F.normalize(z_k, dim=1).float()  # (N, D)
-            k_bf = F.normalize(self.key_bf_stream(h_k, z_k), dim=1).float() if self.uses_key_bf() else None
-        queue = self.queue.clone().detach()
-        q_streams = q.split(n)  # 1 or 2 x (N, D)
-        k_streams = [k_pre] if k_bf is None else [k_pre, k_bf]
+            k_streams = self.key_streams(x2)  # 1 or 2 x (N, D)
+        queue = self.queue.clone().detach()  # (K, D)
         terms = [info_nce_queue(qs, ks, queue, self.cfg.moco.temperature) for qs in q_streams for ks in k_streams]
-        loss = torch.stack([t[0] for t in terms]).mean()  # average of stream pairs
-        self.enqueue(k_pre if k_bf is None or not self.cfg.batchformer.enqueue_both else torch.cat([k_pre, k_bf]))
-        logits = terms[0][1].detach()
+        loss = torch.stack([t[0] for t in terms]).mean()
+        self.enqueue(torch.cat(k_streams) if self.cfg.batchformer.enqueue_both else k_streams[0])
+        logits = terms[0][1].detach()  # (N, 1 + K) of the plain pair
+        t = self.cfg.moco.temperature
         return {"loss": loss, "loss_plain": terms[0][0].detach(),
-                "pos_logit": logits[:, 0].mean() * self.cfg.moco.temperature,
-                "neg_logit": logits[:, 1:].mean() * self.cfg.moco.temperature}
+                "pos_logit": logits[:, 0].mean() * t, "neg_logit": logits[:, 1:].mean() * t}
 
 
 def build_model(cfg: Config, in_channels: int = 3) -> MoCoBase:

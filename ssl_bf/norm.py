@@ -1,8 +1,9 @@
 """Split BatchNorm: per-group batch statistics, state dict identical to nn.BatchNorm2d.
 
 On one process, MoCo's shuffle-BN has nothing to shuffle across, so the batch is cut into G
-groups along N and each group is normalised with its own statistics (the known-correct
-single-process substitute). Parameters and buffers keep BatchNorm2d's names and shapes, so a
+contiguous groups along N and each group is normalised with its own statistics (the
+known-correct single-process substitute). Group g holds rows [g*N/G, (g+1)*N/G), exactly what
+rank g of a G-process DDP run would see. Parameters and buffers keep BatchNorm2d's names and shapes, so a
 checkpoint loads into a plain torchvision ResNet with `strict=True`.
 """
 from __future__ import annotations
@@ -29,8 +30,9 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         # Running stats: each group updates a copy; the mean of the copies is stored.
         mean_g = self.running_mean.repeat(g)  # (G*C,)
         var_g = self.running_var.repeat(g)  # (G*C,)
+        folded = x.view(g, n // g, c, h, w).transpose(0, 1).reshape(n // g, g * c, h, w)  # groups -> channels
         out = F.batch_norm(
-            x.reshape(n // g, g * c, h, w), mean_g, var_g,  # groups folded into channels
+            folded, mean_g, var_g,
             self.weight.repeat(g) if self.affine else None,
             self.bias.repeat(g) if self.affine else None,
             True, self.momentum if self.momentum is not None else 0.1, self.eps)
@@ -38,4 +40,4 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             self.running_mean.copy_(mean_g.view(g, c).mean(0))
             self.running_var.copy_(var_g.view(g, c).mean(0))
             self.num_batches_tracked += 1
-        return out.view(n, c, h, w)
+        return out.view(n // g, g, c, h, w).transpose(0, 1).reshape(n, c, h, w)

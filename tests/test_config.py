@@ -1,0 +1,47 @@
+"""Typed config: presets, overrides, errors that help."""
+import pytest
+import yaml
+
+from ssl_bf.config import ConfigError, load_config, save_config
+
+from conftest import TINY
+
+
+def test_overrides_are_typed():
+    cfg = load_config(TINY, ["batchformer.enabled=true", "train.base_lr=1e-3", "data.subset=none",
+                             "train.epochs=3", "batchformer.position=backbone"])
+    assert cfg.batchformer.enabled is True and cfg.train.base_lr == 1e-3
+    assert cfg.data.subset is None and cfg.train.epochs == 3 and cfg.batchformer.position == "backbone"
+
+
+def test_unknown_key_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'batchformer.enable'; did you mean 'batchformer.enabled'"):
+        load_config(TINY, ["batchformer.enable=true"])
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config(TINY, ["train.epoch=3"])
+
+
+def test_bad_values_are_rejected():
+    with pytest.raises(ConfigError, match="not one of"):
+        load_config(TINY, ["batchformer.position=middle"])
+    with pytest.raises(ConfigError, match="expected int"):
+        load_config(TINY, ["train.epochs=ten"])
+    with pytest.raises(ConfigError, match="multiple of train.batch_size"):
+        load_config(TINY, ["moco.queue_size=100"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("no/such/file.yaml")
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  batchsize: 64\n")
+    with pytest.raises(ConfigError, match="did you mean 'train.batch_size'"):
+        load_config(str(path))
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(TINY, ["seed=7", "batchformer.enabled=true"])
+    save_config(cfg, str(tmp_path / "config.yaml"))
+    again = load_config(str(tmp_path / "config.yaml"))
+    assert again == cfg
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["seed"] == 7

@@ -1,0 +1,103 @@
+"""The training loop: exact resume, atomic checkpoints, NaN stop, CLI errors, export."""
+import json
+import os
+
+import pytest
+import torch
+
+from ssl_bf import checkpoint as ckpt_io
+from ssl_bf.cli import main
+from ssl_bf.metrics import read_metrics
+from ssl_bf.train import NonFiniteLossError, Trainer
+
+from conftest import TINY, tiny_config
+
+SMALL = ("data.subset=320", "train.epochs=2", "train.log_every=1")  # 5 steps an epoch
+
+
+def _step_losses(run_dir):
+    return [(r["step"], r["loss"]) for r in read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+            if "step" in r and "event" not in r and "images_per_s" not in r]
+
+
+@pytest.mark.parametrize("bf", ["false", "true"])
+def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path, bf):
+    straight = tiny_config(tmp_path / "a", *SMALL, f"batchformer.enabled={bf}")
+    Trainer(straight).fit()
+    interrupted = tiny_config(tmp_path / "b", *SMALL, f"batchformer.enabled={bf}", "train.max_steps=7")
+    summary = Trainer(interrupted).fit()
+    assert summary["stopped_early"] and summary["step"] == 7
+    resumed = tiny_config(tmp_path / "b", *SMALL, f"batchformer.enabled={bf}")
+    Trainer(resumed).fit()
+    a, b = _step_losses(straight.run.dir), _step_losses(resumed.run.dir)
+    assert len(a) == 10 and a == b  # identical losses, bit for bit, and no duplicated lines
+    state_a = ckpt_io.load(ckpt_io.last_path(straight.run.dir))["model"]
+    state_b = ckpt_io.load(ckpt_io.last_path(resumed.run.dir))["model"]
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    starts = [r for r in read_metrics(os.path.join(resumed.run.dir, "metrics.jsonl")) if r.get("event") == "start"]
+    assert [s["resumed_from_step"] for s in starts] == [None, 7]
+
+
+def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = str(tmp_path / "last.pt")
+    ckpt_io.save_atomic({"step": torch.tensor(1)}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt_io.save_atomic({"step": torch.tensor(2)}, path)
+    monkeypatch.undo()
+    assert ckpt_io.load(path)["step"].item() == 1
+    assert os.listdir(tmp_path) == ["last.pt"]  # no temp file left behind
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path, *SMALL, "train.checkpoint_every_steps=2")
+    trainer = Trainer(cfg)
+    forward = trainer.model.forward
+
+    def poisoned(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if trainer.step >= 3:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    trainer.model.forward = poisoned
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
+        trainer.fit()
+    state = ckpt_io.load(ckpt_io.last_path(cfg.run.dir))
+    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_cli_writes_run_folder_and_export_strips_batchformer(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["pretrain", "--config", TINY, f"run.dir={run}", "batchformer.enabled=true", "train.epochs=1",
+                 "--json", str(tmp_path / "summary.json")]) == 0
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.pt").is_file()
+    lines = read_metrics(str(run / "metrics.jsonl"))
+    assert any("step" in r and "event" not in r for r in lines)
+    epoch_lines = [r for r in lines if "images_per_s" in r]
+    assert epoch_lines and all("epoch" in r and "loss" in r for r in epoch_lines)
+    assert json.loads((tmp_path / "summary.json").read_text())["epoch"] == 1
+
+    out = tmp_path / "backbone.pt"
+    assert main(["export", str(run / "checkpoints" / "last.pt"), str(out)]) == 0
+    exported = torch.load(out, weights_only=True)
+    assert exported and not any(k.startswith(("batchformer", "projector", "momentum")) for k in exported)
+    encoder, _ = ckpt_io.load_encoder(str(out))
+    full, _ = ckpt_io.load_encoder(str(run / "checkpoints" / "last.pt"))
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(encoder(x), full(x))
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert main(["pretrain", "--config", TINY, "train.epoch=3"]) == 2
+    assert "did you mean 'train.epochs'" in capsys.readouterr().err
+    missing = tmp_path / "nowhere"
+    assert main(["pretrain", "--config", TINY, f"data.root={missing}", f"run.dir={tmp_path}/run"]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "dataset-fashion-mnist" in err
