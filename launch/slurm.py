@@ -10,6 +10,7 @@ which rerun the ORIGINAL pickle without calling `checkpoint()`, resume as well.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import os
@@ -56,6 +57,10 @@ class SubcommandJob:
               f"MASTER_PORT={dist_env.master_port} WORLD_SIZE={dist_env.world_size} "
               f"restart={os.environ.get('SLURM_RESTART_COUNT', '0')}", flush=True)
         guard_step_signals()
+        # A result left by an earlier attempt of this job id (requeued after it finished) would
+        # make the submitter think this attempt is done.
+        with contextlib.suppress(Exception):  # (the debug executor has no result files)
+            job_env.paths.result_pickle.unlink()
         if self.argv[0] == "pretrain":
             result = _run_pretrain(self.argv[1:])
         else:
@@ -437,6 +442,11 @@ def sbatch_script(folder: str, params: dict, array: int = 0) -> str:
         raise LaunchError(f"bad sbatch parameters ({e}); submitit {submitit.__version__}") from None
 
 
+def _eval_options(opts: LaunchOptions) -> LaunchOptions:
+    """The chained evaluation: one task with at most one GPU, on a shared node."""
+    return dataclasses.replace(opts, exclusive=False, job_name=None)
+
+
 def _submit_all(executor, jobs: list[SubcommandJob]):
     import submitit
 
@@ -506,7 +516,7 @@ def submit(command: str, args: list[str], opts: LaunchOptions, sweep_axes: Optio
     shape = f"{opts.nodes} node(s) x {tasks} task(s)" + (f" x {opts.gpus_per_node} GPU(s)/node" if opts.gpus_per_node else "")
     eval_params = None
     if then and opts.cluster == "slurm":
-        eval_params = sbatch_parameters(opts, "ssl-bf-evaluate", nodes=1, tasks_per_node=1,
+        eval_params = sbatch_parameters(_eval_options(opts), "ssl-bf-evaluate", nodes=1, tasks_per_node=1,
                                         gpus_per_node=min(opts.gpus_per_node, 1),
                                         dependency=("aftercorr:<ARRAY_ID>" if n > 1 else "afterok:<JOB_ID>"))
 
@@ -546,7 +556,7 @@ def submit(command: str, args: list[str], opts: LaunchOptions, sweep_axes: Optio
             dependency = f"aftercorr:{sub.jobs[0].job_id.split('_')[0]}"
         else:
             dependency = f"afterok:{sub.jobs[0].job_id}"
-        eval_params = sbatch_parameters(opts, "ssl-bf-evaluate", nodes=1, tasks_per_node=1,
+        eval_params = sbatch_parameters(_eval_options(opts), "ssl-bf-evaluate", nodes=1, tasks_per_node=1,
                                         gpus_per_node=min(opts.gpus_per_node, 1), dependency=dependency)
         eval_ex = _executor("slurm", folder, opts, eval_params)
         sub.eval_jobs = _submit_all(eval_ex, [SubcommandJob(t) for t in then_argvs])
