@@ -98,7 +98,7 @@ def submit_main(argv: list[str]) -> int:
               "dry_run": sub.dry_run, "job_ids": sub.job_ids, "eval_job_ids": [j.job_id for j in sub.eval_jobs],
               "logs": [str(j.paths.stdout) for j in sub.jobs], "partition": sub.partition}
     rc = 0
-    if args.wait and not sub.dry_run:
+    if (args.wait or sub.cluster == "debug") and not sub.dry_run:  # debug jobs run when awaited
         rc = _wait(sub, record)
     if args.json:
         text = json.dumps(record, indent=2, default=str)
