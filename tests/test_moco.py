@@ -116,39 +116,43 @@ def test_batchformer_plain_term_matches_the_baseline_and_scale_is_unchanged():
     assert abs(out_on["loss"].item() - out_off["loss"].item()) < 0.25 * out_off["loss"].item()
 
 
-def _positive_logit_shift(key_branch: str) -> float:
-    """Mean positive logit of the BatchFormer query stream when its keys come from the same
-    batch composition, minus the same when each key sits in a re-composed batch (half other
-    images). Frozen encoder: BN in eval mode, dropout off; only BatchFormer mixes samples."""
+def _positive_pair_leak(key_branch: str, steps: int = 20) -> float:
+    """Train briefly on real Fashion-MNIST, then measure how much more the BatchFormer query
+    stream agrees with its positive target than with the same key in the form the queue
+    stores it (the negatives' form). A positive pair that shares BatchFormer's batch channel,
+    which the queue negatives lack, scores > 0: the batch-context shortcut."""
+    from ssl_bf.augment import build_two_views
+    from ssl_bf.data import build_dataset
+
+    data = build_dataset("fashion-mnist", subset=4096)
     torch.manual_seed(0)
-    cfg = tiny_config(None, "batchformer.enabled=true", "batchformer.dropout=0",
-                      f"batchformer.key_branch={key_branch}", "batchformer.recompose_groups=2")
+    cfg = tiny_config(None, "batchformer.enabled=true", f"batchformer.key_branch={key_branch}",
+                      "moco.dim=64", "moco.hidden_dim=128", "moco.queue_size=1024")
     model = build_model(cfg, 1).train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.eval()
-    n = 64
-    images = torch.rand(2 * n, 1, 28, 28)
-    view1 = images + 0.05 * torch.randn_like(images)
-    view2 = images + 0.05 * torch.randn_like(images)
-    a, b = view2[:n], view2[n:]
+    views = build_two_views("mocov2", 28, 1, data.mean, data.std)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9)
+    for step in range(steps):
+        loss = model(*views(data.images[step * 64:(step + 1) * 64]))["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
     with torch.no_grad():
-        q_bf = F.normalize(model.query_streams(view1[:n])[0][n:], dim=1)  # (N, D)
-        torch.manual_seed(1)
-        same = model.key_streams(a)[-1]  # target of the BF query stream
-        half = n // 2
-        torch.manual_seed(1)
-        mixed_1 = model.key_streams(torch.cat([a[:half], b[:half]]))[-1][:half]
-        mixed_2 = model.key_streams(torch.cat([b[half:], a[half:]]))[-1][half:]
-        recomposed = torch.cat([mixed_1, mixed_2])
-    return ((q_bf * same).sum(1).mean() - (q_bf * recomposed).sum(1).mean()).item()
+        x1, x2 = views(data.images[-64:])
+        q_bf = F.normalize(model.query_streams(x1)[0][64:], dim=1)  # (N, D)
+        keys = model.key_streams(x2)  # [k_pre] or [k_pre, k_bf]
+        target = keys[-1]  # what the BF query stream is pulled towards
+        stored = keys[0]  # what enters the queue
+    return ((q_bf * target).sum(1).mean() - (q_bf * stored).sum(1).mean()).item()
 
 
+@pytest.mark.slow
 def test_shortcut_detector_flags_the_reference_key_branch():
-    """Keys through the same BatchFormer in the same batch: the positive pair shares batch
-    context the negatives lack, so its logit rises with shared composition (the leak)."""
-    assert _positive_logit_shift("same_batch") > 0.01
+    """The reference wiring (keys through the same BatchFormer, same batch) learns the
+    shortcut within a few steps; so does re-composing the keys into shuffled groups."""
+    assert _positive_pair_leak("same_batch") > 0.2
+    assert _positive_pair_leak("recomposed") > 0.2
 
 
+@pytest.mark.slow
 def test_default_key_branch_has_no_batch_context_shortcut():
-    assert _positive_logit_shift("pre_only") == 0.0
+    assert _positive_pair_leak("pre_only") == 0.0
