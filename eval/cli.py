@@ -1,0 +1,368 @@
+"""Command-line entry points `ssl-bf embed|knn|linear|evaluate` (dispatched by ssl_bf/cli.py).
+
+Each `*_main(argv)` parses its own arguments, prints a readable table, writes `--json OUT`
+atomically when asked, and returns an exit code: 0 success, 2 bad input, 3 a failed check.
+Heavy imports happen after parsing, so `--help` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Optional, Sequence
+
+EXIT_OK, EXIT_INPUT, EXIT_CHECK = 0, 2, 3
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [[_fmt(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.2f}" if abs(v) >= 0.1 or v == 0 else f"{v:g}"
+    return "-" if v is None else str(v)
+
+
+def _write_json(obj: dict, path: Optional[str]) -> None:
+    if path:
+        from ssl_bf.checkpoint import write_json_atomic
+
+        write_json_atomic(obj, path)
+
+
+def _fail(prog: str, err: BaseException, code: int = EXIT_INPUT) -> int:
+    print(f"{prog}: error: {err}", file=sys.stderr)
+    return code
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    from ssl_bf.config import ConfigError
+    from ssl_bf.data import DataError
+
+    return (ValueError, FileNotFoundError, ConfigError, DataError, KeyError)
+
+
+def knn_table(results: list[dict]) -> str:
+    return _table(["k", "T", "top-1 %", "top-5 %"],
+                  [[r["k"], r["temperature"], r["top1"], r["top5"]] for r in results])
+
+
+# ----------------------------------------------------------------------------------------------
+# embed
+# ----------------------------------------------------------------------------------------------
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda[:N] (default auto)")
+
+
+def embed_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ssl-bf embed",
+        description="Extract features of one split with a checkpoint's frozen encoder (eval mode, eval "
+        "transform, never BatchFormer) and write them as a safetensors embeddings file holding "
+        "'embeddings' (N, D) and 'labels' (N,) with metadata.",
+        epilog="example: ssl-bf embed --checkpoint runs/demo/checkpoints/last.pt --split test "
+        "--out runs/demo/embeddings/test.safetensors")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint (RUN/checkpoints/last.pt) or exported backbone")
+    p.add_argument("--data", help="dataset name (fashion-mnist, cifar10, cifar100, imagefolder, folder) or an "
+                   "image folder; default: the checkpoint's config")
+    p.add_argument("--root", help="data root for a dataset name (default: the config's, or the usual places)")
+    p.add_argument("--split", choices=["train", "test"], required=True)
+    p.add_argument("--out", required=True, help="output file (.safetensors)")
+    p.add_argument("--features", choices=["backbone", "projection"], default="backbone",
+                   help="backbone output (default) or projector output")
+    p.add_argument("--batch-size", type=int, default=256)
+    _add_device(p)
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored precision")
+    p.add_argument("--normalize", action="store_true", help="store L2-normalised features")
+    p.add_argument("--image-size", type=int, help="eval crop size (default: the run's augment.image_size, "
+                   "else the native size; 224 for image folders)")
+    p.add_argument("--workers", type=int, default=4, help="DataLoader workers for image folders")
+    p.add_argument("--subset", type=int, help="embed only the first N images")
+    p.add_argument("--no-paths", action="store_true", help="do not store image paths (folders)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", metavar="OUT", help="also write a summary as JSON")
+    return p
+
+
+def embed_main(argv: Optional[list[str]] = None) -> int:
+    args = embed_parser().parse_args(argv)
+    prog = "ssl-bf embed"
+    from .embed import embed
+
+    tic = time.perf_counter()
+    try:
+        emb = embed(args.checkpoint, args.data, args.split, args.out, features=args.features, root=args.root,
+                    batch_size=args.batch_size, device=args.device, dtype=args.dtype, normalize=args.normalize,
+                    image_size=args.image_size, num_workers=args.workers, save_paths=not args.no_paths,
+                    subset=args.subset, progress=not args.no_progress)
+    except _input_errors() as err:
+        return _fail(prog, err)
+    summary = {"out": args.out, "rows": len(emb), "dim": emb.dim, "dtype": args.dtype,
+               "dataset": emb.metadata.get("dataset"), "split": args.split, "features": args.features,
+               "num_classes": emb.num_classes, "seconds": round(time.perf_counter() - tic, 2)}
+    print(_table(["file", "rows", "dim", "dtype", "dataset", "split", "features", "seconds"],
+                 [[args.out, len(emb), emb.dim, args.dtype, summary["dataset"], args.split, args.features,
+                   summary["seconds"]]]))
+    _write_json(summary, args.json)
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------
+# knn
+# ----------------------------------------------------------------------------------------------
+
+
+def knn_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ssl-bf knn",
+        description="Weighted k-NN accuracy (cosine similarity, votes exp(s/T)) of test embeddings against "
+        "train embeddings. One FAISS search for the largest k; every (k, T) pair is scored from it.",
+        epilog="Files: safetensors embeddings (from `ssl-bf embed` or any program writing 'embeddings' and "
+        "'labels'), X.npy with its labels .npy, .npz, or DINO eval_knn.py dumps (trainfeat.pth + "
+        "trainlabels.pth). The class count comes from the train file (metadata or labels), never the test file.")
+    p.add_argument("--train", required=True, help="train embeddings file")
+    p.add_argument("--test", required=True, help="test embeddings file")
+    p.add_argument("--train-labels", help="labels file for .npy/.pth train features (default: found by name)")
+    p.add_argument("--test-labels", help="labels file for .npy/.pth test features (default: found by name)")
+    p.add_argument("--k", type=int, nargs="+", default=[20, 200], help="neighbour counts (default 20 200)")
+    p.add_argument("--temperature", type=float, nargs="+", default=[0.07, 0.1],
+                   help="vote temperatures (default 0.07 0.1)")
+    p.add_argument("--index", choices=["flat", "flat-fp16", "ivf", "hnsw"], default="flat",
+                   help="flat: exact IndexFlatIP (default); flat-fp16: exact over float16 storage (half the "
+                   "memory); ivf, hnsw: approximate, for millions of rows (recall against flat is reported)")
+    p.add_argument("--recall-sample", type=int, default=1000,
+                   help="queries used to measure recall of ivf/hnsw against exact search (0: skip)")
+    p.add_argument("--memory-budget", type=float, default=2.0, metavar="GB",
+                   help="working memory for search results and votes (default 2; the index is extra)")
+    _add_device(p)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", metavar="OUT", help='write {"results": [{"k", "temperature", "top1", "top5"}], ...}')
+    return p
+
+
+def knn_main(argv: Optional[list[str]] = None) -> int:
+    args = knn_parser().parse_args(argv)
+    prog = "ssl-bf knn"
+    from .formats import check_pair, load_embeddings
+    from .knn import knn_evaluate
+
+    tic = time.perf_counter()
+    try:
+        train = load_embeddings(args.train, args.train_labels)
+        test = load_embeddings(args.test, args.test_labels)
+        check_pair(train, test, args.k)
+        if any(t <= 0 for t in args.temperature):
+            raise ValueError(f"temperatures must be positive, got {args.temperature}")
+        out = knn_evaluate(train.embeddings, train.labels, test.embeddings, test.labels, args.k,
+                           args.temperature, num_classes=train.num_classes, index=args.index,
+                           memory_budget_gb=args.memory_budget, device=args.device,
+                           progress=not args.no_progress, recall_sample=args.recall_sample)
+    except _input_errors() as err:
+        return _fail(prog, err)
+    print(f"k-NN: {len(train)} train x {len(test)} test rows, D={train.dim}, {out.num_classes} classes, "
+          f"index {args.index}, search {out.search_seconds:.2f} s")
+    if out.recall is not None:
+        print(f"recall@{max(args.k)} of {args.index} against exact search: {100 * out.recall:.2f}%")
+    print(knn_table(out.results))
+    _write_json({"results": out.results, "train": args.train, "test": args.test, "index": args.index,
+                 "recall": out.recall, "num_classes": out.num_classes, "train_rows": len(train),
+                 "test_rows": len(test), "dim": train.dim, "search_seconds": round(out.search_seconds, 3),
+                 "seconds": round(time.perf_counter() - tic, 3)}, args.json)
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------
+# linear
+# ----------------------------------------------------------------------------------------------
+
+
+def linear_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ssl-bf linear",
+        description="Linear probe of a frozen encoder. mocov2: SGD lr 30, 100 epochs, steps at 60/80, batch "
+        "256. mocov3: SGD lr 0.1 x batch/256, cosine, 90 epochs, batch 1024. Both train on augmented images "
+        "(RandomResizedCrop + flip) with the backbone in eval mode and check it is unchanged afterwards. "
+        "cached: SGD on embeddings files (no augmentation; a different protocol), several lrs at once, "
+        "chosen on a held-out part of train. logreg: L-BFGS logistic regression on cached features, L2 "
+        "chosen the same way.",
+        epilog="examples:\n  ssl-bf linear --protocol mocov2 --checkpoint runs/demo/checkpoints/last.pt\n"
+        "  ssl-bf linear --protocol cached --train runs/demo/embeddings/train.safetensors "
+        "--test runs/demo/embeddings/test.safetensors --json lin.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--protocol", choices=["mocov2", "mocov3", "cached", "logreg"], required=True)
+    p.add_argument("--checkpoint", help="checkpoint (mocov2/mocov3; cached/logreg embed from it unless "
+                   "--train/--test are given)")
+    p.add_argument("--data", help="dataset name or image folder (default: the checkpoint's config)")
+    p.add_argument("--root", help="data root for a dataset name")
+    p.add_argument("--train", help="cached/logreg: train embeddings file")
+    p.add_argument("--test", help="cached/logreg: test embeddings file")
+    p.add_argument("--train-labels", help="labels file for .npy/.pth train features")
+    p.add_argument("--test-labels", help="labels file for .npy/.pth test features")
+    p.add_argument("--features", choices=["backbone", "projection"], default="backbone")
+    p.add_argument("--bn-head", action="store_true", help="non-affine BatchNorm before the linear layer (MAE)")
+    p.add_argument("--epochs", type=int, help="override the protocol's epochs")
+    p.add_argument("--lr", type=float, help="mocov2/mocov3: override the (base) lr")
+    p.add_argument("--lrs", type=float, nargs="+", help="cached: learning rates to sweep "
+                   "(default 0.003 0.01 0.03 0.1 0.3 1 3 10)")
+    p.add_argument("--l2", type=float, nargs="+", help="logreg: L2 strengths to sweep (default 1e-2 1e-3 1e-4 1e-5)")
+    p.add_argument("--max-iter", type=int, default=100, help="logreg: L-BFGS iterations per fit (default 100)")
+    p.add_argument("--batch-size", type=int, help="override the protocol's batch size")
+    p.add_argument("--weight-decay", type=float, help="override the protocol's weight decay (0)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="cached/logreg: held-out part of train used to choose the lr / L2 (default 0.1)")
+    p.add_argument("--no-refit", action="store_true", help="cached/logreg: do not refit on all of train")
+    p.add_argument("--image-size", type=int, help="mocov2/mocov3: crop size (default: the run's)")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    _add_device(p)
+    p.add_argument("--save-head", metavar="PATH", help="write the trained head (torch, weights_only-loadable)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", metavar="OUT", help='write {"top1", "top5", "protocol", "hyperparameters", ...}')
+    return p
+
+
+def linear_main(argv: Optional[list[str]] = None) -> int:
+    parser = linear_parser()
+    args = parser.parse_args(argv)
+    prog = "ssl-bf linear"
+    from .linear import BackboneChangedError, save_head
+
+    try:
+        if args.protocol in ("mocov2", "mocov3"):
+            if not args.checkpoint:
+                raise ValueError(f"--protocol {args.protocol} needs --checkpoint")
+            result, classes = _linear_images(args)
+        else:
+            result, classes = _linear_cached(args)
+    except BackboneChangedError as err:
+        return _fail(prog, err, EXIT_CHECK)
+    except _input_errors() as err:
+        return _fail(prog, err)
+    if args.save_head:
+        save_head(args.save_head, result, classes)
+    print(f"linear probe, protocol {result.protocol}" + (f" ({result.note})" if result.note else ""))
+    if result.sweep:
+        key = "lr" if "lr" in result.sweep[0] else "l2"
+        print(_table([key, "held-out top-1 %"], [[s[key], s["val_top1"]] for s in result.sweep]))
+    chosen = {k: v for k, v in result.hyperparameters.items() if k in ("lr", "l2", "used_lr", "epochs", "batch_size")}
+    print(_table(["protocol", "top-1 %", "top-5 %", "chosen", "seconds"],
+                 [[result.protocol, result.top1, result.top5,
+                   " ".join(f"{k}={_fmt(v)}" for k, v in chosen.items()), round(result.seconds, 2)]]))
+    _write_json({**result.to_dict(), "head": args.save_head}, args.json)
+    return EXIT_OK
+
+
+def _linear_images(args):
+    from ssl_bf.checkpoint import load_encoder
+    from ssl_bf.data import build_dataset
+
+    from .embed import eval_image_size, resolve_data, resolve_device
+    from .linear import probe_images, recipe_for
+
+    dev = resolve_device(args.device)
+    model, cfg = load_encoder(args.checkpoint, features=args.features, device=dev)
+    name, root = resolve_data(args.data, args.root) if args.data else (cfg.data.name, args.root or cfg.data.root)
+    train_set = build_dataset(name, root=root, split="train", load_size=cfg.data.load_size)
+    test_set = build_dataset(name, root=root, split="test", load_size=cfg.data.load_size)
+    recipe = recipe_for(args.protocol, args.epochs, args.batch_size, args.lr, args.weight_decay)
+    size = args.image_size or eval_image_size(cfg.augment.image_size, train_set)
+    result = probe_images(model, train_set, test_set, recipe, size, args.protocol, args.bn_head, dev,
+                          args.workers, args.seed, progress=not args.no_progress)
+    return result, train_set.classes
+
+
+def _linear_cached(args):
+    from .formats import check_pair, load_embeddings
+    from .linear import DEFAULT_CACHED_LRS, DEFAULT_L2, probe_cached, probe_logreg, recipe_for
+
+    if args.train and args.test:
+        train = load_embeddings(args.train, args.train_labels)
+        test = load_embeddings(args.test, args.test_labels)
+    elif args.checkpoint:
+        from .embed import embed
+
+        train, test = (embed(args.checkpoint, args.data, split, None, features=args.features, root=args.root,
+                             device=args.device, num_workers=args.workers, progress=not args.no_progress)
+                       for split in ("train", "test"))
+    else:
+        raise ValueError(f"--protocol {args.protocol} needs --train and --test embeddings files, or --checkpoint")
+    check_pair(train, test)
+    device = "cpu" if args.device == "auto" else args.device
+    common = dict(num_classes=train.num_classes, val_fraction=args.val_fraction, refit=not args.no_refit,
+                  seed=args.seed, device=device)
+    if args.protocol == "cached":
+        recipe = recipe_for("cached", args.epochs, args.batch_size, None, args.weight_decay)
+        result = probe_cached(train.embeddings, train.labels, test.embeddings, test.labels,
+                              lrs=args.lrs or DEFAULT_CACHED_LRS, recipe=recipe, bn_head=args.bn_head, **common)
+    else:
+        result = probe_logreg(train.embeddings, train.labels, test.embeddings, test.labels,
+                              l2s=args.l2 or DEFAULT_L2, max_iter=args.max_iter, **common)
+    return result, train.classes
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate
+# ----------------------------------------------------------------------------------------------
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ssl-bf evaluate",
+        description="Evaluate a finished run: embed train and test with RUN/checkpoints/last.pt (data from "
+        "RUN/config.yaml) into RUN/embeddings/, k-NN at (k=20, T=0.07) and (k=200, T=0.1), and a cached "
+        "linear probe. Sets the knn/linear/evaluated keys of RUN/results.json (other keys kept) and "
+        "appends the full record to RUN/evaluations.jsonl.")
+    p.add_argument("run", metavar="RUN", help="run folder")
+    p.add_argument("--checkpoint", help="default RUN/checkpoints/last.pt")
+    p.add_argument("--features", choices=["backbone", "projection"], default="backbone")
+    p.add_argument("--linear", choices=["cached", "logreg", "none"], default="cached",
+                   help="linear protocol on the embeddings (default cached)")
+    p.add_argument("--index", choices=["flat", "flat-fp16", "ivf", "hnsw"], default="flat")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--memory-budget", type=float, default=2.0, metavar="GB")
+    p.add_argument("--reuse-embeddings", action="store_true",
+                   help="keep RUN/embeddings files already made from this checkpoint")
+    p.add_argument("--subset", type=int, help="embed only the first N images of each split (smoke tests)")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    _add_device(p)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", metavar="OUT", help="also write the recorded entry as JSON")
+    return p
+
+
+def evaluate_main(argv: Optional[list[str]] = None) -> int:
+    args = evaluate_parser().parse_args(argv)
+    prog = "ssl-bf evaluate"
+    from .evaluate import evaluate_run
+
+    try:
+        entry = evaluate_run(args.run, args.checkpoint, features=args.features, device=args.device,
+                             batch_size=args.batch_size, dtype=args.dtype, index=args.index,
+                             memory_budget_gb=args.memory_budget, linear=args.linear,
+                             reuse_embeddings=args.reuse_embeddings, subset=args.subset,
+                             num_workers=args.workers, seed=args.seed, progress=not args.no_progress)
+    except _input_errors() as err:
+        return _fail(prog, err)
+    ev = entry["evaluated"]
+    print(f"evaluated {ev['checkpoint']} (epoch {ev['epoch']}, {ev['features']} features, "
+          f"{ev['train_rows']} train / {ev['test_rows']} test, D={ev['dim']}) in {ev['seconds']:.1f} s")
+    print("k-NN:")
+    print(knn_table(entry["knn"]))
+    lin = entry["linear"]
+    if lin:
+        chosen = lin["hyperparameters"].get("lr", lin["hyperparameters"].get("l2"))
+        print(f"linear ({lin['protocol']}: {lin.get('note', '')}):")
+        print(_table(["protocol", "top-1 %", "top-5 %", "chosen"],
+                     [[lin["protocol"], lin["top1"], lin["top5"], chosen]]))
+    print(f"results: {args.run}/results.json")
+    _write_json(entry, args.json)
+    return EXIT_OK

@@ -1,0 +1,140 @@
+"""`ssl-bf evaluate RUN`: embed train/test, k-NN at both standard settings, cached linear probe.
+
+Layout of a run folder: `RUN/config.yaml`, `RUN/checkpoints/last.pt`. Written here:
+- `RUN/embeddings/{train,test}.safetensors` (one file per split, reusable by `knn`/`linear`);
+- `RUN/results.json`: a JSON object; this command sets its `knn`, `linear` and `evaluated` keys
+  and keeps every other key (the sweep report reads the numbers from it);
+- `RUN/evaluations.jsonl`: one line per evaluation, full detail, never rewritten;
+- `RUN/linear_head.pt`: the cached-protocol head.
+All writes are atomic.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Optional, Sequence
+
+from .formats import Embeddings, load_embeddings
+
+RESULTS = "results.json"
+HISTORY = "evaluations.jsonl"
+KNN_KS = (20, 200)
+KNN_TEMPERATURES = (0.07, 0.1)  # the table holds (20, 0.07) (DINO) and (200, 0.1) (InstDisc)
+
+
+def run_paths(run_dir: str) -> dict[str, str]:
+    return {"config": os.path.join(run_dir, "config.yaml"),
+            "checkpoint": os.path.join(run_dir, "checkpoints", "last.pt"),
+            "train": os.path.join(run_dir, "embeddings", "train.safetensors"),
+            "test": os.path.join(run_dir, "embeddings", "test.safetensors"),
+            "results": os.path.join(run_dir, RESULTS),
+            "history": os.path.join(run_dir, HISTORY),
+            "head": os.path.join(run_dir, "linear_head.pt")}
+
+
+def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str = "backbone",
+                 device: str = "auto", batch_size: int = 256, dtype: str = "float32",
+                 ks: Sequence[int] = KNN_KS, temperatures: Sequence[float] = KNN_TEMPERATURES,
+                 index: str = "flat", memory_budget_gb: float = 2.0, linear: str = "cached",
+                 reuse_embeddings: bool = False, subset: Optional[int] = None, num_workers: int = 4,
+                 seed: int = 0, progress: bool = True) -> dict:
+    """Evaluate a finished run; returns the entry that was recorded.
+
+    Args:
+        run_dir: the run folder.
+        checkpoint: default RUN/checkpoints/last.pt.
+        linear: cached | logreg | none.
+        reuse_embeddings: keep existing embeddings files made from the same checkpoint file.
+        subset: embed only the first N images of each split (smoke tests).
+    """
+    from ssl_bf.checkpoint import load as load_checkpoint
+    from ssl_bf.checkpoint import write_json_atomic
+    from ssl_bf.config import load_config
+
+    from .embed import embed
+    from .knn import knn_evaluate
+    from .linear import probe_cached, probe_logreg, save_head
+
+    tic = time.perf_counter()
+    paths = run_paths(run_dir)
+    ckpt_path = checkpoint or paths["checkpoint"]
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"run folder not found: {run_dir}")
+    if not os.path.isfile(ckpt_path):
+        raise FileNotFoundError(f"checkpoint not found: {ckpt_path} (has the run finished an epoch?)")
+    ckpt = load_checkpoint(ckpt_path)
+    if os.path.isfile(paths["config"]):
+        data_cfg = load_config(paths["config"]).data
+    else:  # an older run folder: the checkpoint carries the config as well
+        from ssl_bf.config import from_dict
+
+        data_cfg = from_dict(ckpt["config"]).data
+
+    splits: dict[str, Embeddings] = {}
+    for split in ("train", "test"):
+        out = paths[split]
+        if reuse_embeddings and _reusable(out, ckpt_path, features):
+            splits[split] = load_embeddings(out)
+            continue
+        splits[split] = embed(ckpt_path, data_cfg.name, split, out, features=features, root=data_cfg.root,
+                              batch_size=batch_size, device=device, dtype=dtype, subset=subset,
+                              num_workers=num_workers, progress=progress)
+    train, test = splits["train"], splits["test"]
+    knn = knn_evaluate(train.embeddings, train.labels, test.embeddings, test.labels, ks, temperatures,
+                       num_classes=train.num_classes, index=index, memory_budget_gb=memory_budget_gb,
+                       device=device, progress=progress)
+    linear_result = None
+    if linear != "none":
+        probe = probe_cached if linear == "cached" else probe_logreg
+        res = probe(train.embeddings, train.labels, test.embeddings, test.labels,
+                    num_classes=train.num_classes, seed=seed)
+        save_head(paths["head"], res, train.classes)
+        linear_result = {**res.to_dict(), "head": paths["head"]}
+
+    evaluated = {"checkpoint": os.path.abspath(ckpt_path), "epoch": ckpt.get("epoch"),
+                 "step": ckpt.get("step"), "features": features, "dataset": data_cfg.name,
+                 "train_rows": len(train), "test_rows": len(test), "dim": train.dim,
+                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.perf_counter() - tic, 2)}
+    entry = {"knn": knn.results, "linear": linear_result, "evaluated": evaluated}
+    results = _read_results(paths["results"])
+    results.update({"knn": knn.results, "evaluated": evaluated})
+    if linear_result is not None:
+        results["linear"] = {k: linear_result[k] for k in ("protocol", "top1", "top5", "hyperparameters", "note")
+                             if k in linear_result}
+    write_json_atomic(results, paths["results"])
+    _append_line(paths["history"], entry)
+    return entry
+
+
+def _reusable(path: str, checkpoint: str, features: str) -> bool:
+    """An embeddings file made from this checkpoint file, not older than it, same features."""
+    if not os.path.isfile(path) or os.path.getmtime(path) < os.path.getmtime(checkpoint):
+        return False
+    try:
+        meta = load_embeddings(path, check=False).metadata
+    except ValueError:
+        return False
+    return meta.get("checkpoint") == os.path.abspath(checkpoint) and meta.get("features") == features
+
+
+def _read_results(path: str) -> dict:
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); move it away and rerun") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}, expected a JSON object; move it away")
+    return data
+
+
+def _append_line(path: str, entry: dict) -> None:
+    """Append one JSON line (a single write of a whole line; the file is only ever appended to)."""
+    line = json.dumps(entry, default=str) + "\n"
+    with open(path, "a") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
