@@ -363,6 +363,9 @@ def train_linear_heads(x: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: 
         return _train_linear_heads(x, y, num_classes, lrs, recipe, seed)
 
 
+_SMALL_PROBLEM = 1 << 22  # elements of a full-batch feature matrix below which one thread is faster
+
+
 @contextlib.contextmanager
 def _small_op_threads(device: torch.device):
     """One intra-op thread for loops of small CPU ops: a (256, 512) matmul gains nothing from
@@ -382,15 +385,16 @@ def _train_linear_heads(x: torch.Tensor, y: torch.Tensor, num_classes: int, lrs:
                         recipe: Recipe, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     n, d = x.shape
     heads, c = len(lrs), num_classes
-    g = torch.Generator().manual_seed(seed)
-    w = (torch.randn(heads * c, d, generator=g) * 0.01).to(x.device)  # (L*C, D), nn.Linear layout
+    init_gen = torch.Generator().manual_seed(seed)
+    order_gen = torch.Generator().manual_seed(seed + 1)  # batch order independent of L
+    w = (torch.randn(heads * c, d, generator=init_gen) * 0.01).to(x.device)  # (L*C, D), nn.Linear layout
     b = torch.zeros(heads * c, device=x.device)  # (L*C,)
     peak = torch.tensor(list(lrs), dtype=torch.float32, device=x.device).repeat_interleave(c)  # (L*C,)
     vw, vb = torch.zeros_like(w), torch.zeros_like(b)
     total = recipe.epochs * math.ceil(n / recipe.batch_size)
     step = 0
     for _ in range(recipe.epochs):
-        order = torch.randperm(n, generator=g).to(x.device)
+        order = torch.randperm(n, generator=order_gen).to(x.device)
         for start in range(0, n, recipe.batch_size):
             idx = order[start:start + recipe.batch_size]
             xb, yb = x[idx], y[idx]  # (B, D), (B,)
@@ -520,7 +524,8 @@ def fit_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, ma
         b.grad = grad.sum(0)
         return loss[0] + 0.5 * l2 * w.pow(2).sum()
 
-    opt.step(closure)
+    with _small_op_threads(x.device) if x.numel() < _SMALL_PROBLEM else contextlib.nullcontext():
+        opt.step(closure)
     return w.T.contiguous(), b
 
 
