@@ -42,6 +42,11 @@ def numeric_leaves(obj: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
             yield from numeric_leaves(item, f"{prefix}[{label}]")
 
 
+def _is_headline(metric: str) -> bool:
+    leaf = metric.rsplit(".", 1)[-1].lower()
+    return leaf.startswith(("top1", "top5", "acc"))
+
+
 def _flat_config(run_dir: str) -> dict:
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(path):
@@ -140,6 +145,7 @@ def to_markdown(group_keys: list[str], rows: list[dict]) -> str:
     for r in rows:
         if r["metric"] not in metrics:
             metrics.append(r["metric"])
+    metrics.sort(key=lambda m: not _is_headline(m))  # accuracies first, the rest in file order
     cell = {(tuple(r["group"].get(k) for k in group_keys), r["metric"]): r for r in rows}
     heads = [", ".join(f"{k}={v}" for k, v in zip(group_keys, g)) or "all runs" for g in groups]
     lines = ["| metric | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
@@ -177,9 +183,10 @@ def sweep_report(folder: str, out_dir: Optional[str] = None) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     paths = {"markdown": os.path.join(out_dir, "sweep-report.md"), "csv": os.path.join(out_dir, "sweep-report.csv")}
     if rows:
-        header = f"# Sweep report: {os.path.abspath(folder)}\n\n{len(runs)} run(s) with results, grouped by " \
-                 f"{', '.join(group_keys) or 'nothing'} (mean ± sample std over the other keys: " \
-                 f"{', '.join(k for k in keys if k not in group_keys) or 'none'}).\n\n"
+        grouping = f"grouped by {', '.join(group_keys)}" if group_keys else "all in one group"
+        over = ", ".join(k for k in keys if k not in group_keys) or "nothing else varies"
+        header = f"# Sweep report: {os.path.abspath(folder)}\n\n{len(runs)} run(s) with results, " \
+                 f"{grouping}; mean ± sample std over: {over}.\n\n"
         if missing:
             header += f"Missing results.json: {', '.join(missing)}\n\n"
         with open(paths["markdown"], "w") as f:

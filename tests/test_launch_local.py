@@ -159,7 +159,8 @@ def test_debug_cluster_runs_in_this_process(tmp_path, capsys):
 def test_local_sweep_with_evaluation_and_report(tmp_path, capsys):
     base = tmp_path / "sweep"
     rc = ssl_bf_main(["submit", "pretrain", "--cluster", "local", "--sweep", "seed=0,1", "--then", "evaluate",
-                      "--wait", "--", "--config", TINY, f"run.dir={base}", "train.epochs=1"])
+                      "--then-args=--subset 1000 --workers 0 --no-progress", "--wait",
+                      "--", "--config", TINY, f"run.dir={base}", "train.epochs=1"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "`ssl-bf evaluate RUN` runs at the end of the same job" in out

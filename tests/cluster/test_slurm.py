@@ -22,6 +22,7 @@ from ssl_bf.launch import make_options, submit
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("slurm")]
 
 SSL_BF = str(Path(sys.executable).with_name("ssl-bf"))
+EVAL_ARGS = "--subset 1000 --workers 0 --no-progress"  # a small, quick evaluation
 
 
 def tiny(run_dir, *overrides: str) -> list[str]:
@@ -141,7 +142,7 @@ def test_plain_scontrol_requeue_resumes_from_latest_checkpoint(tmp_path, cancel_
 def test_sweep_array_with_chained_evaluation_and_report(tmp_path, capsys, cancel_on_exit):
     base = tmp_path / "sweep"
     rc = ssl_bf_main(["submit", "pretrain", "--preset", PRESET, "--sweep", "seed=0,1", "--then", "evaluate",
-                      "--", *tiny(base)])
+                      f"--then-args={EVAL_ARGS}", "--", *tiny(base, "train.epochs=1")])
     out = capsys.readouterr().out
     assert rc == 0, out
     sweep = json.loads((base / "sweep.json").read_text())
