@@ -387,7 +387,7 @@ def _train_linear_heads(x: torch.Tensor, y: torch.Tensor, num_classes: int, lrs:
     heads, c = len(lrs), num_classes
     init_gen = torch.Generator().manual_seed(seed)
     order_gen = torch.Generator().manual_seed(seed + 1)  # batch order independent of L
-    w = (torch.randn(heads * c, d, generator=init_gen) * 0.01).to(x.device)  # (L*C, D), nn.Linear layout
+    w = (torch.randn(c, d, generator=init_gen) * 0.01).repeat(heads, 1).to(x.device)  # (L*C, D): same start per head
     b = torch.zeros(heads * c, device=x.device)  # (L*C,)
     peak = torch.tensor(list(lrs), dtype=torch.float32, device=x.device).repeat_interleave(c)  # (L*C,)
     vw, vb = torch.zeros_like(w), torch.zeros_like(b)
