@@ -15,7 +15,6 @@ _DELEGATED = {
     "evaluate": ("ssl_bf.eval.cli", "evaluate_main", "embed + knn + linear for a finished run"),
     "submit": ("ssl_bf.launch.cli", "submit_main", "submit a subcommand to SLURM (submitit)"),
     "sweep-report": ("ssl_bf.launch.cli", "sweep_report_main", "mean +- std table over a sweep"),
-    "report": ("ssl_bf.report", "report_main", "plots and a markdown summary of runs"),
 }
 
 
