@@ -28,6 +28,17 @@ def no_cluster(monkeypatch):
     monkeypatch.setattr(slurm_mod, "_run", lambda *a, **k: None)
 
 
+@pytest.fixture
+def one_thread(monkeypatch):
+    """Tiny runs on a shared 2-core machine: one thread each (oversubscribed OpenMP is ~10x slower)."""
+    import torch
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # inherited by --cluster local jobs
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # --cluster debug runs in this process
+    yield
+    torch.set_num_threads(before)
+
+
 def starts(run) -> list[dict]:
     path = Path(run) / "metrics.jsonl"
     return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("event") == "start"]
@@ -126,7 +137,7 @@ def test_overrides_stay_contiguous_for_argparse():
 
 # --- jobs on this machine -----------------------------------------------------------------------
 @pytest.mark.slow
-def test_local_pretrain_completes_and_every_start_resumes(tmp_path, capsys):
+def test_local_pretrain_completes_and_every_start_resumes(tmp_path, capsys, one_thread):
     run = tmp_path / "run"
     out_json = tmp_path / "sub.json"
     rc = ssl_bf_main(["submit", "pretrain", "--cluster", "local", "--wait", "--json", str(out_json), "--",
@@ -147,7 +158,7 @@ def test_local_pretrain_completes_and_every_start_resumes(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_debug_cluster_runs_in_this_process(tmp_path, capsys):
+def test_debug_cluster_runs_in_this_process(tmp_path, capsys, one_thread):
     run = tmp_path / "run"
     rc = ssl_bf_main(["submit", "pretrain", "--cluster", "debug", "--wait", "--",
                       "--config", TINY, f"run.dir={run}", "train.epochs=1"])
@@ -156,7 +167,7 @@ def test_debug_cluster_runs_in_this_process(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_local_sweep_with_evaluation_and_report(tmp_path, capsys):
+def test_local_sweep_with_evaluation_and_report(tmp_path, capsys, one_thread):
     base = tmp_path / "sweep"
     rc = ssl_bf_main(["submit", "pretrain", "--cluster", "local", "--sweep", "seed=0,1", "--then", "evaluate",
                       "--then-args=--subset 1000 --workers 0 --no-progress", "--wait",
