@@ -117,7 +117,8 @@ def test_preempted_run_requeues_and_matches_uninterrupted(tmp_path, cancel_on_ex
 # (d) ---------------------------------------------------------------------------------------------
 def test_plain_scontrol_requeue_resumes_from_latest_checkpoint(tmp_path, cancel_on_exit):
     run = tmp_path / "requeued"
-    # 160 steps: long enough that the run cannot finish in the 5 s between SIGTERM and SIGKILL.
+    # 160 steps: usually longer than the 5 s (KillWait) between SIGTERM and SIGKILL; should the first
+    # attempt finish anyway, the second one resumes from its final checkpoint, which still passes.
     sub = submit("pretrain", tiny(run, "train.epochs=20", "train.checkpoint_every_steps=4"),
                  make_options(PRESET))
     job = sub.jobs[0]
