@@ -11,7 +11,7 @@ Protocols (shared/design/protocols.md):
   stacked weight tensor), picks the lr on a held-out part of the train set, refits on all of it.
   A different protocol from the two above: results carry that label.
 - `logreg`: multinomial logistic regression, full-batch L-BFGS on standardised cached features,
-  an L2 sweep (warm-started, strongest first) selected on the same held-out split.
+  an L2 sweep (all values fit jointly, one data pass per step) selected on the same held-out split.
 The image protocols check that the backbone's weights and buffers are bit-identical afterwards.
 """
 from __future__ import annotations
@@ -499,43 +499,56 @@ def probe_cached(train_x, train_y, test_x, test_y, lrs: Sequence[float] = DEFAUL
                        _values(space))
 
 
-def fit_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int = 200,
-               init: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+def fit_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float | Sequence[float],
+               max_iter: int = 100, init: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
                tolerance: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression by full-batch L-BFGS (strong Wolfe line search).
 
-    Minimises mean cross-entropy + l2/2 * ||W||^2 (bias not penalised). sklearn's `C`
-    corresponds to l2 = 1 / (C * N). Returns W (D, C) and b (C,).
+    Minimises mean cross-entropy + l2/2 * ||W||^2 (bias not penalised); sklearn's `C`
+    corresponds to l2 = 1 / (C * N). With several `l2` values, the independent problems are
+    solved jointly as one sum (separable, so its minimum is every problem's minimum): each
+    L-BFGS step then reads `x` twice whatever the number of values, which is the cost on CPU.
+
+    Returns W (D, C) and b (C,) for one l2, or (L, D, C) and (L, C) for a sequence of L values.
+    `init` has the same shapes.
     """
-    d = x.shape[1]
-    w0, b0 = init if init is not None else (torch.zeros(d, num_classes), torch.zeros(num_classes))
-    w = w0.T.contiguous().to(x.device)  # (C, D): the gradient below comes out contiguous
-    b = b0.clone().to(x.device)
+    single = isinstance(l2, (int, float))
+    l2s = [float(l2)] if single else [float(v) for v in l2]
+    heads, d, c = len(l2s), x.shape[1], num_classes
+    if init is None:
+        w = torch.zeros(heads * c, d, device=x.device)
+        b = torch.zeros(heads * c, device=x.device)
+    else:  # (L, D, C) / (L, C), or (D, C) / (C,) for one value
+        w = init[0].reshape(heads, d, c).transpose(1, 2).reshape(heads * c, d).contiguous().to(x.device)
+        b = init[1].reshape(heads * c).clone().to(x.device)
+    penalty = torch.tensor(l2s, device=x.device).repeat_interleave(c)[:, None]  # (L*C, 1)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20,
                             tolerance_grad=tolerance, tolerance_change=1e-9,
                             line_search_fn="strong_wolfe")
 
     @torch.no_grad()
     def closure() -> torch.Tensor:
-        logits = torch.addmm(b, x, w.T).unsqueeze(1)  # (N, 1, C)
-        loss, grad = softmax_xent_grad(logits, y)
-        grad = grad.squeeze(1)  # (N, C)
-        w.grad = torch.addmm(w, grad.T, x, beta=l2)  # (C, D): grad.T @ x + l2 * w
+        logits = torch.addmm(b, x, w.T).view(len(x), heads, c)  # (N, L, C)
+        loss, grad = softmax_xent_grad(logits, y)  # (L,), (N, L, C)
+        grad = grad.view(len(x), heads * c)
+        w.grad = torch.addmm(w * penalty, grad.T, x)  # (L*C, D): grad.T @ x + l2 * w
         b.grad = grad.sum(0)
-        return loss[0] + 0.5 * l2 * w.pow(2).sum()
+        return loss.sum() + 0.5 * (penalty * w.pow(2)).sum()
 
     with _small_op_threads(x.device) if x.numel() < _SMALL_PROBLEM else contextlib.nullcontext():
         opt.step(closure)
-    return w.T.contiguous(), b
+    w_out = w.view(heads, c, d).transpose(1, 2).contiguous()  # (L, D, C)
+    b_out = b.view(heads, c)
+    return (w_out[0], b_out[0]) if single else (w_out, b_out)
 
 
 def probe_logreg(train_x, train_y, test_x, test_y, l2s: Sequence[float] = DEFAULT_L2,
-                 num_classes: Optional[int] = None, val_fraction: float = 0.1, max_iter: int = 200,
+                 num_classes: Optional[int] = None, val_fraction: float = 0.1, max_iter: int = 100,
                  refit: bool = True, seed: int = 0, device: str = "cpu") -> ProbeResult:
     """Logistic regression on standardised cached features, L2 chosen on a held-out split.
 
-    The sweep runs from the strongest penalty to the weakest, each fit warm-started from the
-    previous one; the chosen L2 is then refit on the whole train set from its held-out solution.
+    All L2 values are fit jointly (one pass over the data per L-BFGS step, see `fit_logreg`);
+    the chosen one is then refit on the whole train set, starting from its held-out solution.
     """
     tic = time.perf_counter()
     dev, space, x, y, xt, yt = _prepare(train_x, train_y, test_x, test_y, num_classes, device)
@@ -543,23 +556,18 @@ def probe_logreg(train_x, train_y, test_x, test_y, l2s: Sequence[float] = DEFAUL
     mean, var = _standardizer(x[fit_rows])
     inv = (var + 1e-6).rsqrt()
     xf = (x[fit_rows] - mean) * inv
-    order = sorted(l2s, reverse=True)
-    sweep, solutions, init = [], [], None
-    for l2 in order:
-        init = fit_logreg(xf, y[fit_rows], space.num_classes, l2, max_iter, init)
-        solutions.append(init)
-        logits = ((x[val_rows] - mean) * inv) @ init[0] + init[1]
-        sweep.append({"l2": l2, "val_top1": _accuracy(logits, y[val_rows])})
-    best = max(range(len(order)), key=lambda i: sweep[i]["val_top1"])
-    w, b = solutions[best]
-    if refit:
+    w_all, b_all = fit_logreg(xf, y[fit_rows], space.num_classes, list(l2s), max_iter)  # (L, D, C), (L, C)
+    val_logits = _scores((x[val_rows] - mean) * inv, w_all, b_all)  # (L, V, C)
+    sweep = [{"l2": v, "val_top1": _accuracy(val_logits[i], y[val_rows])} for i, v in enumerate(l2s)]
+    best = max(range(len(l2s)), key=lambda i: sweep[i]["val_top1"])
+    w, b = w_all[best], b_all[best]
+    if refit:  # from the held-out solution: close to the optimum already
         mean, var = _standardizer(x)
         inv = (var + 1e-6).rsqrt()
-        xa = (x - mean) * inv
-        w, b = fit_logreg(xa, y, space.num_classes, order[best], max_iter, (w, b))
+        w, b = fit_logreg((x - mean) * inv, y, space.num_classes, l2s[best], max_iter, (w, b))
     logits = ((xt - mean) * inv) @ w + b
     t1, t5 = topk_correct(logits, yt)
-    hp = {"l2": order[best], "max_iter": max_iter, "val_fraction": val_fraction, "refit": refit,
+    hp = {"l2": l2s[best], "max_iter": max_iter, "val_fraction": val_fraction, "refit": refit,
           "standardized": True}
     return ProbeResult("logreg", 100.0 * t1 / len(yt), 100.0 * t5 / len(yt), hp, sweep,
                        "L-BFGS logistic regression on " + CACHED_NOTE, time.perf_counter() - tic,

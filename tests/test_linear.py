@@ -124,6 +124,18 @@ def test_logreg_separable_toy_reaches_100():
     assert res.hyperparameters["l2"] in (1e-2, 1e-3, 1e-4, 1e-5) and len(res.sweep) == 4
 
 
+def test_joint_l2_fit_equals_separate_fits():
+    from ssl_bf.eval.linear import fit_logreg
+
+    x, y = overlapping(400, 0, d=8)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    w, b = fit_logreg(xt, yt, 5, [1e-1, 1e-3], max_iter=500)
+    for i, l2 in enumerate([1e-1, 1e-3]):
+        wi, bi = fit_logreg(xt, yt, 5, l2, max_iter=500)
+        torch.testing.assert_close(w[i], wi, atol=2e-3, rtol=1e-2)
+        torch.testing.assert_close(b[i], bi, atol=2e-3, rtol=1e-2)
+
+
 def test_logreg_matches_sklearn():
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
