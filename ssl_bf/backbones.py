@@ -4,8 +4,10 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable, Optional
 
+import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
+from torchvision.models.vision_transformer import VisionTransformer
 
 _RESNETS = {
     "resnet18": (tv_resnet.BasicBlock, [2, 2, 2, 2]),
@@ -60,9 +62,40 @@ def resnet(name: str = "resnet18", stem: str = "imagenet", width: int = 64, in_c
     return net
 
 
+# name -> (layers, heads, hidden dim, MLP dim)
+_VITS = {"vit_small": (12, 6, 384, 1536), "vit_tiny": (6, 3, 192, 768)}
+
+
+class ViTBackbone(nn.Module):
+    """torchvision's VisionTransformer returning the class token: (N, C, H, W) -> (N, D)."""
+
+    def __init__(self, name: str, image_size: int, patch_size: int, in_channels: int = 3,
+                 freeze_patch_embed: bool = False):
+        super().__init__()
+        if name not in _VITS:
+            raise ValueError(f"unknown ViT '{name}'; choose from {sorted(_VITS)}")
+        if image_size % patch_size:
+            raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch_size}")
+        layers, heads, dim, mlp_dim = _VITS[name]
+        self.vit = VisionTransformer(image_size, patch_size, layers, heads, dim, mlp_dim)
+        if in_channels != 3:
+            self.vit.conv_proj = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
+        self.vit.heads = nn.Identity()
+        self.feature_dim = dim
+        if freeze_patch_embed:  # MoCo-v3: a random, fixed patch projection stabilises training
+            for p in self.vit.conv_proj.parameters():
+                p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit(x)  # (N, D), the class token after the final LayerNorm
+
+
 def build_backbone(name: str, stem: str, width: int, in_channels: int, stem_stride: int = 1,
-                   split_bn_groups: int = 1) -> nn.Module:
-    """Backbone from config values; split_bn_groups > 1 uses SplitBatchNorm2d."""
+                   split_bn_groups: int = 1, image_size: int = 224, patch_size: int = 16,
+                   freeze_patch_embed: bool = False) -> nn.Module:
+    """Backbone from config values; split_bn_groups > 1 uses SplitBatchNorm2d (ResNets)."""
+    if name.startswith("vit"):
+        return ViTBackbone(name, image_size, patch_size, in_channels, freeze_patch_embed)
     norm_layer = None
     if split_bn_groups > 1:
         from .norm import SplitBatchNorm2d

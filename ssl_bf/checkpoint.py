@@ -70,6 +70,7 @@ def export_backbone(checkpoint_path: str, out_path: str) -> dict:
     state = backbone_state_dict(ckpt["model"])
     save_atomic(state, out_path)
     meta = {"config": ckpt["config"], "source": os.path.abspath(checkpoint_path),
+            "in_channels": ckpt.get("in_channels", 3), "image_size": ckpt.get("image_size", 224),
             "epoch": ckpt.get("epoch"), "step": ckpt.get("step")}
     write_json_atomic(meta, os.path.splitext(out_path)[0] + ".json")
     return meta
@@ -89,7 +90,8 @@ def load_encoder(path: str, features: str = "backbone", device: str | torch.devi
     if "model" in ckpt and "config" in ckpt:
         cfg = from_dict(ckpt["config"])
         state = ckpt["model"]
-        encoder = build_encoder(cfg, in_channels=ckpt.get("in_channels", 3), features=features)
+        encoder = build_encoder(cfg, in_channels=ckpt.get("in_channels", 3), features=features,
+                                image_size=ckpt.get("image_size", 224))
         missing, unexpected = encoder.load_state_dict(
             {k: v for k, v in state.items() if k.split(".")[0] in dict(encoder.named_children())},
             strict=False)
@@ -102,8 +104,9 @@ def load_encoder(path: str, features: str = "backbone", device: str | torch.devi
         if not os.path.isfile(meta_path):
             raise FileNotFoundError(f"{meta_path} (written by `ssl-bf export`) is needed to rebuild the backbone")
         with open(meta_path) as f:
-            cfg = from_dict(json.load(f)["config"])
-        in_channels = ckpt["conv1.weight"].shape[1] if "conv1.weight" in ckpt else 3
-        encoder = build_encoder(cfg, in_channels=in_channels, features="backbone")
+            meta = json.load(f)
+        cfg = from_dict(meta["config"])
+        in_channels = meta.get("in_channels", 3)
+        encoder = build_encoder(cfg, in_channels=in_channels, features="backbone", image_size=meta.get("image_size", 224))
         encoder.backbone.load_state_dict(ckpt, strict=True)
     return encoder.to(device).eval(), cfg

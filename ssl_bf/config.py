@@ -18,10 +18,12 @@ class ConfigError(ValueError):
 
 @dataclass
 class BackboneConfig:
-    name: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    name: Literal["resnet18", "resnet34", "resnet50", "vit_small", "vit_tiny"] = "resnet18"
     stem: Literal["imagenet", "small"] = "imagenet"  # small: 3x3 conv, no max-pool (28-32 px images)
     stem_stride: int = 1  # stride of the small stem's conv
     width: int = 64  # ResNet base width (64 = torchvision's)
+    patch_size: int = 16  # ViT patch side (16 for 224 px; 4 for 28-32 px images)
+    freeze_patch_embed: bool = False  # ViT: keep the patch projection at its random init (MoCo-v3)
 
 
 @dataclass
@@ -238,6 +240,8 @@ def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[st
 
 def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
+    if cfg.backbone.name.startswith("vit") and cfg.method == "mocov2" and cfg.moco.split_bn_groups > 1:
+        cfg.moco.split_bn_groups = 1  # a ViT has no BatchNorm to split
     if cfg.train.batch_size < 2:
         raise ConfigError("train.batch_size must be at least 2")
     if cfg.method == "mocov2" and cfg.moco.queue_size % cfg.train.batch_size:

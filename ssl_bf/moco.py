@@ -44,10 +44,15 @@ class Encoder(nn.Module):
         return self.projector(h) if hasattr(self, "projector") else h
 
 
-def build_encoder(cfg: Config, in_channels: int = 3, features: str = "backbone") -> Encoder:
-    """An evaluation encoder with the same parameter names as the training model."""
+def _backbone(cfg: Config, in_channels: int, image_size: int, split_bn_groups: int = 1) -> nn.Module:
     b = cfg.backbone
-    backbone = build_backbone(b.name, b.stem, b.width, in_channels, b.stem_stride)
+    return build_backbone(b.name, b.stem, b.width, in_channels, b.stem_stride, split_bn_groups,
+                          image_size, b.patch_size, b.freeze_patch_embed)
+
+
+def build_encoder(cfg: Config, in_channels: int = 3, features: str = "backbone", image_size: int = 224) -> Encoder:
+    """An evaluation encoder with the same parameter names as the training model."""
+    backbone = _backbone(cfg, in_channels, image_size)
     if features == "backbone":
         return Encoder(backbone)
     if features == "projection":
@@ -58,12 +63,12 @@ def build_encoder(cfg: Config, in_channels: int = 3, features: str = "backbone")
 class MoCoBase(nn.Module):
     """Query encoder, momentum encoder and the optional BatchFormer; subclasses add the loss."""
 
-    def __init__(self, cfg: Config, in_channels: int = 3):
+    def __init__(self, cfg: Config, in_channels: int = 3, image_size: int = 224):
         super().__init__()
         self.cfg = cfg
-        b, bf = cfg.backbone, cfg.batchformer
+        bf = cfg.batchformer
         split = cfg.moco.split_bn_groups if cfg.method == "mocov2" else 1
-        self.backbone = build_backbone(b.name, b.stem, b.width, in_channels, b.stem_stride, split)
+        self.backbone = _backbone(cfg, in_channels, image_size, split)
         feature_dim = self.backbone.feature_dim
         self.projector = build_projector(cfg, feature_dim)
         self.batchformer: Optional[BatchFormer] = None
@@ -77,6 +82,7 @@ class MoCoBase(nn.Module):
 
     # --- momentum encoder -------------------------------------------------------------
     def online_parameters(self) -> list[nn.Parameter]:
+        """Parameters mirrored by the momentum encoder (same order as momentum_parameters)."""
         return list(self.backbone.parameters()) + list(self.projector.parameters())
 
     def momentum_parameters(self) -> list[nn.Parameter]:
@@ -130,8 +136,8 @@ class MoCoBase(nn.Module):
 class MoCoV2(MoCoBase):
     """MoCo-v2: momentum key encoder, queue of negatives, InfoNCE at T (0.2)."""
 
-    def __init__(self, cfg: Config, in_channels: int = 3):
-        super().__init__(cfg, in_channels)
+    def __init__(self, cfg: Config, in_channels: int = 3, image_size: int = 224):
+        super().__init__(cfg, in_channels, image_size)
         k, d = cfg.moco.queue_size, cfg.moco.dim
         self.register_buffer("queue", F.normalize(torch.randn(k, d), dim=1))  # (K, D)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
@@ -188,7 +194,53 @@ class MoCoV2(MoCoBase):
                 "pos_logit": logits[:, 0].mean() * t, "neg_logit": logits[:, 1:].mean() * t}
 
 
-def build_model(cfg: Config, in_channels: int = 3) -> MoCoBase:
+class MoCoV3(MoCoBase):
+    """MoCo-v3: BN projector and predictor, symmetric in-batch InfoNCE scaled by 2T.
+
+    With BatchFormer at `projection` it sits between projector and predictor, so the
+    predictor is the head shared by the plain and BatchFormer streams.
+    """
+
+    def __init__(self, cfg: Config, in_channels: int = 3, image_size: int = 224):
+        super().__init__(cfg, in_channels, image_size)
+        self.predictor = mlp(cfg.moco.dim, cfg.moco.pred_hidden_dim, cfg.moco.dim, layers=2, batch_norm=True)
+
+    @torch.no_grad()
+    def key_streams(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Momentum keys gathered from every rank: [k_pre] or [k_pre, k_bf], each (W*N, D)."""
+        h_k = self.momentum_backbone(x)  # (N, F)
+        z_k = self.momentum_projector(h_k)  # (N, D)
+        streams = [z_k]
+        if self.uses_key_bf():
+            streams.append(self.key_bf_stream(h_k, z_k))
+        return [dist_utils.gather_rows(F.normalize(k, dim=1).float()) for k in streams]
+
+    def _queries(self, x: torch.Tensor) -> list[torch.Tensor]:
+        n = x.shape[0]
+        z, _ = self.query_streams(x)  # (S*N, D)
+        return list(F.normalize(self.predictor(z), dim=1).float().split(n))  # S x (N, D)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, momentum: Optional[float] = None) -> dict:
+        """Two views (N, C, H, W) -> {'loss', 'loss_plain', 'pos_logit'}; loss averaged over
+        stream pairs, so with BatchFormer off it is exactly ctr(q1, k2) + ctr(q2, k1)."""
+        n, t = x1.shape[0], self.cfg.moco.temperature
+        q1, q2 = self._queries(x1), self._queries(x2)
+        with torch.no_grad():
+            self.momentum_update(self.cfg.moco.momentum if momentum is None else momentum)
+            k1, k2 = self.key_streams(x1), self.key_streams(x2)
+        offset = dist_utils.rank() * n
+        pairs = [(qa, kb) for qa in q1 for kb in k2], [(qa, kb) for qa in q2 for kb in k1]
+        terms = [torch.stack([info_nce_in_batch(q, k, t, offset) for q, k in side]).mean() for side in pairs]
+        loss = terms[0] + terms[1]
+        plain = info_nce_in_batch(q1[0], k2[0], t, offset) + info_nce_in_batch(q2[0], k1[0], t, offset)
+        pos = (q1[0] * k2[0][offset:offset + n]).sum(1).mean()
+        return {"loss": loss, "loss_plain": plain.detach(), "pos_logit": pos.detach()}
+
+
+def build_model(cfg: Config, in_channels: int = 3, image_size: int = 224) -> MoCoBase:
+    """The method's model: MoCoV2 or MoCoV3."""
     if cfg.method == "mocov2":
-        return MoCoV2(cfg, in_channels)
+        return MoCoV2(cfg, in_channels, image_size)
+    if cfg.method == "mocov3":
+        return MoCoV3(cfg, in_channels, image_size)
     raise ValueError(f"unknown method '{cfg.method}'")

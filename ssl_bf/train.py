@@ -112,9 +112,11 @@ class Trainer:
                                      None if cfg.augment.crop_scale_min <= 0 else cfg.augment.crop_scale_min,
                                      cfg.augment.jitter_strength, cfg.augment.blur).to(self.device)
 
-        self.model = build_model(cfg, self.in_channels).to(self.device)
+        self.model = build_model(cfg, self.in_channels, self.image_size).to(self.device)
         if self.device.type == "cuda" and cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if self.distributed and self.device.type == "cuda" and cfg.method == "mocov3":
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # GPU only in torch
         self.ddp = DistributedDataParallel(self.model) if self.distributed else None
 
         self.global_batch = cfg.train.batch_size * self.world
@@ -146,7 +148,7 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
                 "rng": _rng_state(self.device), "config": to_dict(self.cfg),
-                "in_channels": self.in_channels, "world_size": self.world, "loss": self.last_loss}
+                "in_channels": self.in_channels, "image_size": self.image_size, "world_size": self.world, "loss": self.last_loss}
 
     def save_checkpoint(self) -> Optional[str]:
         """Write RUN/checkpoints/last.pt atomically (rank 0 only; no collectives)."""

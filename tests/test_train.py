@@ -20,14 +20,18 @@ def _step_losses(run_dir):
             if "step" in r and "event" not in r and "images_per_s" not in r]
 
 
-@pytest.mark.parametrize("bf", ["false", "true"])
-def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path, bf):
-    straight = tiny_config(tmp_path / "a", *SMALL, f"batchformer.enabled={bf}")
+V3 = ("method=mocov3", "moco.dim=32", "moco.hidden_dim=64", "moco.pred_hidden_dim=64", "train.optimizer=lars",
+      "moco.momentum=0.99", "augment.recipe=mocov3")
+
+
+@pytest.mark.parametrize("bf,extra", [("false", ()), ("true", ()), ("true", V3)], ids=["v2", "v2-bf", "v3-bf-lars"])
+def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path, bf, extra):
+    straight = tiny_config(tmp_path / "a", *SMALL, f"batchformer.enabled={bf}", *extra)
     Trainer(straight).fit()
-    interrupted = tiny_config(tmp_path / "b", *SMALL, f"batchformer.enabled={bf}", "train.max_steps=7")
+    interrupted = tiny_config(tmp_path / "b", *SMALL, f"batchformer.enabled={bf}", "train.max_steps=7", *extra)
     summary = Trainer(interrupted).fit()
     assert summary["stopped_early"] and summary["step"] == 7
-    resumed = tiny_config(tmp_path / "b", *SMALL, f"batchformer.enabled={bf}")
+    resumed = tiny_config(tmp_path / "b", *SMALL, f"batchformer.enabled={bf}", *extra)
     Trainer(resumed).fit()
     a, b = _step_losses(straight.run.dir), _step_losses(resumed.run.dir)
     assert len(a) == 10 and a == b  # identical losses, bit for bit, and no duplicated lines
