@@ -17,11 +17,9 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -56,7 +54,6 @@ class SubcommandJob:
         print(f"[ssl-bf job] {job_env}; MASTER_ADDR={dist_env.master_addr} "
               f"MASTER_PORT={dist_env.master_port} WORLD_SIZE={dist_env.world_size} "
               f"restart={os.environ.get('SLURM_RESTART_COUNT', '0')}", flush=True)
-        guard_step_signals()
         # A result left by an earlier attempt of this job id (requeued after it finished) would
         # make the submitter think this attempt is done.
         with contextlib.suppress(Exception):  # (the debug executor has no result files)
@@ -109,31 +106,6 @@ class SubcommandJob:
     def __repr__(self) -> str:
         then = f" then {shlex.join(self.then)}" if self.then else ""
         return f"SubcommandJob(ssl-bf {shlex.join(self.argv)}{then})"
-
-
-def guard_step_signals(signals=(signal.SIGUSR2, signal.SIGTERM)) -> None:
-    """Keep submitit's preemption handler out of a training step.
-
-    The trainer blocks these signals in the main thread during a step, but a signal sent to the
-    process may land on any other thread (OpenMP, gloo, tqdm), and Python then runs the handler
-    in the main thread mid-step, saving a half-updated state. Wrapped here: a handler that finds
-    the signal blocked in the main thread re-sends it to the main thread, where it stays pending
-    until the step ends.
-    """
-    main_id = threading.main_thread().ident
-    for sig in signals:
-        inner = signal.getsignal(sig)
-        if not callable(inner) or getattr(inner, "_ssl_bf_guard", False):
-            continue
-
-        def guard(signum, frame, inner=inner):
-            if signum in signal.pthread_sigmask(signal.SIG_BLOCK, []):
-                signal.pthread_kill(main_id, signum)  # pending until the trainer unblocks it
-                return
-            inner(signum, frame)
-
-        guard._ssl_bf_guard = True
-        signal.signal(sig, guard)
 
 
 def weights_digest(model) -> str:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from typing import Optional
 
@@ -33,7 +32,7 @@ def _pretrain_parser() -> argparse.ArgumentParser:
 def pretrain_config_from_args(argv: list[str]):
     """Parse pretrain arguments (`--config FILE key=value ...`) into a validated Config."""
     from .config import load_config
-    args = _pretrain_parser().parse_args(argv)
+    args = _pretrain_parser().parse_intermixed_args(argv)
     return load_config(args.config, args.overrides)
 
 
@@ -44,7 +43,7 @@ def pretrain_main(argv: list[str]) -> int:
     from .data import DataError
     from .train import NonFiniteLossError, pretrain
 
-    args = _pretrain_parser().parse_args(argv)
+    args = _pretrain_parser().parse_intermixed_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:

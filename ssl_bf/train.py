@@ -2,17 +2,15 @@
 
 Resume is exact on CPU: the batch order of an epoch is a function of (seed, epoch), and the
 checkpoint holds the model, optimiser, queue, RNG states and the position in the epoch.
-Training steps block SIGUSR2/SIGTERM, so a SLURM preemption handler that calls
-`save_checkpoint()` always sees the state between two steps.
+Preemption handlers (SIGUSR2/SIGTERM) are deferred to the end of a step (step_signals.py), so a
+SLURM handler that calls `save_checkpoint()` always sees the state between two steps.
 """
 from __future__ import annotations
 
-import math
 import os
 import random
-import signal
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Iterator, Optional
 
 import numpy as np
@@ -28,9 +26,9 @@ from .metrics import MetricsLogger, truncate_metrics
 from .moco import build_model
 from .optim import build_optimizer, set_lr
 from .schedule import cosine_momentum, warmup_cosine
+from .step_signals import StepSignalGuard
 
 _CURRENT: Optional["Trainer"] = None
-_DEFERRED_SIGNALS = {signal.SIGUSR2, signal.SIGTERM}
 
 
 def current_trainer() -> Optional["Trainer"]:
@@ -42,24 +40,10 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
-@contextmanager
-def _signals_deferred():
-    """Hold SIGUSR2/SIGTERM until the block ends (main thread only; a no-op elsewhere)."""
-    import threading
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED_SIGNALS)
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if torch.cuda.is_available():  # works with one visible GPU per task or all GPUs per node
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         return torch.device("cpu")
     return torch.device(name)
 
@@ -233,9 +217,11 @@ class Trainer:
                          "requeue_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
                          "world_size": self.world, "device": str(self.device), "peak_lr": self.peak_lr})
         started, summary = time.time(), {}
+        self._signals = StepSignalGuard().install()
         try:
             summary = self._loop(started)
         finally:
+            self._signals.uninstall()
             self.logger.close()
             _CURRENT = None
         return summary
@@ -251,7 +237,7 @@ class Trainer:
                        unit="step", dynamic_ncols=True, leave=False)
             losses, t0, seen = [], time.time(), 0
             for images in self._batches(self.epoch, self.step_in_epoch):
-                with _signals_deferred():
+                with self._signals.step():
                     stats = self._train_step(images)
                     self.step += 1
                     self.step_in_epoch += 1

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +12,7 @@ from ssl_bf.cli import main as ssl_bf_main
 from ssl_bf.launch import LaunchError, SubcommandJob, make_options
 from ssl_bf.launch import report as report_mod
 from ssl_bf.launch import slurm as slurm_mod
-from ssl_bf.launch.slurm import guard_step_signals, with_overrides
+from ssl_bf.launch.slurm import with_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -204,33 +200,6 @@ def test_checkpoint_saves_state_and_returns_a_clean_job(monkeypatch):
     assert clean.argv == job.argv and clean.then == job.then
     assert not hasattr(clean, "extra_state") and clean._checkpointed is False
     assert delayed.args == () and delayed.kwargs == {}
-
-
-def test_signal_guard_defers_the_handler_until_the_step_ends():
-    calls = []
-    old = signal.signal(signal.SIGUSR2, lambda s, f: calls.append(time.monotonic()))
-    try:
-        guard_step_signals(signals=(signal.SIGUSR2,))
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})  # "inside a training step"
-        try:
-            # Delivered to a thread that does not block it, as OpenMP/gloo threads in a real job.
-            t = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGUSR2))
-            t.start()
-            t.join()
-            deadline = time.monotonic() + 0.5
-            while time.monotonic() < deadline:  # run bytecode so Python checks for signals
-                sum(range(1000))
-            assert calls == [], "the handler ran inside the step"
-            step_end = time.monotonic()
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
-        for _ in range(1000):
-            if calls:
-                break
-            time.sleep(0.001)
-        assert len(calls) == 1 and calls[0] >= step_end
-    finally:
-        signal.signal(signal.SIGUSR2, old)
 
 
 # --- sweep-report -------------------------------------------------------------------------------

@@ -1,0 +1,60 @@
+"""Keep preemption handlers (SIGUSR2/SIGTERM) out of the middle of a training step.
+
+A signal may be delivered to any thread (OpenMP, gloo, tqdm), and Python then runs the
+handler in the main thread between two bytecodes, possibly halfway through an optimiser
+update. Blocking signals in the main thread does not help for that reason. Instead the Python
+handlers are wrapped: during a step they only record the signal, and the original handler runs
+when the step ends, so a checkpoint written by it always holds a consistent state.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from types import FrameType
+from typing import Callable, Iterator, Optional
+
+DEFERRED = (signal.SIGUSR2, signal.SIGTERM)
+
+
+class StepSignalGuard:
+    """Wraps the current Python handlers of `signals`; `with guard.step():` defers them."""
+
+    def __init__(self, signals: tuple[int, ...] = DEFERRED):
+        self.signals = signals
+        self.originals: dict[int, Callable] = {}
+        self.pending: list[tuple[int, Optional[FrameType]]] = []
+        self.in_step = False
+
+    def install(self) -> "StepSignalGuard":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # handlers can only be set from the main thread
+        for sig in self.signals:
+            handler = signal.getsignal(sig)
+            if callable(handler):  # leave SIG_DFL / SIG_IGN alone
+                self.originals[sig] = handler
+                signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for sig, handler in self.originals.items():
+            if signal.getsignal(sig) is self._handle:
+                signal.signal(sig, handler)
+        self.originals.clear()
+
+    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self.in_step:
+            self.pending.append((signum, frame))
+        else:
+            self.originals[signum](signum, frame)
+
+    @contextmanager
+    def step(self) -> Iterator[None]:
+        self.in_step = True
+        try:
+            yield
+        finally:
+            self.in_step = False
+            while self.pending:
+                signum, frame = self.pending.pop(0)
+                self.originals[signum](signum, frame)
