@@ -99,6 +99,7 @@ class TrainConfig:
 @dataclass
 class MonitorConfig:
     knn_every: int = 1  # epochs between online k-NN checks (0: never)
+    knn_at_start: bool = False  # also measure the random-init network (full sets) before training
     knn_k: int = 20
     knn_temperature: float = 0.07
     bank_subset: Optional[int] = None  # None: the whole train split is the bank

@@ -216,6 +216,11 @@ class Trainer:
                          "resumed_from_step": resumed,
                          "requeue_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
                          "world_size": self.world, "device": str(self.device), "peak_lr": self.peak_lr})
+        if resumed is None and self.cfg.monitor.knn_at_start:
+            init_top1 = self.knn_monitor(full=True)
+            self.logger.log({"event": "knn_init", "step": 0, "knn_top1": init_top1})
+            if self.is_main:
+                print(f"random-init k-NN top-1: {init_top1:.2f}", flush=True)
         started, summary = time.time(), {}
         self._signals = StepSignalGuard().install()
         try:
