@@ -44,7 +44,8 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from ssl_bf.config import ConfigError
     from ssl_bf.data import DataError
 
-    return (ValueError, FileNotFoundError, ConfigError, DataError, KeyError)
+    # RuntimeError: an unreadable or mismatched checkpoint (torch.load, load_state_dict), no CUDA.
+    return (ValueError, FileNotFoundError, ConfigError, DataError, KeyError, RuntimeError)
 
 
 def knn_table(results: list[dict]) -> str:

@@ -24,6 +24,7 @@ import torch
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 INDEX_KINDS = ("flat", "flat-fp16", "ivf", "hnsw")
+GPU_MAX_K = 2048
 _EPS = 1e-12
 
 
@@ -171,6 +172,17 @@ def use_gpu(device: str = "auto") -> bool:
     return available
 
 
+_GPU_RESOURCES = None
+
+
+def _gpu_resources():
+    """One StandardGpuResources per process, kept alive as long as the indexes that use it."""
+    global _GPU_RESOURCES
+    if _GPU_RESOURCES is None:
+        _GPU_RESOURCES = _faiss().StandardGpuResources()
+    return _GPU_RESOURCES
+
+
 def build_index(train: ArrayLike, kind: str = "flat", device: str = "auto", *,
                 normalize: bool = True, nlist: Optional[int] = None, nprobe: int = 32,
                 hnsw_m: int = 32, ef_search: int = 256, seed: int = 0):
@@ -201,7 +213,7 @@ def build_index(train: ArrayLike, kind: str = "flat", device: str = "auto", *,
     else:
         raise ValueError(f"unknown index '{kind}'; choose one of {', '.join(INDEX_KINDS)}")
     if kind in ("flat", "ivf") and use_gpu(device):
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        index = faiss.index_cpu_to_gpu(_gpu_resources(), 0, index)
     step = 1 << 16
     for start in range(0, n, step):
         index.add(prep(train[start:start + step]))
@@ -310,6 +322,8 @@ def knn_evaluate(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: Ar
     train_idx = torch.from_numpy(space.encode(y_train))  # (N,) class indices
     test_idx = torch.from_numpy(space.encode(y_test))  # (Q,), -1: a class unseen in train
 
+    if kmax > GPU_MAX_K and device != "cpu":
+        device = "cpu"  # FAISS GPU search returns at most 2048 neighbours
     index_obj = build_index(train, index, device)
     queries = l2_normalize(test)  # (Q, D) float32
     pairs = [(k, t) for k in ks for t in temperatures]
