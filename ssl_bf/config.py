@@ -64,7 +64,7 @@ class MocoConfig:
 class AugmentConfig:
     recipe: Literal["mocov2", "mocov3", "light"] = "mocov2"
     image_size: int = 0  # 0: the dataset's native size (e.g. 28 for Fashion-MNIST)
-    crop_scale_min: float = 0.2
+    crop_scale_min: float = 0.0  # 0: the recipe's own (mocov2 0.2, mocov3 0.08, light 0.3)
     jitter_strength: float = 1.0  # multiplies the recipe's colour-jitter magnitudes
     blur: bool = True
 
@@ -245,11 +245,28 @@ def validate(cfg: Config) -> None:
         cfg.moco.split_bn_groups = 1  # a ViT has no BatchNorm to split
     if cfg.train.batch_size < 2:
         raise ConfigError("train.batch_size must be at least 2")
+    positive = {"train.log_every": cfg.train.log_every, "train.epochs": cfg.train.epochs,
+                "batchformer.layers": cfg.batchformer.layers, "batchformer.heads": cfg.batchformer.heads,
+                "batchformer.recompose_groups": cfg.batchformer.recompose_groups,
+                "moco.split_bn_groups": cfg.moco.split_bn_groups, "monitor.knn_k": cfg.monitor.knn_k}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    for key in ("bank_subset", "query_subset"):
+        if getattr(cfg.monitor, key) is not None and getattr(cfg.monitor, key) < 1:
+            raise ConfigError(f"monitor.{key} must be a positive number of images or null")
+    if cfg.batchformer.enabled:
+        dim = cfg.moco.dim if cfg.batchformer.position == "projection" else None
+        if dim and dim % cfg.batchformer.heads:
+            raise ConfigError(f"moco.dim ({dim}) must be divisible by batchformer.heads ({cfg.batchformer.heads})")
+        if cfg.batchformer.enqueue_both and cfg.method == "mocov2" and cfg.batchformer.key_branch != "pre_only" \
+                and cfg.moco.queue_size % (2 * cfg.train.batch_size):
+            raise ConfigError("with batchformer.enqueue_both, moco.queue_size must be a multiple of 2 x train.batch_size")
     if cfg.method == "mocov2" and cfg.moco.queue_size % cfg.train.batch_size:
         raise ConfigError(
             f"moco.queue_size ({cfg.moco.queue_size}) must be a multiple of train.batch_size "
             f"({cfg.train.batch_size}) so that whole batches are enqueued")
-    if cfg.moco.split_bn_groups > 1 and cfg.train.batch_size % cfg.moco.split_bn_groups:
+    if cfg.method == "mocov2" and cfg.moco.split_bn_groups > 1 and cfg.train.batch_size % cfg.moco.split_bn_groups:
         raise ConfigError(
             f"train.batch_size ({cfg.train.batch_size}) must be divisible by moco.split_bn_groups "
             f"({cfg.moco.split_bn_groups})")

@@ -1,6 +1,7 @@
 """Process-group set-up (env://, torchrun or SLURM via submitit) and collective helpers."""
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Callable
 
@@ -36,7 +37,8 @@ def init_distributed(device: torch.device) -> bool:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    dist.init_process_group(backend=backend, init_method="env://")
+    # a long timeout: rank 0 alone runs the k-NN monitor while the others wait at a barrier
+    dist.init_process_group(backend=backend, init_method="env://", timeout=datetime.timedelta(hours=3))
     return True
 
 

@@ -50,11 +50,16 @@ class StepSignalGuard:
 
     @contextmanager
     def step(self) -> Iterator[None]:
+        """Defer the handlers to the end of the block; if the block raises, they never run
+        (a checkpoint of a half-done step would be worse than none)."""
         self.in_step = True
         try:
             yield
-        finally:
+        except BaseException:
             self.in_step = False
-            while self.pending:
-                signum, frame = self.pending.pop(0)
-                self.originals[signum](signum, frame)
+            self.pending.clear()
+            raise
+        self.in_step = False
+        while self.pending:
+            signum, frame = self.pending.pop(0)
+            self.originals[signum](signum, frame)

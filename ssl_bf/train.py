@@ -109,6 +109,11 @@ class Trainer:
             raise ValueError(f"the train set ({len(self.train_set)} images) is smaller than one global "
                              f"batch ({self.global_batch})")
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        enqueued = self.global_batch * (2 if cfg.batchformer.enabled and cfg.batchformer.enqueue_both
+                                        and cfg.batchformer.key_branch != "pre_only" else 1)
+        if cfg.method == "mocov2" and cfg.moco.queue_size % enqueued:
+            raise ValueError(f"moco.queue_size ({cfg.moco.queue_size}) must be a multiple of the keys enqueued "
+                             f"per step ({enqueued} = batch x processes x key streams)")
         self.peak_lr = cfg.train.base_lr * self.global_batch / 256
         self.optimizer = build_optimizer(self.model, cfg, self.peak_lr)
         self.epoch, self.step, self.step_in_epoch = 0, 0, 0
@@ -146,12 +151,20 @@ class Trainer:
         path = ckpt_io.find_latest(self.run_dir)
         if path is None:
             return None
-        state = ckpt_io.load(path, map_location=self.device)
+        state = ckpt_io.load(path, map_location="cpu")  # RNG states must stay on the CPU
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.world:
+            raise RuntimeError(
+                f"{path} was written by a run with {saved_world} processes; this one has {self.world}. "
+                "The global batch, lr schedule and epoch position would all shift: resume with the same "
+                "number of processes, or start a new run folder.")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
-        if state.get("world_size", 1) == self.world:
-            _set_rng_state(state["rng"], self.device)
+        if self.world == 1:
+            _set_rng_state(state["rng"], self.device)  # exact resume
+        else:  # only rank 0's RNG is saved: give each rank its own deterministic stream
+            self._seed_everything(self.cfg.seed * 1_000_003 + self.step * 1009 + dist_utils.rank())
         self.last_loss = state.get("loss", float("nan"))
         return self.step
 
@@ -167,7 +180,8 @@ class Trainer:
             return
         loader = torch.utils.data.DataLoader(
             self.train_set, batch_sampler=mine.tolist(), num_workers=self.cfg.data.num_workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=False)
+            pin_memory=self.device.type == "cuda", persistent_workers=False,
+            generator=torch.Generator().manual_seed(self.cfg.seed + epoch))  # keeps the global RNG untouched
         for images, _ in loader:
             yield images
 
@@ -187,7 +201,10 @@ class Trainer:
         with self._autocast():
             out = (self.ddp or self.model)(x1, x2, momentum=momentum)
         loss = out["loss"]
-        if not torch.isfinite(loss):
+        finite = torch.isfinite(loss.detach()).float().cpu().view(1)
+        if self.distributed:  # every rank stops together, or none does
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not finite.item():
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at epoch {self.epoch} step {self.step}; stopping. The last good "
                 f"checkpoint ({ckpt_io.last_path(self.run_dir)}) is kept. Try a lower train.base_lr.")
@@ -197,10 +214,16 @@ class Trainer:
         return {"loss": loss.item(), "lr": lr, **{k: float(v) for k, v in out.items() if k != "loss"}}
 
     def _should_stop(self, started: float) -> bool:
+        """max_steps reached or time budget spent; under DDP every rank takes rank 0's decision."""
         t = self.cfg.train
         if t.max_steps and self.step >= t.max_steps:
             return True
-        return bool(t.time_budget_min) and time.time() - started > 60 * t.time_budget_min
+        if not t.time_budget_min:
+            return False
+        flag = torch.tensor([float(time.time() - started > 60 * t.time_budget_min)])
+        if self.distributed:
+            torch.distributed.broadcast(flag, src=0)
+        return bool(flag.item())
 
     def fit(self) -> dict:
         """Train (resuming from RUN/checkpoints/last.pt if present) and return a summary."""
@@ -235,6 +258,8 @@ class Trainer:
         from tqdm import tqdm
 
         cfg, knn_top1 = self.cfg, None
+        if cfg.train.max_steps and self.step >= cfg.train.max_steps:
+            return self._summary(knn_top1, stopped_early=True)
         while self.epoch < cfg.train.epochs:
             self.model.train()
             bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, disable=not (
@@ -262,8 +287,9 @@ class Trainer:
             bar.close()
             record = {"epoch": self.epoch, "step": self.step, "loss": float(np.mean(losses)) if losses else
                       self.last_loss, "images_per_s": seen / max(time.time() - t0, 1e-9)}
-            self.epoch += 1
-            self.step_in_epoch = 0
+            with self._signals.step():  # a handler must never see epoch and position half-updated
+                self.epoch += 1
+                self.step_in_epoch = 0
             final = self.epoch == cfg.train.epochs
             if cfg.monitor.knn_every and (self.epoch % cfg.monitor.knn_every == 0 or final):
                 knn_top1 = self.knn_monitor(full=final)
@@ -288,10 +314,13 @@ class Trainer:
         backbone = self.model.backbone
         was_training = backbone.training
         backbone.eval()
-        n = len(dataset) if limit is None else min(limit, len(dataset))
+        if limit is None or limit >= len(dataset):
+            order = torch.arange(len(dataset))
+        else:  # a fixed random subset: folder datasets are sorted by class
+            order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:limit].sort().values
         feats, labels = [], []
-        for start in range(0, n, batch_size):
-            idx = torch.arange(start, min(start + batch_size, n))
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
             if hasattr(dataset, "get_batch"):
                 images, y = dataset.get_batch(idx)
             else:
@@ -307,21 +336,25 @@ class Trainer:
         """k-NN top-1 (%) of test images against the train bank, backbone features."""
         from .eval.knn import knn_accuracy
 
-        if not self.is_main:
+        if not self.train_set.classes:  # unlabeled data: nothing to score
+            return None
+        if not self.is_main:  # (the process group timeout is raised to cover this wait)
             dist_utils.barrier()
             return None
-        m = self.cfg.monitor
-        if not hasattr(self, "_test_set"):
-            self._test_set = build_dataset(self.cfg.data.name, self.cfg.data.root, "test", None,
-                                           self.cfg.data.load_size)
-            self._bank_set = build_dataset(self.cfg.data.name, self.cfg.data.root, "train", None,
-                                           self.cfg.data.load_size)
-        bank, bank_y = self.embed(self._bank_set, None if full else m.bank_subset)
-        query, query_y = self.embed(self._test_set, None if full else m.query_subset)
-        result = knn_accuracy(bank, bank_y, query, query_y, ks=(m.knn_k,), temperatures=(m.knn_temperature,),
-                              num_classes=len(self._bank_set.classes) or None)
-        dist_utils.barrier()
-        return float(result[0]["top1"])
+        try:
+            m = self.cfg.monitor
+            if not hasattr(self, "_test_set"):
+                self._test_set = build_dataset(self.cfg.data.name, self.cfg.data.root, "test", None,
+                                               self.cfg.data.load_size)
+                self._bank_set = build_dataset(self.cfg.data.name, self.cfg.data.root, "train", None,
+                                               self.cfg.data.load_size)
+            bank, bank_y = self.embed(self._bank_set, None if full else m.bank_subset)
+            query, query_y = self.embed(self._test_set, None if full else m.query_subset)
+            result = knn_accuracy(bank, bank_y, query, query_y, ks=(m.knn_k,), temperatures=(m.knn_temperature,),
+                                  num_classes=len(self._bank_set.classes))
+            return float(result[0]["top1"])
+        finally:
+            dist_utils.barrier()
 
 
 def pretrain(cfg: Config) -> dict:
