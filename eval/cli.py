@@ -70,7 +70,8 @@ def embed_parser() -> argparse.ArgumentParser:
         "'embeddings' (N, D) and 'labels' (N,) with metadata.",
         epilog="example: ssl-bf embed --checkpoint runs/demo/checkpoints/last.pt --split test "
         "--out runs/demo/embeddings/test.safetensors")
-    p.add_argument("--checkpoint", required=True, help="training checkpoint (RUN/checkpoints/last.pt) or exported backbone")
+    p.add_argument("--checkpoint", required=True,
+                   help="training checkpoint (RUN/checkpoints/last.pt) or exported backbone")
     p.add_argument("--data", help="dataset name (fashion-mnist, cifar10, cifar100, imagefolder, folder) or an "
                    "image folder; default: the checkpoint's config")
     p.add_argument("--root", help="data root for a dataset name (default: the config's, or the usual places)")

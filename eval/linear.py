@@ -353,7 +353,7 @@ def _xent_columns(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Ten
 
 def train_linear_heads(x: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: Sequence[float],
                        recipe: Recipe, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """SGD-train one linear head per lr on the same batches, all in one (D, L*C) weight.
+    """SGD-train one linear head per lr on the same batches, all in one (L*C, D) weight.
 
     Args:
         x: (N, D) float32 features (already standardised if a BN head is wanted).
@@ -390,7 +390,7 @@ def _train_linear_heads(x: torch.Tensor, y: torch.Tensor, num_classes: int, lrs:
     heads, c = len(lrs), num_classes
     init_gen = torch.Generator().manual_seed(seed)
     order_gen = torch.Generator().manual_seed(seed + 1)  # batch order independent of L
-    w = (torch.randn(c, d, generator=init_gen) * 0.01).repeat(heads, 1).to(x.device)  # (L*C, D): same start per head
+    w = (torch.randn(c, d, generator=init_gen) * 0.01).repeat(heads, 1).to(x.device)  # (L*C, D), equal starts
     b = torch.zeros(heads * c, device=x.device)  # (L*C,)
     peak = torch.tensor(list(lrs), dtype=torch.float32, device=x.device).repeat_interleave(c)  # (L*C,)
     vw, vb = torch.zeros_like(w), torch.zeros_like(b)

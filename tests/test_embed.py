@@ -31,7 +31,8 @@ def test_round_trip(tmp_path, dtype):
                     extra={"image_size": 32})
     e = load_embeddings(path)
     assert e.embeddings.dtype == np.dtype(dtype) and e.labels.dtype == np.int64
-    np.testing.assert_allclose(e.embeddings.astype(np.float32), x, rtol=1e-3 if dtype == "float16" else 0, atol=1e-3 if dtype == "float16" else 0)
+    tol = 1e-3 if dtype == "float16" else 0.0
+    np.testing.assert_allclose(e.embeddings.astype(np.float32), x, rtol=tol, atol=tol)
     assert e.labels.tolist() == y.tolist()
     assert e.classes == ["cat", "dog", "émeu"] and e.num_classes == 3 and e.normalized
     assert e.image_paths == [f"/data/img {i}.png" for i in range(20)]
@@ -100,7 +101,8 @@ def test_pth_loading_is_weights_only(tmp_path):
 @pytest.mark.parametrize("make, fragment", [
     (lambda p: np.save(p, np.ones((3, 2, 2), np.float32)), "must be 2-D"),
     (lambda p: np.save(p, np.ones((3, 2), np.int64)), "must be floating point"),
-    (lambda p: np.save(p, np.array([[1.0, np.inf], [0, 0], [1, 1]], np.float32)), "1 of 3 rows contain NaN or Inf (rows 0)"),
+    (lambda p: np.save(p, np.array([[1.0, np.inf], [0, 0], [1, 1]], np.float32)),
+     "1 of 3 rows contain NaN or Inf (rows 0)"),
     (lambda p: open(p, "wb").close(), "the file is empty"),
     (lambda p: open(p, "wb").write(b"not numpy"), "cannot read it"),
 ])

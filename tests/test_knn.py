@@ -131,6 +131,17 @@ def test_memory_budget_chunks_queries(monkeypatch):
     assert knn_mod.query_chunk_size(200, 1000, 2.0) > 10_000  # a sane default is not tiny
 
 
+def test_blas_blocks_are_restored():
+    import faiss
+
+    before = (faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs)
+    with knn_mod.blas_blocks(2.0):
+        assert faiss.cvar.distance_compute_blas_database_bs == 8192
+    with knn_mod.blas_blocks(0.01):  # a small budget keeps FAISS's small blocks
+        assert faiss.cvar.distance_compute_blas_database_bs == 1024
+    assert (faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs) == before
+
+
 # ----------------------------------------------------------------------------------------------
 # Edge cases seen in the peers
 # ----------------------------------------------------------------------------------------------
