@@ -1,23 +1,8 @@
-"""Shared fixtures: small configs and deterministic seeds."""
-from __future__ import annotations
-
-import os
-
+"""Shared fixtures: deterministic seeds."""
 import pytest
 import torch
-
-from ssl_bf.config import load_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "tiny.yaml")
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-def tiny_config(tmp_path=None, *overrides: str):
-    """configs/tiny.yaml with overrides (and the run folder under tmp_path)."""
-    extra = [f"run.dir={tmp_path}/run"] if tmp_path is not None else []
-    return load_config(TINY, [*extra, *overrides])

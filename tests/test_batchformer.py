@@ -8,7 +8,7 @@ from ssl_bf.batchformer import BatchFormer, transform_recomposed
 from ssl_bf.checkpoint import backbone_state_dict
 from ssl_bf.moco import build_encoder, build_model
 
-from conftest import tiny_config
+from tiny_run import tiny_config
 
 
 def _bf(dim=16, dropout=0.0):

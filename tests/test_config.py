@@ -4,7 +4,7 @@ import yaml
 
 from ssl_bf.config import ConfigError, load_config, save_config
 
-from conftest import TINY
+from tiny_run import TINY
 
 
 def test_overrides_are_typed():

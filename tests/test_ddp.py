@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ssl_bf import distributed as dist_utils
 from ssl_bf.moco import build_model
 
-from conftest import tiny_config
+from tiny_run import tiny_config
 
 N = 32  # rows per rank
 OVERRIDES = ("moco.queue_size=256", "moco.shuffle_keys=false", "batchformer.dropout=0", "train.batch_size=32")

@@ -12,7 +12,7 @@ from ssl_bf.losses import info_nce_queue
 from ssl_bf.moco import build_model
 from ssl_bf.norm import SplitBatchNorm2d
 
-from conftest import tiny_config
+from tiny_run import tiny_config
 
 
 def test_info_nce_equals_hand_computation():

@@ -10,7 +10,7 @@ from ssl_bf.moco import build_model
 from ssl_bf.optim import LARS
 from ssl_bf.schedule import cosine_momentum
 
-from conftest import tiny_config
+from tiny_run import tiny_config
 
 V3 = ("method=mocov3", "moco.temperature=1.0", "moco.dim=32", "moco.hidden_dim=64", "moco.pred_hidden_dim=64")
 

@@ -10,7 +10,7 @@ from ssl_bf.cli import main
 from ssl_bf.metrics import read_metrics
 from ssl_bf.train import NonFiniteLossError, Trainer
 
-from conftest import TINY, tiny_config
+from tiny_run import TINY, tiny_config
 
 SMALL = ("data.subset=320", "train.epochs=2", "train.log_every=1")  # 5 steps an epoch
 
