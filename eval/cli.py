@@ -221,6 +221,7 @@ def linear_parser() -> argparse.ArgumentParser:
                    help="cached/logreg: held-out part of train used to choose the lr / L2 (default 0.1)")
     p.add_argument("--no-refit", action="store_true", help="cached/logreg: do not refit on all of train")
     p.add_argument("--image-size", type=int, help="mocov2/mocov3: crop size (default: the run's)")
+    p.add_argument("--subset", type=int, help="use only the first N images of each split (smoke tests)")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     _add_device(p)
@@ -271,13 +272,23 @@ def _linear_images(args):
     dev = resolve_device(args.device)
     model, cfg = load_encoder(args.checkpoint, features=args.features, device=dev)
     name, root = resolve_data(args.data, args.root) if args.data else (cfg.data.name, args.root or cfg.data.root)
-    train_set = build_dataset(name, root=root, split="train", load_size=cfg.data.load_size)
-    test_set = build_dataset(name, root=root, split="test", load_size=cfg.data.load_size)
+    train_set, test_set = (build_dataset(name, root=root, split=split, load_size=cfg.data.load_size,
+                                         subset=_fit_subset(args.subset, name, root, split))
+                           for split in ("train", "test"))
     recipe = recipe_for(args.protocol, args.epochs, args.batch_size, args.lr, args.weight_decay)
     size = args.image_size or eval_image_size(cfg.augment.image_size, train_set)
     result = probe_images(model, train_set, test_set, recipe, size, args.protocol, args.bn_head, dev,
                           args.workers, args.seed, progress=not args.no_progress)
     return result, train_set.classes
+
+
+def _fit_subset(subset: Optional[int], name: str, root: Optional[str], split: str) -> Optional[int]:
+    """`--subset N`, capped at the split's size (a test split may be smaller than N)."""
+    if subset is None:
+        return None
+    from ssl_bf.data import build_dataset
+
+    return min(subset, len(build_dataset(name, root=root, split=split)))
 
 
 def _linear_cached(args):
@@ -291,7 +302,8 @@ def _linear_cached(args):
         from .embed import embed
 
         train, test = (embed(args.checkpoint, args.data, split, None, features=args.features, root=args.root,
-                             device=args.device, num_workers=args.workers, progress=not args.no_progress)
+                             device=args.device, num_workers=args.workers, subset=args.subset,
+                             progress=not args.no_progress)
                        for split in ("train", "test"))
     else:
         raise ValueError(f"--protocol {args.protocol} needs --train and --test embeddings files, or --checkpoint")
