@@ -39,7 +39,9 @@ def test_round_trip(tmp_path, dtype):
     m = e.metadata
     assert (m["checkpoint"], m["features"], m["dataset"], m["split"], m["image_size"]) == \
         ("/runs/a/last.pt", "backbone", "cifar10", "test", "32")
-    assert oct(os.stat(path).st_mode & 0o777) != oct(0o600)  # not safetensors' private mode
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # the usual mode, not safetensors' 0600
     assert [f for f in os.listdir(tmp_path / "sub") if f.startswith(".tmp")] == []
 
 
