@@ -22,6 +22,8 @@ import time
 import numpy as np
 import torch
 
+from bench_common import limit_threads
+
 from ssl_bf.eval.knn import knn_accuracy
 
 NOISE = 3.5  # class-blob noise: top-1 well below 100%, so a wrong vote would show
@@ -67,20 +69,6 @@ def torch_reference(train: torch.Tensor, train_y: torch.Tensor, test: torch.Tens
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def limit_threads(n: int) -> None:
-    """The same thread count for torch, FAISS, numpy/scipy BLAS and OpenMP."""
-    import threadpoolctl
-
-    torch.set_num_threads(n)
-    threadpoolctl.threadpool_limits(n)
-    try:
-        import faiss
-
-        faiss.omp_set_num_threads(n)
-    except ImportError:
-        pass
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ import warnings
 import numpy as np
 import torch
 
+from bench_common import limit_threads
+
 
 def features(n_train: int, n_test: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     g = torch.Generator().manual_seed(0)
@@ -47,20 +49,6 @@ def features(n_train: int, n_test: int, dim: int) -> tuple[np.ndarray, np.ndarra
         xtr = (centres[ytr] + 3 * rng.normal(size=(n_train, dim))).astype(np.float32)
         xte = (centres[yte] + 3 * rng.normal(size=(n_test, dim))).astype(np.float32)
         return xtr, ytr, xte, yte, "Gaussian blobs (Fashion-MNIST not found)"
-
-
-def limit_threads(n: int) -> None:
-    """The same thread count for torch, FAISS, numpy/scipy BLAS and OpenMP."""
-    import threadpoolctl
-
-    torch.set_num_threads(n)
-    threadpoolctl.threadpool_limits(n)
-    try:
-        import faiss
-
-        faiss.omp_set_num_threads(n)
-    except ImportError:
-        pass
 
 
 def main() -> None:

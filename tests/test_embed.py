@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ssl_bf.eval.formats import (EmbeddingsError, find_labels_file, load_embeddings, make_embeddings,
-                                 save_embeddings, write_embeddings)
+                                 save_embeddings)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

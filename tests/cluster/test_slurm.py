@@ -6,7 +6,6 @@ run (configs/tiny.yaml: 8 steps per epoch on a Fashion-MNIST subset); every wait
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
