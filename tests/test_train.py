@@ -105,3 +105,13 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert main(["pretrain", "--config", TINY, f"data.root={missing}", f"run.dir={tmp_path}/run"]) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "dataset-fashion-mnist" in err
+
+
+def test_rerunning_a_finished_run_reports_its_k_nn(tmp_path, capsys):
+    args = ["pretrain", "--config", TINY, f"run.dir={tmp_path}/run", "data.subset=320", "train.epochs=1",
+            "monitor.knn_every=1"]
+    assert main(args) == 0
+    first = [line for line in capsys.readouterr().out.splitlines() if line.startswith("online k-NN")]
+    assert main(args) == 0  # resumes at the end: no training, same figure
+    again = [line for line in capsys.readouterr().out.splitlines() if line.startswith("online k-NN")]
+    assert first and again == first
