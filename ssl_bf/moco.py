@@ -101,20 +101,17 @@ class MoCoBase(nn.Module):
             return dist_utils.gather_rows_with_grad
         return None
 
-    def query_streams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Query features before the predictor: (S*N, D) with S = 2 streams when BF is on.
-
-        Returns (z, h): the projected streams and the plain backbone feature (N, F).
-        """
+    def query_streams(self, x: torch.Tensor) -> torch.Tensor:
+        """Query features before the predictor: (S*N, D) with S = 2 streams when BF is on."""
         h = self.backbone(x)  # (N, F)
         bf = self.batchformer if (self.batchformer is not None and self.training) else None
         if bf is not None and self.cfg.batchformer.position == "backbone":
             h2 = torch.cat([h, bf.transform(h, self._bf_gather())])  # (2N, F)
-            return self.projector(h2), h  # (2N, D)
+            return self.projector(h2)  # (2N, D)
         z = self.projector(h)  # (N, D)
         if bf is not None:
             z = torch.cat([z, bf.transform(z, self._bf_gather())])  # (2N, D)
-        return z, h
+        return z
 
     @torch.no_grad()
     def key_bf_stream(self, h_k: torch.Tensor, z_k: torch.Tensor) -> torch.Tensor:
@@ -179,7 +176,7 @@ class MoCoV2(MoCoBase):
         BatchFormer off it is exactly the plain MoCo-v2 loss.
         """
         n = x1.shape[0]
-        z_q, _ = self.query_streams(x1)  # (S*N, D)
+        z_q = self.query_streams(x1)  # (S*N, D)
         q_streams = F.normalize(z_q, dim=1).float().split(n)  # 1 or 2 x (N, D)
         with torch.no_grad():
             self.momentum_update(self.cfg.moco.momentum if momentum is None else momentum)
@@ -217,7 +214,7 @@ class MoCoV3(MoCoBase):
 
     def _queries(self, x: torch.Tensor) -> list[torch.Tensor]:
         n = x.shape[0]
-        z, _ = self.query_streams(x)  # (S*N, D)
+        z = self.query_streams(x)  # (S*N, D)
         return list(F.normalize(self.predictor(z), dim=1).float().split(n))  # S x (N, D)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, momentum: Optional[float] = None) -> dict:

@@ -87,10 +87,10 @@ def test_eval_path_never_contains_batchformer(tmp_path):
     model(x, x)["loss"].backward()  # one real step so BN stats and weights move
     model.eval()
     with torch.no_grad():
-        with_bf, _ = model.query_streams(x)
+        with_bf = model.query_streams(x)
         saved = model.batchformer
         model.batchformer = None
-        without_bf, _ = model.query_streams(x)
+        without_bf = model.query_streams(x)
         model.batchformer = saved
     assert torch.equal(with_bf, without_bf)
     encoder = build_encoder(cfg, in_channels=1, features="projection").eval()

@@ -138,7 +138,7 @@ def _positive_pair_leak(key_branch: str, steps: int = 20) -> float:
         optimizer.step()
     with torch.no_grad():
         x1, x2 = views(data.images[-64:])
-        q_bf = F.normalize(model.query_streams(x1)[0][64:], dim=1)  # (N, D)
+        q_bf = F.normalize(model.query_streams(x1)[64:], dim=1)  # (N, D)
         keys = model.key_streams(x2)  # [k_pre] or [k_pre, k_bf]
         target = keys[-1]  # what the BF query stream is pulled towards
         stored = keys[0]  # what enters the queue
