@@ -330,14 +330,16 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ssl-bf evaluate",
         description="Evaluate a finished run: embed train and test with RUN/checkpoints/last.pt (data from "
-        "RUN/config.yaml) into RUN/embeddings/, k-NN at (k=20, T=0.07) and (k=200, T=0.1), and a cached "
-        "linear probe. Sets the knn/linear/evaluated keys of RUN/results.json (other keys kept) and "
+        "RUN/config.yaml) into RUN/embeddings/, k-NN at (k=20, T=0.07) and (k=200, T=0.1), a cached "
+        "linear probe and logistic regression. Sets the knn/linear/logreg/evaluated keys of "
+        "RUN/results.json (other keys kept) and "
         "appends the full record to RUN/evaluations.jsonl.")
     p.add_argument("run", metavar="RUN", help="run folder")
     p.add_argument("--checkpoint", help="default RUN/checkpoints/last.pt")
     p.add_argument("--features", choices=["backbone", "projection"], default="backbone")
-    p.add_argument("--linear", choices=["cached", "logreg", "none"], default="cached",
-                   help="linear protocol on the embeddings (default cached)")
+    p.add_argument("--linear", default="cached,logreg", metavar="PROBES",
+                   help="linear probes on the embeddings: 'cached,logreg' (default), 'cached', 'logreg' "
+                        "or 'none'")
     p.add_argument("--index", choices=["flat", "flat-fp16", "ivf", "hnsw"], default="flat")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
@@ -371,12 +373,14 @@ def evaluate_main(argv: Optional[list[str]] = None) -> int:
           f"{ev['train_rows']} train / {ev['test_rows']} test, D={ev['dim']}) in {ev['seconds']:.1f} s")
     print("k-NN:")
     print(knn_table(entry["knn"]))
-    lin = entry["linear"]
-    if lin:
-        chosen = lin["hyperparameters"].get("lr", lin["hyperparameters"].get("l2"))
-        print(f"linear ({lin['protocol']}: {lin.get('note', '')}):")
-        print(_table(["protocol", "top-1 %", "top-5 %", "chosen"],
-                     [[lin["protocol"], lin["top1"], lin["top5"], chosen]]))
+    rows = []
+    for lin in (entry.get("linear"), entry.get("logreg")):
+        if lin:
+            chosen = lin["hyperparameters"].get("lr", lin["hyperparameters"].get("l2"))
+            rows.append([lin["protocol"], lin["top1"], lin["top5"], chosen])
+            print(f"{lin['protocol']}: {lin.get('note', '')}")
+    if rows:
+        print(_table(["probe", "top-1 %", "top-5 %", "chosen lr / l2"], rows))
     print(f"results: {args.run}/results.json")
     _write_json(entry, args.json)
     return EXIT_OK

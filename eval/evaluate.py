@@ -1,11 +1,13 @@
-"""`ssl-bf evaluate RUN`: embed train/test, k-NN at both standard settings, cached linear probe.
+"""`ssl-bf evaluate RUN`: embed train/test, k-NN at both standard settings, cached linear probe
+and logistic regression.
 
 Layout of a run folder: `RUN/config.yaml`, `RUN/checkpoints/last.pt`. Written here:
 - `RUN/embeddings/{train,test}.safetensors` (one file per split, reusable by `knn`/`linear`);
-- `RUN/results.json`: a JSON object; this command sets its `knn`, `linear` and `evaluated` keys
+- `RUN/results.json`: a JSON object; this command sets its `knn`, `linear` (cached probe), `logreg`
+  and `evaluated` keys
   and keeps every other key (the sweep report reads the numbers from it);
 - `RUN/evaluations.jsonl`: one line per evaluation, full detail, never rewritten;
-- `RUN/linear_head.pt`: the cached-protocol head.
+- `RUN/linear_head.pt`, `RUN/logreg_head.pt`: the probes' heads.
 All writes are atomic.
 """
 from __future__ import annotations
@@ -21,6 +23,18 @@ RESULTS = "results.json"
 HISTORY = "evaluations.jsonl"
 KNN_KS = (20, 200)
 KNN_TEMPERATURES = (0.07, 0.1)  # the table holds (20, 0.07) (DINO) and (200, 0.1) (InstDisc)
+LINEAR_PROBES = ("cached", "logreg")
+RESULT_KEY = {"cached": "linear", "logreg": "logreg"}  # probe -> its key in results.json
+
+
+def parse_probes(linear) -> tuple[str, ...]:
+    """'cached,logreg' | 'none' | a sequence -> the probes to run, in order, checked."""
+    items = linear.split(",") if isinstance(linear, str) else list(linear)
+    items = [i.strip() for i in items if i.strip() and i.strip() != "none"]
+    bad = [i for i in items if i not in LINEAR_PROBES]
+    if bad:
+        raise ValueError(f"unknown linear probe(s) {bad}: choose from {list(LINEAR_PROBES)} or 'none'")
+    return tuple(dict.fromkeys(items))
 
 
 def run_paths(run_dir: str) -> dict[str, str]:
@@ -30,13 +44,14 @@ def run_paths(run_dir: str) -> dict[str, str]:
             "test": os.path.join(run_dir, "embeddings", "test.safetensors"),
             "results": os.path.join(run_dir, RESULTS),
             "history": os.path.join(run_dir, HISTORY),
-            "head": os.path.join(run_dir, "linear_head.pt")}
+            "head": os.path.join(run_dir, "linear_head.pt"),
+            "logreg_head": os.path.join(run_dir, "logreg_head.pt")}
 
 
 def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str = "backbone",
                  device: str = "auto", batch_size: int = 256, dtype: str = "float32",
                  ks: Sequence[int] = KNN_KS, temperatures: Sequence[float] = KNN_TEMPERATURES,
-                 index: str = "flat", memory_budget_gb: float = 2.0, linear: str = "cached",
+                 index: str = "flat", memory_budget_gb: float = 2.0, linear="cached,logreg",
                  reuse_embeddings: bool = False, subset: Optional[int] = None, num_workers: int = 4,
                  seed: int = 0, progress: bool = True) -> dict:
     """Evaluate a finished run; returns the entry that was recorded.
@@ -44,7 +59,7 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
     Args:
         run_dir: the run folder.
         checkpoint: default RUN/checkpoints/last.pt.
-        linear: cached | logreg | none.
+        linear: the probes, 'cached,logreg' (default), one of them, or 'none'.
         reuse_embeddings: keep existing embeddings files made from the same checkpoint file.
         subset: embed only the first N images of each split (smoke tests).
     """
@@ -57,6 +72,7 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
     from .linear import probe_cached, probe_logreg, save_head
 
     tic = time.perf_counter()
+    probes = parse_probes(linear)
     paths = run_paths(run_dir)
     ckpt_path = checkpoint or paths["checkpoint"]
     if not os.path.isdir(run_dir):
@@ -84,24 +100,25 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
     knn = knn_evaluate(train.embeddings, train.labels, test.embeddings, test.labels, ks, temperatures,
                        num_classes=train.num_classes, index=index, memory_budget_gb=memory_budget_gb,
                        device=device, progress=progress)
-    linear_result = None
-    if linear != "none":
-        probe = probe_cached if linear == "cached" else probe_logreg
+    probe_results: dict[str, dict] = {}
+    for name in probes:
+        probe = probe_cached if name == "cached" else probe_logreg
         res = probe(train.embeddings, train.labels, test.embeddings, test.labels,
                     num_classes=train.num_classes, seed=seed)
-        save_head(paths["head"], res, train.classes)
-        linear_result = {**res.to_dict(), "head": paths["head"]}
+        head = paths["head"] if name == "cached" else paths["logreg_head"]
+        save_head(head, res, train.classes)
+        probe_results[RESULT_KEY[name]] = {**res.to_dict(), "head": head}
 
     evaluated = {"checkpoint": os.path.abspath(ckpt_path), "epoch": ckpt.get("epoch"),
                  "step": ckpt.get("step"), "features": features, "dataset": data_cfg.name,
                  "train_rows": len(train), "test_rows": len(test), "dim": train.dim,
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.perf_counter() - tic, 2)}
-    entry = {"knn": knn.results, "linear": linear_result, "evaluated": evaluated}
+    entry = {"knn": knn.results, "linear": probe_results.get("linear"), "logreg": probe_results.get("logreg"),
+             "evaluated": evaluated}
     results = _read_results(paths["results"])
     results.update({"knn": knn.results, "evaluated": evaluated})
-    if linear_result is not None:
-        results["linear"] = {k: linear_result[k] for k in ("protocol", "top1", "top5", "hyperparameters", "note")
-                             if k in linear_result}
+    for key, res in probe_results.items():
+        results[key] = {k: res[k] for k in ("protocol", "top1", "top5", "hyperparameters", "note") if k in res}
     write_json_atomic(results, paths["results"])
     _append_line(paths["history"], entry)
     return entry

@@ -9,7 +9,7 @@ from typing import Optional
 
 from .options import CLUSTERS, PRESET_ENV, LaunchError, make_options, parse_extra
 from .slurm import COMMANDS, submit
-from .sweep import parse_sweep
+from .sweep import load_sweep_file, parse_sweep
 
 _EPILOG = """\
 examples:
@@ -57,6 +57,9 @@ def _submit_parser() -> argparse.ArgumentParser:
     g.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
                    help="submit the cartesian product of these config values as a job array; each "
                         "element runs in RUN/KEY=V__... (repeatable; pretrain only)")
+    g.add_argument("--sweep-file", metavar="YAML", help="a sweep definition: named 'variants' (sets of "
+                   "overrides) times 'axes' (as --sweep), e.g. configs/ablation_fmnist_sweep.yaml; "
+                   "--sweep adds axes")
     g.add_argument("--then", choices=["evaluate"],
                    help="chain `ssl-bf evaluate RUN` after each pretraining run that succeeds")
     g.add_argument("--then-args", metavar="ARGS", help="extra arguments for the chained evaluation, "
@@ -87,7 +90,13 @@ def submit_main(argv: list[str]) -> int:
             time=args.time, exclusive=args.exclusive, signal_delay=args.signal_delay,
             max_requeues=args.max_requeues, slurm_extra=parse_extra(args.slurm_extra) or None,
             setup=args.setup or None, folder=args.folder, job_name=args.job_name)
-        sub = submit(args.command, rest, opts, sweep_axes=parse_sweep(args.sweep) or None,
+        variants, axes, variants_first = load_sweep_file(args.sweep_file) if args.sweep_file else ({}, {}, True)
+        given = parse_sweep(args.sweep)
+        twice = sorted(set(axes) & set(given))
+        if twice:
+            raise LaunchError(f"--sweep {twice[0]} is also an axis of {args.sweep_file}")
+        sub = submit(args.command, rest, opts, sweep_axes={**axes, **given} or None,
+                     sweep_variants=variants or None, variants_first=variants_first,
                      then=args.then, dry_run=args.dry_run,
                      then_args=shlex.split(args.then_args) if args.then_args else None)
     except LaunchError as e:

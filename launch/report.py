@@ -81,7 +81,7 @@ def collect(folder: str) -> tuple[list[str], list[dict], list[str]]:
             if res is None:
                 missing.append(el.name)
             else:
-                runs.append({"name": el.name, "params": dict(el.overrides), "results": res})
+                runs.append({"name": el.name, "params": el.labels(), "results": res})
         return keys, runs, missing
     for name in sorted(os.listdir(folder)):
         run_dir = os.path.join(folder, name)

@@ -436,7 +436,8 @@ def _submit_all(executor, jobs: list[SubcommandJob]):
 
 def submit(command: str, args: list[str], opts: LaunchOptions, sweep_axes: Optional[dict] = None,
            then: Optional[str] = None, dry_run: bool = False,
-           then_args: Optional[list[str]] = None) -> Submission:
+           then_args: Optional[list[str]] = None, sweep_variants: Optional[dict] = None,
+           variants_first: bool = True) -> Submission:
     """Submit `ssl-bf COMMAND ARGS` (a sweep submits a job array; `then="evaluate"` chains an
     evaluation per run that starts only after the run succeeds)."""
     if command not in COMMANDS:
@@ -447,7 +448,7 @@ def submit(command: str, args: list[str], opts: LaunchOptions, sweep_axes: Optio
         raise LaunchError("--then-args needs --then evaluate")
     if then and command != "pretrain":
         raise LaunchError("--then evaluate chains after a pretrain job; submit evaluate directly instead")
-    if sweep_axes and command != "pretrain":
+    if (sweep_axes or sweep_variants) and command != "pretrain":
         raise LaunchError("--sweep varies pretrain config keys; it needs `submit pretrain`")
     if command not in DISTRIBUTED_COMMANDS and opts.world_size > 1:
         raise LaunchError(f"{command} runs as a single task: use --nodes 1 and at most one task "
@@ -460,8 +461,8 @@ def submit(command: str, args: list[str], opts: LaunchOptions, sweep_axes: Optio
     if command == "pretrain":
         cfg = pretrain_config(args)
         base = os.path.abspath(cfg.run.dir)
-        if sweep_axes:
-            sweep = expand(sweep_axes, base)
+        if sweep_axes or sweep_variants:
+            sweep = expand(sweep_axes or {}, base, sweep_variants, variants_first)
             sweep.command = ["pretrain", *args]
             argvs = []
             for el in sweep.elements:

@@ -1,10 +1,13 @@
-"""Sweeps: `--sweep key=v1,v2` options -> the cartesian product, one run folder per element."""
+"""Sweeps: `--sweep key=v1,v2` options and `--sweep-file` variants -> the cartesian product,
+one run folder per element."""
 from __future__ import annotations
 
 import itertools
 import json
 import os
 import re
+
+import yaml
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -13,13 +16,20 @@ from .options import LaunchError
 SWEEP_FILE = "sweep.json"  # written into the sweep's base folder; read by `ssl-bf sweep-report`
 
 
+VARIANT_KEY = "variant"  # the axis of a sweep file's named variants
+
+
 @dataclass
 class Element:
     name: str  # the run folder's name under the base folder
-    overrides: dict  # {key: value string} of the swept keys
+    overrides: dict  # {config key: value string} given to this element's pretrain run
     run_dir: str
     job_id: Optional[str] = None
     eval_job_id: Optional[str] = None
+    params: Optional[dict] = None  # {axis: value} that names the element (None: the overrides)
+
+    def labels(self) -> dict:
+        return dict(self.params) if self.params is not None else dict(self.overrides)
 
 
 @dataclass
@@ -53,18 +63,78 @@ def parse_sweep(items: list[str]) -> dict[str, list[str]]:
     return axes
 
 
+def _scalar(value, where: str) -> str:
+    """A YAML scalar as the string an override takes (booleans lower-case, as YAML spells them)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None or isinstance(value, (dict, list)):
+        raise LaunchError(f"{where}: expected a single value, got {value!r}")
+    return str(value)
+
+
+def load_sweep_file(path: str) -> tuple[dict[str, dict[str, str]], dict[str, list[str]], bool]:
+    """A sweep definition: named variants (each a set of overrides) times plain axes.
+
+    axes:                          # optional; as --sweep key=v1,v2
+      seed: [0, 1, 2]
+    variants:                      # optional; becomes the axis 'variant'
+      mocov2: {method: mocov2, batchformer.enabled: false}
+      mocov2+bf: {method: mocov2, batchformer.enabled: true}
+
+    Whichever of the two sections comes first varies slowest (here: every variant of seed 0
+    runs before seed 1, so a sweep cut short still compares all variants). Returns
+    (variants, axes) with the variant axis placed in `axes` order by `expand(..., variants_first)`.
+    """
+    if not os.path.isfile(path):
+        raise LaunchError(f"--sweep-file: no such file: {path}")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict) or set(data) - {"variants", "axes"}:
+        extra = sorted(set(data) - {"variants", "axes"}) if isinstance(data, dict) else data
+        raise LaunchError(f"{path}: a sweep file holds 'variants' and/or 'axes' only, got {extra}")
+    variants: dict[str, dict[str, str]] = {}
+    for name, overrides in (data.get("variants") or {}).items():
+        if not isinstance(overrides, dict) or not overrides:
+            raise LaunchError(f"{path}: variant '{name}' must map config keys to values")
+        if "run.dir" in overrides:
+            raise LaunchError(f"{path}: variant '{name}' sets run.dir; each element gets its own run folder")
+        variants[str(name)] = {str(k): _scalar(v, f"{path}: variant '{name}', key '{k}'")
+                               for k, v in overrides.items()}
+    axes: dict[str, list[str]] = {}
+    for key, values in (data.get("axes") or {}).items():
+        values = values if isinstance(values, list) else [values]
+        axes.update(parse_sweep([f"{key}=" + ",".join(_scalar(v, f"{path}: axis '{key}'") for v in values)]))
+    if not variants and not axes:
+        raise LaunchError(f"{path}: defines no variants and no axes")
+    return variants, axes, list(data).index("variants") == 0 if "variants" in data else True
+
+
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
 
 
-def expand(axes: dict[str, list[str]], base_dir: str) -> Sweep:
-    """The cartesian product, first key slowest; element folders are BASE/key=value__key=value."""
-    keys = list(axes)
+def expand(axes: dict[str, list[str]], base_dir: str,
+           variants: Optional[dict[str, dict[str, str]]] = None, variants_first: bool = True) -> Sweep:
+    """The cartesian product, the first axis slowest (the variant axis first or last); element
+    folders are BASE/key=value__variant=NAME__... in axis order."""
+    variants = variants or {}
+    if VARIANT_KEY in axes:
+        raise LaunchError(f"'{VARIANT_KEY}' is reserved for a sweep file's variants")
+    clash = sorted({k for ov in variants.values() for k in ov} & set(axes))
+    if clash:
+        raise LaunchError(f"the keys {clash} are set by both a variant and a sweep axis")
+    all_axes = dict(axes)
+    if variants:
+        all_axes = ({VARIANT_KEY: list(variants)} | all_axes) if variants_first else (all_axes | {VARIANT_KEY: list(variants)})
+    keys = list(all_axes)
     sweep = Sweep(base_dir=base_dir, keys=keys)
-    for combo in itertools.product(*(axes[k] for k in keys)):
-        overrides = dict(zip(keys, combo))
-        name = "__".join(f"{_safe(k)}={_safe(v)}" for k, v in overrides.items())
-        sweep.elements.append(Element(name=name, overrides=overrides, run_dir=os.path.join(base_dir, name)))
+    for combo in itertools.product(*(all_axes[k] for k in keys)):
+        params = dict(zip(keys, combo))
+        overrides = dict(variants.get(params.get(VARIANT_KEY), {}))
+        overrides.update({k: v for k, v in params.items() if k != VARIANT_KEY})
+        name = "__".join(f"{_safe(k)}={_safe(v)}" for k, v in params.items())
+        sweep.elements.append(Element(name=name, overrides=overrides, run_dir=os.path.join(base_dir, name),
+                                      params=params if variants else None))
     return sweep
 
 

@@ -80,7 +80,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 200
+    epochs: int = 200  # 0: save the untrained network as the checkpoint (a random-init baseline)
     batch_size: int = 256  # per process
     optimizer: Literal["sgd", "lars", "adamw"] = "sgd"
     base_lr: float = 0.03  # lr = base_lr * global_batch / 256
@@ -100,6 +100,8 @@ class TrainConfig:
 class MonitorConfig:
     knn_every: int = 1  # epochs between online k-NN checks (0: never)
     knn_at_start: bool = False  # also measure the random-init network (full sets) before training
+    full_sets: bool = True  # the start and last checks use the full sets (False: the subsets
+    # too, when `ssl-bf evaluate` follows anyway)
     knn_k: int = 20
     knn_temperature: float = 0.07
     bank_subset: Optional[int] = None  # None: the whole train split is the bank
@@ -245,7 +247,9 @@ def validate(cfg: Config) -> None:
         cfg.moco.split_bn_groups = 1  # a ViT has no BatchNorm to split
     if cfg.train.batch_size < 2:
         raise ConfigError("train.batch_size must be at least 2")
-    positive = {"train.log_every": cfg.train.log_every, "train.epochs": cfg.train.epochs,
+    if cfg.train.epochs < 0:
+        raise ConfigError(f"train.epochs must be at least 0 (0 saves the untrained network), got {cfg.train.epochs}")
+    positive = {"train.log_every": cfg.train.log_every,
                 "batchformer.layers": cfg.batchformer.layers, "batchformer.heads": cfg.batchformer.heads,
                 "batchformer.recompose_groups": cfg.batchformer.recompose_groups,
                 "moco.split_bn_groups": cfg.moco.split_bn_groups, "monitor.knn_k": cfg.monitor.knn_k}

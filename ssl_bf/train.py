@@ -240,7 +240,7 @@ class Trainer:
                          "requeue_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
                          "world_size": self.world, "device": str(self.device), "peak_lr": self.peak_lr})
         if resumed is None and self.cfg.monitor.knn_at_start:
-            init_top1 = self.knn_monitor(full=True)
+            init_top1 = self.knn_monitor(full=self.cfg.monitor.full_sets)
             self.logger.log({"event": "knn_init", "step": 0, "knn_top1": init_top1})
             if self.is_main:
                 print(f"random-init k-NN top-1: {init_top1:.2f}", flush=True)
@@ -258,6 +258,9 @@ class Trainer:
         from tqdm import tqdm
 
         cfg, knn_top1 = self.cfg, None
+        if cfg.train.epochs == 0:  # the random-init baseline: its checkpoint is the untrained network
+            self.save_checkpoint()
+            return self._summary(knn_top1)
         if cfg.train.max_steps and self.step >= cfg.train.max_steps:
             return self._summary(knn_top1, stopped_early=True)
         while self.epoch < cfg.train.epochs:
@@ -286,14 +289,16 @@ class Trainer:
                     return self._summary(knn_top1, stopped_early=True)
             bar.close()
             record = {"epoch": self.epoch, "step": self.step, "loss": float(np.mean(losses)) if losses else
-                      self.last_loss, "images_per_s": seen / max(time.time() - t0, 1e-9)}
+                      self.last_loss, "images_per_s": seen / max(time.time() - t0, 1e-9),
+                      "train_seconds": time.time() - t0}  # this process's share of the epoch
             with self._signals.step():  # a handler must never see epoch and position half-updated
                 self.epoch += 1
                 self.step_in_epoch = 0
             final = self.epoch == cfg.train.epochs
             if cfg.monitor.knn_every and (self.epoch % cfg.monitor.knn_every == 0 or final):
-                knn_top1 = self.knn_monitor(full=final)
-                record["knn_top1"] = knn_top1
+                t_knn = time.time()
+                knn_top1 = self.knn_monitor(full=final and cfg.monitor.full_sets)
+                record.update(knn_top1=knn_top1, knn_seconds=time.time() - t_knn)
             self.logger.log(record)
             if self.is_main:
                 msg = f"epoch {self.epoch}/{cfg.train.epochs}  loss {record['loss']:.4f}  " \

@@ -236,10 +236,13 @@ def test_evaluate_run(tmp_path, capsys):
     assert results["pretrain"] == {"loss": 5.0}  # other keys are kept
     assert [(r["k"], r["temperature"]) for r in results["knn"]] == [(20, 0.07), (20, 0.1), (200, 0.07), (200, 0.1)]
     assert results["linear"]["protocol"] == "cached" and 0 <= results["linear"]["top1"] <= 100
+    assert results["logreg"]["protocol"] == "logreg" and 0 <= results["logreg"]["top1"] <= 100
     assert results["evaluated"]["epoch"] == 3 and results["evaluated"]["train_rows"] == 300
     for split in ("train", "test"):
         assert len(load_embeddings(os.path.join(run, "embeddings", f"{split}.safetensors"))) == 300
-    assert os.path.isfile(os.path.join(run, "linear_head.pt"))
+    assert os.path.isfile(os.path.join(run, "linear_head.pt")) and os.path.isfile(os.path.join(run, "logreg_head.pt"))
+    assert evaluate_main([run, "--linear", "cached,svm", "--no-progress"]) == 2
+    assert "unknown linear probe(s) ['svm']" in capsys.readouterr().err
     # A second evaluation appends to the history and may reuse the embeddings.
     assert evaluate_main([run, "--subset", "300", "--no-progress", "--device", "cpu", "--reuse-embeddings",
                           "--linear", "none"]) == 0

@@ -115,3 +115,12 @@ def test_rerunning_a_finished_run_reports_its_k_nn(tmp_path, capsys):
     assert main(args) == 0  # resumes at the end: no training, same figure
     again = [line for line in capsys.readouterr().out.splitlines() if line.startswith("online k-NN")]
     assert first and again == first
+
+
+def test_zero_epochs_saves_the_untrained_network(tmp_path):
+    cfg = tiny_config(tmp_path, "data.subset=320", "train.epochs=0")
+    summary = Trainer(cfg).fit()
+    assert summary["step"] == 0 and summary["epoch"] == 0
+    saved = ckpt_io.load(ckpt_io.last_path(cfg.run.dir))["model"]
+    fresh = Trainer(tiny_config(tmp_path / "fresh", "data.subset=320", "train.epochs=0")).model.state_dict()
+    assert saved.keys() == fresh.keys() and all(torch.equal(saved[k], fresh[k].cpu()) for k in saved)
