@@ -1,4 +1,4 @@
-"""The `ssl-bf` command: pretrain, export, embed, knn, linear, evaluate, submit, sweep-report."""
+"""The `ssl-bf` command: pretrain, export, embed, knn, linear, evaluate, submit, sweep-report, report."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,7 @@ _DELEGATED = {
     "evaluate": ("ssl_bf.eval.cli", "evaluate_main", "embed + knn + linear for a finished run"),
     "submit": ("ssl_bf.launch.cli", "submit_main", "submit a subcommand to SLURM (submitit)"),
     "sweep-report": ("ssl_bf.launch.cli", "sweep_report_main", "mean +- std table over a sweep"),
+    "report": ("ssl_bf.eval.run_report", "report_main", "plots + report.md for a run or a sweep folder"),
 }
 
 

@@ -36,5 +36,6 @@ def test_eval_and_launch_install_as_subpackages():
 def test_console_script_help_lists_every_subcommand():
     out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ssl-bf"), "--help"],
                          capture_output=True, text=True, check=True).stdout
-    for command in ("pretrain", "export", "embed", "knn", "linear", "evaluate", "submit", "sweep-report"):
+    for command in ("pretrain", "export", "embed", "knn", "linear", "evaluate", "submit", "sweep-report",
+                    "report"):
         assert command in out

@@ -1,0 +1,526 @@
+"""`ssl-bf report FOLDER`: plots and a markdown summary of one run folder or a folder of runs.
+
+Reads, per run: `config.yaml`, `metrics.jsonl` (step, epoch-end and event records),
+`results.json` (from `ssl-bf evaluate`) and `embeddings/test.safetensors`. A sweep folder's runs
+come from its `sweep.json`; any other folder's runs are its sub-folders with a `config.yaml`.
+Runs are grouped into variants by the swept keys except the seed, and the results table is the
+one `ssl-bf sweep-report` computes (`launch.report.collect` / `aggregate`). Written into
+FOLDER/report/ (or --out), each file atomically: loss.png, knn.png, ablation.png, tsne.png,
+report.md, report.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ssl_bf.launch.report import SEED_KEYS, _flat_config, aggregate, collect
+from ssl_bf.launch.sweep import read_sweep
+
+# (metric path as launch.report.numeric_leaves names it, column title, bar-chart label)
+HEADLINE = (
+    ("knn[k=20,temperature=0.07].top1", "k-NN top-1 (k=20, T=0.07)", "k-NN\nk=20, T=0.07"),
+    ("knn[k=200,temperature=0.1].top1", "k-NN top-1 (k=200, T=0.1)", "k-NN\nk=200, T=0.1"),
+    ("linear.top1", "linear top-1 (cached)", "linear\n(cached)"),
+    ("logreg.top1", "logreg top-1", "logreg"),
+)
+# Raw-pixel k-NN anchors (784-d, cosine, 60k train / 10k test; README, tests/test_knn.py).
+RAW_PIXEL_ANCHORS = {
+    "fashion-mnist": {"knn[k=20,temperature=0.07].top1": 84.59, "knn[k=200,temperature=0.1].top1": 78.85},
+}
+# Train-set sizes, only to place the loss of a run that has not finished an epoch yet.
+TRAIN_SIZES = {"fashion-mnist": 60000, "cifar10": 50000, "cifar100": 50000}
+FILES = {"loss": "loss.png", "knn": "knn.png", "ablation": "ablation.png", "tsne": "tsne.png",
+         "markdown": "report.md", "json": "report.json"}
+TEST_EMBEDDINGS = os.path.join("embeddings", "test.safetensors")
+
+
+class ReportError(ValueError):
+    """Nothing to report on (no such folder, no runs); the message says which."""
+
+
+@dataclass
+class Run:
+    name: str
+    run_dir: str
+    params: dict  # {swept key: value string}
+    config: dict = field(default_factory=dict)  # flat config.yaml
+    records: list = field(default_factory=list)  # metrics.jsonl
+    results: Optional[dict] = None
+
+
+@dataclass
+class Variant:
+    label: str
+    group: dict  # {group key: value string}
+    runs: list = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs
+# ----------------------------------------------------------------------------------------------
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    """JSON lines; a torn last line (a run being written) is skipped."""
+    if not os.path.isfile(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+    return out
+
+
+def _read_json(path: str) -> Optional[dict]:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _is_run(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.yaml")) or os.path.isfile(os.path.join(path, "metrics.jsonl"))
+
+
+def find_runs(folder: str) -> tuple[list[str], list[Run], list[str]]:
+    """(swept keys, runs, sweep elements with no folder yet) of a run folder or a folder of runs."""
+    if not os.path.isdir(folder):
+        raise ReportError(f"no such folder: {folder}")
+    if _is_run(folder):
+        name = os.path.basename(os.path.abspath(folder))
+        runs, keys, not_started = [Run(name, folder, {})], [], []
+    else:
+        sweep = read_sweep(folder)
+        runs, not_started = [], []
+        if sweep is not None:
+            keys = list(sweep.keys)
+            for el in sweep.elements:
+                run_dir = el.run_dir if os.path.isdir(el.run_dir) else os.path.join(folder, el.name)
+                if os.path.isdir(run_dir):
+                    runs.append(Run(el.name, run_dir, {k: str(v) for k, v in el.labels().items()}))
+                else:
+                    not_started.append(el.name)
+        else:
+            for name in sorted(os.listdir(folder)):
+                if _is_run(os.path.join(folder, name)):
+                    runs.append(Run(name, os.path.join(folder, name), {}))
+            configs = [_flat_config(r.run_dir) for r in runs]
+            keys = [k for k in sorted(set().union(*configs)) if k != "run.dir"
+                    and len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
+            for r, c in zip(runs, configs):
+                r.params = {k: str(c.get(k)) for k in keys}
+    if not runs:
+        raise ReportError(f"no runs under {folder} (no sub-folder with config.yaml or metrics.jsonl"
+                          + (f"; sweep elements not started: {', '.join(not_started)}" if not_started else "") + ")")
+    for r in runs:
+        r.config = _flat_config(r.run_dir)
+        r.records = _read_jsonl(os.path.join(r.run_dir, "metrics.jsonl"))
+    if len(runs) == 1 and not keys:
+        runs[0].results = _read_json(os.path.join(runs[0].run_dir, "results.json"))
+    else:  # the same runs and numbers as `ssl-bf sweep-report`
+        by_name = {c["name"]: c["results"] for c in collect(folder)[1]}
+        for r in runs:
+            r.results = by_name.get(r.name)
+    return keys, runs, not_started
+
+
+def group_runs(keys: list[str], runs: list[Run]) -> tuple[list[str], list[Variant]]:
+    """Variants in order of first appearance: runs that share every swept key except the seed."""
+    group_keys = [k for k in keys if k not in SEED_KEYS]
+    variants: dict[tuple, Variant] = {}
+    for r in runs:
+        gid = tuple(str(r.params.get(k)) for k in group_keys)
+        if gid not in variants:
+            if group_keys == ["variant"]:
+                label = gid[0]
+            elif group_keys:
+                label = ", ".join(f"{k}={v}" for k, v in zip(group_keys, gid))
+            else:
+                label = r.name if len(runs) == 1 else "all runs"
+            variants[gid] = Variant(label, dict(zip(group_keys, gid)))
+        variants[gid].runs.append(r)
+    return group_keys, list(variants.values())
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics records -> curves and times
+# ----------------------------------------------------------------------------------------------
+
+
+def epoch_records(records: list[dict]) -> list[dict]:
+    """Epoch-end records (`epoch` = the 0-based epoch that just ended)."""
+    return [r for r in records if "event" not in r and ("train_seconds" in r or "images_per_s" in r)]
+
+
+def step_records(records: list[dict]) -> list[dict]:
+    """Per-step records (every train.log_every steps): {'step', 'epoch', 'loss', ...}."""
+    return [r for r in records if "event" not in r and "loss" in r and "step" in r
+            and "train_seconds" not in r and "images_per_s" not in r]
+
+
+def steps_per_epoch(run: Run) -> tuple[Optional[float], bool]:
+    """(steps per epoch, estimated?): from an epoch-end record, else from the config's data size."""
+    for r in epoch_records(run.records):
+        if r.get("step") and r.get("epoch") is not None:
+            return r["step"] / (r["epoch"] + 1), False
+    size = TRAIN_SIZES.get(run.config.get("data.name"))
+    subset = run.config.get("data.subset")
+    size = min(size, subset) if size and subset else (size or subset)
+    starts = [r for r in run.records if r.get("event") == "start"]
+    world = int(starts[-1].get("world_size") or 1) if starts else 1
+    batch = run.config.get("train.batch_size")
+    if not size or not batch or size // (batch * world) == 0:
+        return None, False
+    return float(size // (batch * world)), True
+
+
+def loss_curve(run: Run) -> tuple[list[float], list[float]]:
+    """(epochs, loss) of the logged steps; x = step / steps per epoch. Epoch means if no steps logged."""
+    spe, _ = steps_per_epoch(run)
+    points = {}
+    steps = step_records(run.records)
+    if steps and spe:
+        for r in steps:
+            points[r["step"] / spe] = float(r["loss"])
+    else:
+        for r in epoch_records(run.records):
+            if r.get("loss") is not None:
+                points[float(r["epoch"] + 1)] = float(r["loss"])
+    xs = sorted(points)
+    return xs, [points[x] for x in xs]
+
+
+def knn_curve(run: Run) -> tuple[list[float], list[float]]:
+    """(epoch, online k-NN top-1): the random-init figure at epoch 0, then each monitored epoch end."""
+    points = {}
+    for r in run.records:
+        if r.get("event") == "knn_init" and r.get("knn_top1") is not None:
+            points[0.0] = float(r["knn_top1"])
+    for r in epoch_records(run.records):
+        if r.get("knn_top1") is not None:
+            points[float(r["epoch"] + 1)] = float(r["knn_top1"])
+    xs = sorted(points)
+    return xs, [points[x] for x in xs]
+
+
+def mean_curve(curves: list[tuple[list[float], list[float]]]) -> Optional[dict]:
+    """Mean and min..max over runs at each x any of them has (x rounded to 1e-9)."""
+    at: dict[float, list[float]] = {}
+    for xs, ys in curves:
+        for x, y in zip(xs, ys):
+            at.setdefault(round(x, 9), []).append(y)
+    if not at:
+        return None
+    xs = sorted(at)
+    n = sum(1 for c in curves if c[0])
+    return {"x": xs, "mean": [sum(at[x]) / len(at[x]) for x in xs], "low": [min(at[x]) for x in xs],
+            "high": [max(at[x]) for x in xs], "n": n}
+
+
+def wall_times(run: Run) -> dict:
+    """Training seconds (train + online k-NN of the epoch records), evaluation seconds, epochs done."""
+    epochs = epoch_records(run.records)
+    train = sum(float(r.get("train_seconds") or 0) + float(r.get("knn_seconds") or 0) for r in epochs)
+    evaluated = (run.results or {}).get("evaluated") or {}
+    return {"train_seconds": round(train, 2) if epochs else None,
+            "eval_seconds": evaluated.get("seconds"),
+            "epochs_done": len({r.get("epoch") for r in epochs}),
+            "epochs": run.config.get("train.epochs")}
+
+
+def missing_parts(run: Run) -> list[str]:
+    """What the report could not show for this run, in words."""
+    out = []
+    if not run.records:
+        out.append("no metrics.jsonl")
+    epochs = run.config.get("train.epochs")
+    done = len({r.get("epoch") for r in epoch_records(run.records)})
+    if isinstance(epochs, int) and done < epochs:
+        out.append(f"training unfinished ({done}/{epochs} epochs)")
+    if run.results is None:
+        out.append("no results.json (not evaluated)")
+    if not os.path.isfile(os.path.join(run.run_dir, TEST_EMBEDDINGS)):
+        out.append(f"no {TEST_EMBEDDINGS}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The report
+# ----------------------------------------------------------------------------------------------
+
+
+def _finite(v: float) -> Optional[float]:
+    return v if v is not None and math.isfinite(v) else None
+
+
+def results_table(keys: list[str], group_keys: list[str], variants: list[Variant]) -> dict[str, dict]:
+    """{variant label: {metric path: {'mean','std','n','values'}}} of the headline metrics."""
+    runs = [{"params": r.params, "results": r.results} for v in variants for r in v.runs if r.results is not None]
+    _, rows = aggregate(keys, runs)
+    wanted = {m for m, _, _ in HEADLINE}
+    table: dict[str, dict] = {v.label: {} for v in variants}
+    for row in rows:
+        if row["metric"] not in wanted:
+            continue
+        for v in variants:
+            if all(str(row["group"].get(k)) == v.group[k] for k in group_keys):
+                table[v.label][row["metric"]] = {"mean": row["mean"], "std": _finite(row["std"]),
+                                                 "n": row["n"], "values": row["values"]}
+    return table
+
+
+def _dataset(runs: list[Run]) -> Optional[str]:
+    names = {r.config.get("data.name") for r in runs}
+    return names.pop() if len(names) == 1 else None
+
+
+def _embedding_maps(variants: list[Variant], sample: int, perplexity: Optional[float],
+                    verbose: bool = False) -> tuple[list[dict], Optional[list[str]], list[str]]:
+    """t-SNE of the first run with test embeddings in each variant: (maps, class names, notes)."""
+    from .embedding_map import TSNE_SEED, sample_indices, tsne_2d
+    from .formats import EmbeddingsError, load_embeddings
+
+    maps, classes, notes = [], None, []
+    for v in variants:
+        run = next((r for r in v.runs if os.path.isfile(os.path.join(r.run_dir, TEST_EMBEDDINGS))), None)
+        if run is None:
+            notes.append(f"{v.label}: no run with {TEST_EMBEDDINGS}")
+            continue
+        try:
+            emb = load_embeddings(os.path.join(run.run_dir, TEST_EMBEDDINGS))
+        except EmbeddingsError as err:
+            notes.append(f"{v.label}: {err}")
+            continue
+        idx = sample_indices(len(emb), sample, TSNE_SEED)
+        if verbose:
+            print(f"t-SNE of {len(idx)} test points: {run.name}", file=sys.stderr, flush=True)
+        maps.append({"label": v.label, "title": v.label if v.label == run.name else f"{v.label}\n{run.name}",
+                     "xy": tsne_2d(emb.embeddings[idx], TSNE_SEED, perplexity), "labels": emb.labels[idx],
+                     "run": run.name, "points": len(idx)})
+        classes = classes or emb.classes
+    return maps, classes, notes
+
+
+def _curve_figures(variants: list[Variant], colors: dict, out_dir: str, band: bool) -> dict[str, str]:
+    """loss.png and knn.png (mean over each variant's runs); returns {figure: file name} drawn."""
+    from . import plots
+
+    images = {}
+    for kind, fn in (("loss", loss_curve), ("knn", knn_curve)):
+        series = []
+        for v in variants:
+            s = mean_curve([fn(r) for r in v.runs])
+            if s is not None:
+                series.append({"label": v.label, "color": colors[v.label], **s})
+        if not series:
+            continue
+        if kind == "loss":
+            plots.plot_curves(series, os.path.join(out_dir, FILES[kind]), title="training loss", xlabel="epoch",
+                              ylabel="loss", band=band)
+        else:
+            plots.plot_curves(series, os.path.join(out_dir, FILES[kind]), markers=True, band=band, integer_x=True,
+                              title="online k-NN (monitor subset; epoch 0 = random init)", xlabel="epoch",
+                              ylabel="k-NN top-1 (%)")
+        images[kind] = FILES[kind]
+    return images
+
+
+def _results_figure(table: dict, variants: list[Variant], colors: dict, dataset: Optional[str],
+                    out_dir: str) -> dict[str, str]:
+    """ablation.png: the headline metrics, grouped bars, raw-pixel anchors; {} if no results."""
+    import numpy as np
+
+    from . import plots
+
+    metrics = [m for m in HEADLINE if any(m[0] in table[v.label] for v in variants)]
+    shown = [v for v in variants if table[v.label]]
+    if not metrics or not shown:
+        return {}
+
+    def grid(field: str) -> np.ndarray:  # (metrics, variants), NaN where absent
+        cells = [[table[v.label].get(m, {}).get(field) for v in shown] for m, _, _ in metrics]
+        return np.array([[np.nan if c is None else c for c in row] for row in cells], dtype=float)
+
+    seeds = max(cell["n"] for v in shown for cell in table[v.label].values())
+    title = "evaluation (mean ± std over seeds)" if seeds > 1 else "evaluation (one seed)"
+    anchors = RAW_PIXEL_ANCHORS.get(dataset or "", {})
+    bar_anchors = {i: (anchors[m], f"raw pixels ({dataset})") for i, (m, _, _) in enumerate(metrics) if m in anchors}
+    plots.plot_ablation_bars([label for _, _, label in metrics], [v.label for v in shown], grid("mean"), grid("std"),
+                             os.path.join(out_dir, FILES["ablation"]), anchors=bar_anchors,
+                             colors=[colors[v.label] for v in shown], title=title)
+    return {"ablation": FILES["ablation"]}
+
+
+def build_report(folder: str, out_dir: Optional[str] = None, *, tsne_sample: int = 2000, tsne: bool = True,
+                 perplexity: Optional[float] = None, band: bool = True, command: str = "",
+                 verbose: bool = False) -> dict:
+    """Collect, plot and write everything; returns the report.json content (plus 'paths')."""
+    from . import plots
+
+    tic = time.perf_counter()
+    keys, runs, not_started = find_runs(folder)
+    group_keys, variants = group_runs(keys, runs)
+    out_dir = out_dir or os.path.join(folder, "report")
+    os.makedirs(out_dir, exist_ok=True)
+    colors = dict(zip((v.label for v in variants), plots.variant_colors(len(variants))))
+    notes: list[str] = []
+    estimated = [r.name for r in runs if step_records(r.records) and steps_per_epoch(r)[1]]
+    if estimated:
+        notes.append("steps per epoch estimated from the config (no finished epoch yet): " + ", ".join(estimated))
+
+    images = _curve_figures(variants, colors, out_dir, band)
+    table = results_table(keys, group_keys, variants)
+    dataset = _dataset(runs)
+    images.update(_results_figure(table, variants, colors, dataset, out_dir))
+    tsne_info = None
+    if tsne:
+        maps, classes, map_notes = _embedding_maps(variants, tsne_sample, perplexity, verbose)
+        notes.extend(map_notes)
+        if maps:
+            plots.plot_embedding_maps(maps, os.path.join(out_dir, FILES["tsne"]), class_names=classes,
+                                      title=f"test embeddings, t-SNE of {maps[0]['points']} points")
+            images["tsne"] = FILES["tsne"]
+            tsne_info = {"sample": maps[0]["points"], "runs": {m["label"]: m["run"] for m in maps},
+                         "classes": classes}
+
+    report = {
+        "folder": os.path.abspath(folder), "command": command, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "keys": keys, "group_keys": group_keys, "dataset": dataset,
+        "metrics": {m: title for m, title, _ in HEADLINE}, "anchors": RAW_PIXEL_ANCHORS.get(dataset or "", {}),
+        "variants": [{"label": v.label, "group": v.group, "runs": [r.name for r in v.runs],
+                      "results": table[v.label]} for v in variants],
+        "runs": [{"name": r.name, "variant": v.label, "params": r.params, **wall_times(r),
+                  "missing": missing_parts(r)} for v in variants for r in v.runs],
+        "not_started": not_started, "images": images, "tsne": tsne_info, "notes": notes,
+        "seconds": round(time.perf_counter() - tic, 2),
+    }
+    markdown, data = to_markdown(report).encode(), (json.dumps(report, indent=2) + "\n").encode()
+    plots.write_atomic(os.path.join(out_dir, FILES["markdown"]), lambda f: f.write(markdown))
+    plots.write_atomic(os.path.join(out_dir, FILES["json"]), lambda f: f.write(data))
+    report["paths"] = {k: os.path.join(out_dir, name) for k, name in FILES.items()
+                       if k in images or k in ("markdown", "json")}
+    return report
+
+
+def format_cell(cell: Optional[dict]) -> str:
+    """'mean ± std (n=N)', or 'mean (n=1)', or '' with 2 decimals."""
+    if not cell:
+        return ""
+    if cell["n"] > 1 and cell["std"] is not None:
+        return f"{cell['mean']:.2f} ± {cell['std']:.2f} (n={cell['n']})"
+    return f"{cell['mean']:.2f} (n={cell['n']})"
+
+
+def _seconds(v: Optional[float]) -> str:
+    return "" if v is None else f"{v:.1f}"
+
+
+def to_markdown(report: dict) -> str:
+    """report.md: the results table, the figures (relative links), wall times, what is missing."""
+    images = report["images"]
+    over = ", ".join(k for k in report["keys"] if k not in report["group_keys"]) or "nothing (one run each)"
+    if len(report["runs"]) == 1:
+        scope = "One run."
+    else:
+        scope = (f"{len(report['runs'])} runs in {len(report['variants'])} variant(s)"
+                 + (f", grouped by {', '.join(report['group_keys'])}" if report["group_keys"] else "")
+                 + f"; mean ± sample std over {over}.")
+    lines = [f"# Report: {report['folder']}", "", f"Made by `{report['command']}` on {report['time']}. {scope}", ""]
+    metrics = [m for m in report["metrics"] if any(m in v["results"] for v in report["variants"])]
+    lines += ["## Evaluation (results.json)", ""]
+    if metrics:
+        lines += ["| variant | " + " | ".join(report["metrics"][m] for m in metrics) + " |",
+                  "|---|" + "---|" * len(metrics)]
+        for v in report["variants"]:
+            lines.append(f"| {v['label']} | " + " | ".join(format_cell(v["results"].get(m)) for m in metrics) + " |")
+        anchors = report["anchors"]
+        if anchors:
+            lines += ["", f"Raw-pixel anchors ({report['dataset']}): "
+                      + ", ".join(f"{report['metrics'][m]} {a:.2f}" for m, a in anchors.items()) + "."]
+    else:
+        lines.append("No run has a results.json yet (`ssl-bf evaluate RUN`).")
+    if "ablation" in images:
+        lines += ["", f"![evaluation bars]({images['ablation']})"]
+    lines += ["", "## Training curves", ""]
+    for key, text in (("loss", "training loss"), ("knn", "online k-NN")):
+        lines.append(f"![{text}]({images[key]})" if key in images else f"No {text} records.")
+        lines.append("")
+    lines += ["## Test embeddings", ""]
+    if "tsne" in images:
+        info = report["tsne"]
+        lines += [f"t-SNE (PCA init, random_state 0, rows L2-normalised) of {info['sample']} test points; "
+                  + ", ".join(f"`{run}`" if label == run else f"{label}: `{run}`"
+                              for label, run in info["runs"].items()) + ".", "",
+                  f"![t-SNE]({images['tsne']})", ""]
+    else:
+        lines += ["No map (skipped, or no run has embeddings/test.safetensors).", ""]
+    lines += ["## Wall time", "", "| run | variant | epochs | training s | evaluation s |", "|---|---|---|---|---|"]
+    for r in report["runs"]:
+        epochs = f"{r['epochs_done']}/{r['epochs']}" if r["epochs"] is not None else str(r["epochs_done"])
+        lines.append(f"| {r['name']} | {r['variant']} | {epochs} | {_seconds(r['train_seconds'])} | "
+                     f"{_seconds(r['eval_seconds'])} |")
+    lines += ["", "Training s = sum of `train_seconds` + `knn_seconds` over the epoch records of metrics.jsonl; "
+              "evaluation s = results.json `evaluated.seconds`.", ""]
+    missing = [(r["name"], r["missing"]) for r in report["runs"] if r["missing"]]
+    if missing or report["not_started"] or report["notes"]:
+        lines += ["## Missing or partial", ""]
+        lines += [f"- `{name}`: {'; '.join(parts)}" for name, parts in missing]
+        if report["not_started"]:
+            lines.append(f"- not started (no run folder yet), {len(report['not_started'])} run(s): "
+                         + ", ".join(f"`{name}`" for name in report["not_started"]))
+        lines += [f"- {note}" for note in report["notes"]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ssl-bf report", description="Plots (loss and online k-NN curves, evaluation bars, t-SNE of the "
+        "test embeddings) and report.md/report.json for a run folder or a folder of runs (a sweep).")
+    p.add_argument("folder", help="a run folder, a sweep folder (with sweep.json), or any folder of runs")
+    p.add_argument("--out", help="output folder (default: FOLDER/report)")
+    p.add_argument("--tsne-sample", type=int, default=2000, metavar="N",
+                   help="test points in the t-SNE map (default 2000)")
+    p.add_argument("--no-tsne", action="store_true", help="skip the t-SNE map")
+    p.add_argument("--perplexity", type=float, help="t-SNE perplexity (default: 30, less for small samples)")
+    p.add_argument("--no-band", action="store_true", help="no min..max band around the mean curves")
+    return p
+
+
+def report_main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = report_parser().parse_args(argv)
+    if args.tsne_sample < 1:
+        print("ssl-bf report: error: --tsne-sample must be at least 1 (use --no-tsne to skip)", file=sys.stderr)
+        return 2
+    try:
+        rep = build_report(args.folder, args.out, tsne_sample=args.tsne_sample, tsne=not args.no_tsne,
+                           perplexity=args.perplexity, band=not args.no_band,
+                           command=shlex.join(["ssl-bf", "report", *argv]), verbose=True)
+    except ReportError as err:
+        print(f"ssl-bf report: error: {err}", file=sys.stderr)
+        return 2
+    for path in rep["paths"].values():
+        print(f"wrote {path}")
+    partial = [r["name"] for r in rep["runs"] if r["missing"]]
+    if partial:
+        print(f"missing or partial: {', '.join(partial)} (see report.md)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(report_main())

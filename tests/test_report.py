@@ -1,0 +1,165 @@
+"""`ssl-bf report`: real 1-epoch runs on a Fashion-MNIST subset, evaluated, then reported."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from tiny_run import tiny_config
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+RUN_ARGS = ("train.epochs=1", "data.subset=256", "monitor.knn_every=1", "monitor.knn_at_start=true",
+            "monitor.full_sets=false", "monitor.bank_subset=256", "monitor.query_subset=128")
+TSNE = ("--tsne-sample", "120")
+
+
+def _fashion_mnist_or_skip():
+    from ssl_bf.data import DataError, build_dataset
+
+    try:
+        build_dataset("fashion-mnist", split="test", subset=16)
+    except DataError as err:
+        pytest.skip(f"Fashion-MNIST unavailable: {err}")
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+    """A sweep of two seeds of one variant, each trained 1 epoch and evaluated on 300 images."""
+    from ssl_bf.eval.cli import evaluate_main
+    from ssl_bf.launch.sweep import expand, write_sweep
+    from ssl_bf.train import pretrain
+
+    _fashion_mnist_or_skip()
+    base = str(tmp_path_factory.mktemp("sweep"))
+    sweep = expand({"seed": ["0", "1"]}, base, variants={"mocov2": {"batchformer.enabled": "false"}},
+                   variants_first=False)
+    write_sweep(sweep)
+    for el in sweep.elements:
+        pretrain(tiny_config(None, *RUN_ARGS, f"run.dir={el.run_dir}",
+                             *(f"{k}={v}" for k, v in el.overrides.items())))
+        assert evaluate_main([el.run_dir, "--subset", "300", "--no-progress", "--device", "cpu",
+                              "--workers", "0"]) == 0
+    return base
+
+
+def _check_png(path: str) -> None:
+    import matplotlib.image
+
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_MAGIC, path
+    img = matplotlib.image.imread(path)
+    assert img.ndim == 3 and img.shape[2] in (3, 4) and img.shape[0] > 100 and img.shape[1] > 100, img.shape
+
+
+def _results(run_dir: str) -> dict:
+    with open(os.path.join(run_dir, "results.json")) as f:
+        return json.load(f)
+
+
+def _headline(res: dict) -> dict[str, float]:
+    knn = {(r["k"], r["temperature"]): r["top1"] for r in res["knn"]}
+    return {"knn[k=20,temperature=0.07].top1": knn[(20, 0.07)], "knn[k=200,temperature=0.1].top1": knn[(200, 0.1)],
+            "linear.top1": res["linear"]["top1"], "logreg.top1": res["logreg"]["top1"]}
+
+
+def _read_report(out: str) -> tuple[str, dict]:
+    with open(os.path.join(out, "report.md")) as f:
+        md = f.read()
+    with open(os.path.join(out, "report.json")) as f:
+        return md, json.load(f)
+
+
+def test_report_single_run(sweep_dir, tmp_path, capsys):
+    from ssl_bf.eval.run_report import report_main
+
+    run = os.path.join(sweep_dir, "seed=0__variant=mocov2")
+    out = str(tmp_path / "single")
+    assert report_main([run, "--out", out, *TSNE]) == 0
+    assert "report.md" in capsys.readouterr().out
+    for name in ("loss.png", "knn.png", "ablation.png", "tsne.png"):
+        _check_png(os.path.join(out, name))
+        assert f"]({name})" in _read_report(out)[0]  # embedded with a relative link
+    md, rep = _read_report(out)
+    headline = _headline(_results(run))
+    (variant,) = rep["variants"]
+    assert variant["label"] == "seed=0__variant=mocov2" and variant["runs"] == ["seed=0__variant=mocov2"]
+    for metric, value in headline.items():
+        cell = variant["results"][metric]
+        assert cell["mean"] == value and cell["n"] == 1 and cell["std"] is None
+    row = next(line for line in md.splitlines() if line.startswith("| seed=0__variant=mocov2 | "))
+    assert f"{headline['knn[k=20,temperature=0.07].top1']:.2f} (n=1)" in row
+    assert f"{headline['logreg.top1']:.2f} (n=1)" in row
+    assert "Raw-pixel anchors (fashion-mnist)" in md and "84.59" in md
+    (timing,) = rep["runs"]
+    metrics = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+    epoch_end = [r for r in metrics if "train_seconds" in r]
+    assert len(epoch_end) == 1 and "knn_top1" in epoch_end[0]
+    expected = epoch_end[0]["train_seconds"] + epoch_end[0]["knn_seconds"]
+    assert timing["train_seconds"] == pytest.approx(expected, abs=0.01)
+    assert timing["eval_seconds"] == _results(run)["evaluated"]["seconds"]
+    assert timing["missing"] == [] and rep["tsne"]["sample"] == 120
+    assert f"`ssl-bf report {run} --out {out} --tsne-sample 120`" in md
+
+
+def test_report_sweep(sweep_dir, tmp_path):
+    from ssl_bf.eval.run_report import report_main
+    from ssl_bf.launch.report import aggregate, collect
+
+    out = str(tmp_path / "sweep")
+    assert report_main([sweep_dir, "--out", out, *TSNE]) == 0
+    for name in ("loss.png", "knn.png", "ablation.png", "tsne.png"):
+        _check_png(os.path.join(out, name))
+    md, rep = _read_report(out)
+    keys, runs, missing = collect(sweep_dir)
+    assert missing == [] and len(runs) == 2
+    _, rows = aggregate(keys, runs)
+    (variant,) = rep["variants"]
+    assert variant["label"] == "mocov2" and len(variant["runs"]) == 2
+    values = [_headline(_results(os.path.join(sweep_dir, f"seed={s}__variant=mocov2"))) for s in (0, 1)]
+    row = next(line for line in md.splitlines() if line.startswith("| mocov2 | "))
+    for metric in values[0]:
+        agg = next(r for r in rows if r["metric"] == metric)
+        cell = variant["results"][metric]
+        assert (cell["mean"], cell["std"], cell["n"]) == (agg["mean"], agg["std"], 2)
+        assert cell["mean"] == pytest.approx(np.mean([v[metric] for v in values]))
+        assert cell["std"] == pytest.approx(np.std([v[metric] for v in values], ddof=1))
+        assert f"{cell['mean']:.2f} ± {cell['std']:.2f} (n=2)" in row
+    assert [r["name"] for r in rep["runs"]] == ["seed=0__variant=mocov2", "seed=1__variant=mocov2"]
+    assert rep["group_keys"] == ["variant"] and "mean ± sample std over seed" in md
+
+
+def test_report_folder_of_runs_with_a_partial_run(sweep_dir, tmp_path):
+    """No sweep.json: runs are the sub-folders; one without results.json still gets its curves."""
+    from ssl_bf.eval.run_report import report_main
+
+    folder = tmp_path / "runs"
+    for s in (0, 1):
+        shutil.copytree(os.path.join(sweep_dir, f"seed={s}__variant=mocov2"), folder / f"s{s}")
+    os.remove(folder / "s1" / "results.json")
+    shutil.rmtree(folder / "s1" / "embeddings")
+    assert report_main([str(folder), "--no-tsne"]) == 0
+    out = folder / "report"
+    for name in ("loss.png", "knn.png", "ablation.png"):
+        _check_png(str(out / name))
+    assert not (out / "tsne.png").exists()
+    md, rep = _read_report(str(out))
+    assert rep["group_keys"] == [] and rep["keys"] == ["seed"]
+    (variant,) = rep["variants"]
+    assert variant["runs"] == ["s0", "s1"] and variant["results"]["linear.top1"]["n"] == 1
+    assert "- `s1`: no results.json (not evaluated); no embeddings/test.safetensors" in md
+    s1 = next(r for r in rep["runs"] if r["name"] == "s1")
+    assert s1["train_seconds"] > 0 and s1["eval_seconds"] is None
+
+
+def test_report_errors(tmp_path, capsys):
+    from ssl_bf.cli import main
+
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "no runs under" in capsys.readouterr().err
+    assert not (tmp_path / "empty" / "report").exists()
