@@ -24,6 +24,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ssl_bf.checkpoint import usual_file_mode
+
 FORMAT = "ssl-bf-embeddings/1"
 EMBEDDINGS_KEY = "embeddings"
 LABELS_KEY = "labels"
@@ -109,12 +111,6 @@ def make_embeddings(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | 
     return emb
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_embeddings(path: str, emb: Embeddings, dtype: str = "float32") -> None:
     """Write `emb` as safetensors, atomically; `dtype` is the stored precision (float32, float16)."""
     from safetensors.torch import save_file
@@ -132,7 +128,7 @@ def write_embeddings(path: str, emb: Embeddings, dtype: str = "float32") -> None
     tmp, target = _atomic_target(path)
     try:
         save_file(tensors, tmp, metadata=dict(emb.metadata))
-        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600 files; use the usual mode
+        os.chmod(tmp, usual_file_mode())  # safetensors creates 0600 files; use the usual mode
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

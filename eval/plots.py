@@ -29,14 +29,8 @@ def variant_colors(n: int) -> list:
 
 
 def write_atomic(path: str, write_fn) -> None:
-    """`atomic_write_bytes` with the usual file mode (0666 & ~umask, not mkstemp's 0600): reports are shared."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-
-    def write(f) -> None:
-        write_fn(f)
-        os.fchmod(f.fileno(), 0o666 & ~mask)
-    atomic_write_bytes(path, write)
+    """Write through a temp file + os.replace (the usual file mode: reports are shared)."""
+    atomic_write_bytes(path, write_fn)
 
 
 def save_figure(fig, path: str) -> None:

@@ -94,6 +94,9 @@ def load_sweep_file(path: str) -> tuple[dict[str, dict[str, str]], dict[str, lis
         raise LaunchError(f"{path}: a sweep file holds 'variants' and/or 'axes' only, got {extra}")
     variants: dict[str, dict[str, str]] = {}
     for name, overrides in (data.get("variants") or {}).items():
+        if not isinstance(name, str):
+            raise LaunchError(f"{path}: variant name {name!r} is not a string (YAML reads unquoted on/off/"
+                              f"yes/no/numbers as such): quote it")
         if not isinstance(overrides, dict) or not overrides:
             raise LaunchError(f"{path}: variant '{name}' must map config keys to values")
         if "run.dir" in overrides:

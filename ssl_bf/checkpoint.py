@@ -12,13 +12,22 @@ CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 
 
+def usual_file_mode() -> int:
+    """0666 minus the umask: the mode `open()` would give (mkstemp's temp files are 0600)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str, write_fn) -> None:
-    """Call `write_fn(file_object)` on a temp file beside `path`, then rename it over `path`."""
+    """Call `write_fn(file_object)` on a temp file beside `path`, then rename it over `path`
+    (with the usual file mode, so run folders stay readable by a group as `open()` would make them)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), usual_file_mode())
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())

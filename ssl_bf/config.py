@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
@@ -291,8 +290,7 @@ def from_dict(values: dict) -> Config:
 
 def save_config(cfg: Config, path: str) -> None:
     """Write the resolved config as YAML, atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    os.replace(tmp, path)
+    from .checkpoint import atomic_write_bytes
+
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))

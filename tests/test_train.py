@@ -124,3 +124,17 @@ def test_zero_epochs_saves_the_untrained_network(tmp_path):
     saved = ckpt_io.load(ckpt_io.last_path(cfg.run.dir))["model"]
     fresh = Trainer(tiny_config(tmp_path / "fresh", "data.subset=320", "train.epochs=0")).model.state_dict()
     assert saved.keys() == fresh.keys() and all(torch.equal(saved[k], fresh[k].cpu()) for k in saved)
+
+
+def test_atomic_writes_keep_the_usual_file_mode(tmp_path):
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        cfg = tiny_config(tmp_path, "data.subset=320", "train.epochs=0")
+        Trainer(cfg).fit()
+        ckpt_io.write_json_atomic({"a": 1}, str(tmp_path / "r.json"))
+    finally:
+        os.umask(old)
+    for path in (os.path.join(cfg.run.dir, "config.yaml"), ckpt_io.last_path(cfg.run.dir), tmp_path / "r.json"):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o644, path  # not mkstemp's 0600

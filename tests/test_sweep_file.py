@@ -1,0 +1,106 @@
+"""Sweep files: named variants x axes, element order, validation, and the shipped ablation sweep."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ssl_bf.cli import main as ssl_bf_main
+from ssl_bf.launch import LaunchError
+from ssl_bf.launch import slurm as slurm_mod
+from ssl_bf.launch.report import collect
+from ssl_bf.launch.sweep import expand, load_sweep_file, write_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.yaml")
+
+
+def _write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_axes_first_vary_slowest_and_variants_carry_their_overrides(tmp_path):
+    path = _write(tmp_path, "axes: {seed: [0, 1]}\n"
+                            "variants:\n  plain: {batchformer.enabled: false}\n"
+                            "  bf: {batchformer.enabled: true, train.base_lr: 0.5}\n")
+    variants, axes, variants_first = load_sweep_file(path)
+    assert variants == {"plain": {"batchformer.enabled": "false"},
+                        "bf": {"batchformer.enabled": "true", "train.base_lr": "0.5"}}
+    assert axes == {"seed": ["0", "1"]} and variants_first is False
+    sweep = expand(axes, str(tmp_path / "base"), variants, variants_first)
+    assert sweep.keys == ["seed", "variant"]
+    assert [e.name for e in sweep.elements] == ["seed=0__variant=plain", "seed=0__variant=bf",
+                                                "seed=1__variant=plain", "seed=1__variant=bf"]
+    on1 = sweep.elements[3]
+    assert on1.overrides == {"batchformer.enabled": "true", "train.base_lr": "0.5", "seed": "1"}
+    assert on1.labels() == {"seed": "1", "variant": "bf"}
+    # Variants listed first vary slowest instead.
+    path = _write(tmp_path, "variants: {a: {seed: 3}, b: {seed: 4}}\naxes: {train.base_lr: [0.1, 0.2]}\n")
+    variants, axes, variants_first = load_sweep_file(path)
+    assert variants_first is True
+    sweep = expand(axes, str(tmp_path), variants, variants_first)
+    assert [e.name for e in sweep.elements][:2] == ["variant=a__train.base_lr=0.1", "variant=a__train.base_lr=0.2"]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("seeds: [0]\n", "holds 'variants' and/or 'axes' only"),
+    ("variants: {a: {run.dir: x}}\n", "sets run.dir"),
+    ("variants: {a: 3}\n", "must map config keys to values"),
+    ("variants: {a: {seed: [1, 2]}}\n", "expected a single value"),
+    ("axes: {seed: [1, 1]}\n", "must be non-empty and distinct"),
+    ("{}\n", "defines no variants and no axes"),
+    ("variants: {on: {seed: 1}}\n", "is not a string"),
+], ids=["top-level-key", "run-dir", "not-a-mapping", "list-value", "duplicate", "empty", "yaml-boolean-name"])
+def test_bad_sweep_files_are_rejected(tmp_path, text, message):
+    with pytest.raises(LaunchError, match=message):
+        load_sweep_file(_write(tmp_path, text))
+
+
+def test_a_key_set_by_a_variant_and_an_axis_is_an_error(tmp_path, capsys):
+    path = _write(tmp_path, "variants: {a: {seed: 1}}\n")
+    with pytest.raises(LaunchError, match=r"set by both a variant and a sweep axis"):
+        expand({"seed": ["0"]}, str(tmp_path), load_sweep_file(path)[0])
+    rc = ssl_bf_main(["submit", "pretrain", "--cluster", "local", "--sweep-file", path, "--sweep", "seed=0,1",
+                      "--dry-run", "--", "--config", TINY, f"run.dir={tmp_path}/r"])
+    assert rc == 2 and "set by both a variant and a sweep axis" in capsys.readouterr().err
+    rc = ssl_bf_main(["submit", "pretrain", "--sweep-file", str(tmp_path / "nope.yaml"), "--dry-run", "--",
+                      "--config", TINY])
+    assert rc == 2 and "no such file" in capsys.readouterr().err
+
+
+def test_the_shipped_ablation_sweep_is_valid(tmp_path, capsys, monkeypatch):
+    """configs/ablation_fmnist_sweep.yaml: 6 variants x 3 seeds, every element a valid config."""
+    monkeypatch.setattr(slurm_mod, "_run", lambda *a, **k: None)
+    rc = ssl_bf_main(["submit", "pretrain", "--cluster", "local", "--dry-run", "--sweep-file",
+                      str(ROOT / "configs" / "ablation_fmnist_sweep.yaml"), "--then", "evaluate", "--",
+                      "--config", str(ROOT / "configs" / "ablation_fmnist.yaml"), f"run.dir={tmp_path}/abl"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    lines = [line for line in out.splitlines() if line.startswith("# local: ssl-bf pretrain")]
+    assert len(lines) == 18
+    assert "seed=0__variant=random-init train.epochs=0 seed=0" in lines[0]
+    assert "seed=0__variant=mocov3+bf-projection method=mocov3" in lines[5] and "batchformer.enabled=true" in lines[5]
+    assert lines[17].endswith("seed=2")
+
+
+def test_sweep_report_groups_by_variant(tmp_path, capsys):
+    base = tmp_path / "sweep"
+    path = _write(tmp_path, "axes: {seed: [0, 1]}\nvariants: {'off': {batchformer.enabled: false}, "
+                            "'on': {batchformer.enabled: true}}\n")
+    variants, axes, first = load_sweep_file(path)
+    sweep = expand(axes, str(base), variants, first)
+    for i, el in enumerate(sweep.elements):
+        Path(el.run_dir).mkdir(parents=True)
+        Path(el.run_dir, "results.json").write_text(json.dumps({"knn": [{"k": 20, "temperature": 0.07,
+                                                                         "top1": 70.0 + i}]}))
+    write_sweep(sweep)
+    keys, runs, missing = collect(str(base))
+    assert keys == ["seed", "variant"] and not missing
+    assert runs[1]["params"] == {"seed": "0", "variant": "on"}
+    assert ssl_bf_main(["sweep-report", str(base)]) == 0
+    out = capsys.readouterr().out
+    # off: seeds give 70, 72; on: 71, 73
+    assert "| knn[k=20,temperature=0.07].top1 | 71.00 ± 1.41 (n=2) | 72.00 ± 1.41 (n=2) |" in out
