@@ -432,14 +432,14 @@ def _seconds(v: Optional[float]) -> str:
 def to_markdown(report: dict) -> str:
     """report.md: the results table, the figures (relative links), wall times, what is missing."""
     images = report["images"]
-    over = ", ".join(k for k in report["keys"] if k not in report["group_keys"]) or "nothing (one run each)"
+    over = ", ".join(k for k in report["keys"] if k not in report["group_keys"])
     if len(report["runs"]) == 1:
         scope = "One run."
     else:
         scope = (f"{len(report['runs'])} runs in {len(report['variants'])} variant(s)"
                  + (f", grouped by {', '.join(report['group_keys'])}" if report["group_keys"] else "")
-                 + f"; mean ± sample std over {over}.")
-    lines = [f"# Report: {report['folder']}", "", f"Made by `{report['command']}` on {report['time']}. {scope}", ""]
+                 + (f"; mean ± sample std over {over}." if over else "; one run each, so no spread."))
+    lines = [f"# Report: {os.path.basename(report['folder'].rstrip(os.sep))}", "", f"Made by `{report['command']}` on {report['time']}. {scope}", ""]
     metrics = [m for m in report["metrics"] if any(m in v["results"] for v in report["variants"])]
     lines += ["## Evaluation (results.json)", ""]
     if metrics:
