@@ -49,6 +49,8 @@ def _submit_parser() -> argparse.ArgumentParser:
     g.add_argument("--signal-delay", type=int, metavar="S",
                    help="seconds before the time limit at which the job checkpoints and requeues")
     g.add_argument("--max-requeues", type=int, help="time-outs after which the job is not requeued")
+    g.add_argument("--max-parallel", type=int, metavar="N",
+                   help="at most N sweep elements run at once (sbatch --array=0-M%%N); slurm only")
     g.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE",
                    help="any other sbatch option, e.g. gres=gpu:a100:8 or mail-type=END (repeatable)")
     g.add_argument("--setup", action="append", default=[], metavar="SHELL",
@@ -88,7 +90,7 @@ def submit_main(argv: list[str]) -> int:
             tasks_per_node=args.tasks_per_node, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
             partition=args.partition, account=args.account, qos=args.qos, constraint=args.constraint,
             time=args.time, exclusive=args.exclusive, signal_delay=args.signal_delay,
-            max_requeues=args.max_requeues, slurm_extra=parse_extra(args.slurm_extra) or None,
+            max_requeues=args.max_requeues, max_parallel=args.max_parallel, slurm_extra=parse_extra(args.slurm_extra) or None,
             setup=args.setup or None, folder=args.folder, job_name=args.job_name)
         variants, axes, variants_first = load_sweep_file(args.sweep_file) if args.sweep_file else ({}, {}, True)
         given = parse_sweep(args.sweep)

@@ -34,6 +34,7 @@ class LaunchOptions:
     exclusive: bool = False
     signal_delay: int = 120  # seconds between the USR2 warning and the kill at the time limit
     max_requeues: int = 3  # time-outs after which the job is not requeued again
+    max_parallel: Optional[int] = None  # sweep elements running at once (sbatch --array=...%N)
     slurm_extra: dict = field(default_factory=dict)  # any other sbatch option: {key: value|True}
     setup: list = field(default_factory=list)  # shell lines run before srun (module load, ...)
     folder: Optional[str] = None  # submitit folder; default: RUN/submitit
@@ -71,6 +72,11 @@ class LaunchOptions:
         if self.signal_delay >= 60 * self.time:
             raise LaunchError(f"--signal-delay ({self.signal_delay} s) must be shorter than --time "
                               f"({self.time} min)")
+        if self.max_parallel is not None and self.max_parallel < 1:
+            raise LaunchError(f"--max-parallel must be at least 1, got {self.max_parallel}")
+        if self.max_parallel is not None and self.cluster != "slurm":
+            raise LaunchError(f"--max-parallel throttles a SLURM job array; --cluster {self.cluster} "
+                              f"starts every element at once")
         if self.cluster != "slurm" and self.nodes > 1:
             raise LaunchError(f"--cluster {self.cluster} runs on this machine only: --nodes must be 1 "
                               f"(got {self.nodes}); use --cluster slurm for multi-node runs")
@@ -165,6 +171,8 @@ def sbatch_parameters(opts: LaunchOptions, name: str, *, nodes: Optional[int] = 
             p[k] = getattr(opts, k)
     if opts.exclusive:
         p["exclusive"] = True
+    if opts.max_parallel:
+        p["array_parallelism"] = int(opts.max_parallel)
     if opts.setup:
         p["setup"] = list(opts.setup)
     extra = dict(opts.slurm_extra)

@@ -104,3 +104,14 @@ def test_sweep_report_groups_by_variant(tmp_path, capsys):
     out = capsys.readouterr().out
     # off: seeds give 70, 72; on: 71, 73
     assert "| knn[k=20,temperature=0.07].top1 | 71.00 ± 1.41 (n=2) | 72.00 ± 1.41 (n=2) |" in out
+
+
+def test_max_parallel_throttles_the_slurm_array(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(slurm_mod, "_run", lambda *a, **k: None)
+    args = ["--sweep", "seed=0,1,2", "--dry-run", "--", "--config", TINY, f"run.dir={tmp_path}/r"]
+    assert ssl_bf_main(["submit", "pretrain", "--cluster", "slurm", "--max-parallel", "2", *args]) == 0
+    assert "#SBATCH --array=0-2%2" in capsys.readouterr().out
+    assert ssl_bf_main(["submit", "pretrain", "--cluster", "local", "--max-parallel", "1", *args]) == 2
+    assert "--max-parallel throttles a SLURM job array" in capsys.readouterr().err
+    assert ssl_bf_main(["submit", "pretrain", "--cluster", "slurm", "--max-parallel", "0", *args]) == 2
+    assert "at least 1" in capsys.readouterr().err
