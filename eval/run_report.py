@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ssl_bf.launch.report import SEED_KEYS, _flat_config, aggregate, collect
-from ssl_bf.launch.sweep import read_sweep
+from ssl_bf.launch.report import SEED_KEYS, aggregate, collect, differing_keys, flat_config
+from ssl_bf.launch.sweep import element_dirs, read_sweep
 
 # (metric path as launch.report.numeric_leaves names it, column title, bar-chart label)
 HEADLINE = (
@@ -108,8 +108,7 @@ def find_runs(folder: str) -> tuple[list[str], list[Run], list[str]]:
         runs, not_started = [], []
         if sweep is not None:
             keys = list(sweep.keys)
-            for el in sweep.elements:
-                run_dir = el.run_dir if os.path.isdir(el.run_dir) else os.path.join(folder, el.name)
+            for el, run_dir in element_dirs(sweep, folder):
                 if os.path.isdir(run_dir):
                     runs.append(Run(el.name, run_dir, {k: str(v) for k, v in el.labels().items()}))
                 else:
@@ -118,16 +117,15 @@ def find_runs(folder: str) -> tuple[list[str], list[Run], list[str]]:
             for name in sorted(os.listdir(folder)):
                 if _is_run(os.path.join(folder, name)):
                     runs.append(Run(name, os.path.join(folder, name), {}))
-            configs = [_flat_config(r.run_dir) for r in runs]
-            keys = [k for k in sorted(set().union(*configs)) if k != "run.dir"
-                    and len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
+            configs = [flat_config(r.run_dir) for r in runs]
+            keys = differing_keys(configs)
             for r, c in zip(runs, configs):
                 r.params = {k: str(c.get(k)) for k in keys}
     if not runs:
         raise ReportError(f"no runs under {folder} (no sub-folder with config.yaml or metrics.jsonl"
                           + (f"; sweep elements not started: {', '.join(not_started)}" if not_started else "") + ")")
     for r in runs:
-        r.config = _flat_config(r.run_dir)
+        r.config = flat_config(r.run_dir)
         r.records = _read_jsonl(os.path.join(r.run_dir, "metrics.jsonl"))
     if len(runs) == 1 and not keys:
         runs[0].results = _read_json(os.path.join(runs[0].run_dir, "results.json"))

@@ -10,7 +10,7 @@ from typing import Any, Iterator, Optional
 
 import yaml
 
-from .sweep import read_sweep
+from .sweep import element_dirs, read_sweep
 
 RESULTS = "results.json"
 SEED_KEYS = ("seed",)
@@ -47,7 +47,8 @@ def _is_headline(metric: str) -> bool:
     return leaf.startswith(("top1", "top5", "acc"))
 
 
-def _flat_config(run_dir: str) -> dict:
+def flat_config(run_dir: str) -> dict:
+    """RUN/config.yaml as {'a.b': value} ({} when absent)."""
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(path):
         return {}
@@ -75,8 +76,7 @@ def collect(folder: str) -> tuple[list[str], list[dict], list[str]]:
     runs, missing = [], []
     if sweep is not None:
         keys = list(sweep.keys)
-        for el in sweep.elements:
-            run_dir = el.run_dir if os.path.isdir(el.run_dir) else os.path.join(folder, el.name)
+        for el, run_dir in element_dirs(sweep, folder):
             res = _load_results(run_dir)
             if res is None:
                 missing.append(el.name)
@@ -89,15 +89,19 @@ def collect(folder: str) -> tuple[list[str], list[dict], list[str]]:
             continue
         res = _load_results(run_dir)
         if res is not None:
-            runs.append({"name": name, "config": _flat_config(run_dir), "results": res})
-    keys = []
-    if runs:
-        all_keys = sorted(set().union(*(r["config"] for r in runs)))
-        keys = [k for k in all_keys if k != "run.dir"
-                and len({json.dumps(r["config"].get(k), sort_keys=True) for r in runs}) > 1]
+            runs.append({"name": name, "config": flat_config(run_dir), "results": res})
+    keys = differing_keys([r["config"] for r in runs])
     for r in runs:
         r["params"] = {k: str(r["config"].get(k)) for k in keys}
     return keys, runs, missing
+
+
+def differing_keys(configs: list[dict]) -> list[str]:
+    """The flat config keys (except run.dir) whose values differ between the runs, sorted."""
+    if not configs:
+        return []
+    return [k for k in sorted(set().union(*configs)) if k != "run.dir"
+            and len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
 
 
 def _load_results(run_dir: str) -> Optional[dict]:

@@ -152,6 +152,12 @@ def write_sweep(sweep: Sweep) -> str:
     return path
 
 
+def element_dirs(sweep: Sweep, folder: str) -> list[tuple[Element, str]]:
+    """(element, its run folder): the recorded path, or FOLDER/NAME when the sweep was moved."""
+    return [(el, el.run_dir if os.path.isdir(el.run_dir) else os.path.join(folder, el.name))
+            for el in sweep.elements]
+
+
 def read_sweep(folder: str) -> Optional[Sweep]:
     path = os.path.join(folder, SWEEP_FILE)
     if not os.path.isfile(path):
