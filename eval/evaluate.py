@@ -51,7 +51,8 @@ def run_paths(run_dir: str) -> dict[str, str]:
 def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str = "backbone",
                  device: str = "auto", batch_size: int = 256, dtype: str = "float32",
                  ks: Sequence[int] = KNN_KS, temperatures: Sequence[float] = KNN_TEMPERATURES,
-                 index: str = "flat", memory_budget_gb: float = 2.0, linear="cached,logreg",
+                 index: str = "flat", memory_budget_gb: float = 2.0,
+                 linear: "str | Sequence[str]" = "cached,logreg",
                  reuse_embeddings: bool = False, subset: Optional[int] = None, num_workers: int = 4,
                  seed: int = 0, progress: bool = True) -> dict:
     """Evaluate a finished run; returns the entry that was recorded.
@@ -104,7 +105,7 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
     for name in probes:
         probe = probe_cached if name == "cached" else probe_logreg
         res = probe(train.embeddings, train.labels, test.embeddings, test.labels,
-                    num_classes=train.num_classes, seed=seed)
+                    num_classes=train.num_classes, seed=seed, device=_probe_device(device))
         head = paths["head"] if name == "cached" else paths["logreg_head"]
         save_head(head, res, train.classes)
         probe_results[RESULT_KEY[name]] = {**res.to_dict(), "head": head}
@@ -117,11 +118,24 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
              "evaluated": evaluated}
     results = _read_results(paths["results"])
     results.update({"knn": knn.results, "evaluated": evaluated})
-    for key, res in probe_results.items():
-        results[key] = {k: res[k] for k in ("protocol", "top1", "top5", "hyperparameters", "note") if k in res}
+    for name in LINEAR_PROBES:  # a probe not run now must not sit beside this checkpoint's k-NN
+        key = RESULT_KEY[name]
+        results.pop(key, None)
+        if key in probe_results:
+            res = probe_results[key]
+            results[key] = {k: res[k] for k in ("protocol", "top1", "top5", "hyperparameters", "note") if k in res}
     write_json_atomic(results, paths["results"])
     _append_line(paths["history"], entry)
     return entry
+
+
+def _probe_device(device: str) -> str:
+    """auto -> cuda when there is one; the probes take a torch device name."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def _reusable(path: str, checkpoint: str, features: str) -> bool:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ssl_bf.launch.report import SEED_KEYS, aggregate, collect, differing_keys, flat_config
+from ssl_bf.launch.report import SEED_KEYS, aggregate, collect, differing_keys, flat_config, value_text
 from ssl_bf.launch.sweep import element_dirs, read_sweep
 
 # (metric path as launch.report.numeric_leaves names it, column title, bar-chart label)
@@ -39,6 +39,7 @@ TRAIN_SIZES = {"fashion-mnist": 60000, "cifar10": 50000, "cifar100": 50000}
 FILES = {"loss": "loss.png", "knn": "knn.png", "ablation": "ablation.png", "tsne": "tsne.png",
          "markdown": "report.md", "json": "report.json"}
 TEST_EMBEDDINGS = os.path.join("embeddings", "test.safetensors")
+MIN_MAP_POINTS = 10  # t-SNE needs perplexity < n; fewer points make no readable map
 
 
 class ReportError(ValueError):
@@ -120,7 +121,7 @@ def find_runs(folder: str) -> tuple[list[str], list[Run], list[str]]:
             configs = [flat_config(r.run_dir) for r in runs]
             keys = differing_keys(configs)
             for r, c in zip(runs, configs):
-                r.params = {k: str(c.get(k)) for k in keys}
+                r.params = {k: value_text(c.get(k)) for k in keys}
     if not runs:
         raise ReportError(f"no runs under {folder} (no sub-folder with config.yaml or metrics.jsonl"
                           + (f"; sweep elements not started: {', '.join(not_started)}" if not_started else "") + ")")
@@ -216,15 +217,18 @@ def knn_curve(run: Run) -> tuple[list[float], list[float]]:
 
 
 def mean_curve(curves: list[tuple[list[float], list[float]]]) -> Optional[dict]:
-    """Mean and min..max over runs at each x any of them has (x rounded to 1e-9)."""
+    """Mean and min..max over the runs with points, at each x all of them have (x rounded to
+    1e-9): a mean labelled n=3 is never one seed's tail."""
+    curves = [c for c in curves if c[0]]
     at: dict[float, list[float]] = {}
     for xs, ys in curves:
         for x, y in zip(xs, ys):
             at.setdefault(round(x, 9), []).append(y)
+    n = len(curves)
+    at = {x: v for x, v in at.items() if len(v) == n}
     if not at:
         return None
     xs = sorted(at)
-    n = sum(1 for c in curves if c[0])
     return {"x": xs, "mean": [sum(at[x]) / len(at[x]) for x in xs], "low": [min(at[x]) for x in xs],
             "high": [max(at[x]) for x in xs], "n": n}
 
@@ -240,15 +244,19 @@ def wall_times(run: Run) -> dict:
             "epochs": run.config.get("train.epochs")}
 
 
+def _unfinished(run: Run) -> bool:
+    epochs = run.config.get("train.epochs")
+    return isinstance(epochs, int) and len({r.get("epoch") for r in epoch_records(run.records)}) < epochs
+
+
 def missing_parts(run: Run) -> list[str]:
     """What the report could not show for this run, in words."""
     out = []
     if not run.records:
         out.append("no metrics.jsonl")
-    epochs = run.config.get("train.epochs")
-    done = len({r.get("epoch") for r in epoch_records(run.records)})
-    if isinstance(epochs, int) and done < epochs:
-        out.append(f"training unfinished ({done}/{epochs} epochs)")
+    if _unfinished(run):
+        done = len({r.get("epoch") for r in epoch_records(run.records)})
+        out.append(f"training unfinished ({done}/{run.config.get('train.epochs')} epochs)")
     if run.results is None:
         out.append("no results.json (not evaluated)")
     if not os.path.isfile(os.path.join(run.run_dir, TEST_EMBEDDINGS)):
@@ -304,6 +312,9 @@ def _embedding_maps(variants: list[Variant], sample: int, perplexity: Optional[f
             notes.append(f"{v.label}: {err}")
             continue
         idx = sample_indices(len(emb), sample, TSNE_SEED)
+        if len(idx) < MIN_MAP_POINTS:
+            notes.append(f"{v.label}: only {len(idx)} test embeddings, too few for a map")
+            continue
         if verbose:
             print(f"t-SNE of {len(idx)} test points: {run.name}", file=sys.stderr, flush=True)
         maps.append({"label": v.label, "title": v.label if v.label == run.name else f"{v.label}\n{run.name}",
@@ -321,7 +332,8 @@ def _curve_figures(variants: list[Variant], colors: dict, out_dir: str, band: bo
     for kind, fn in (("loss", loss_curve), ("knn", knn_curve)):
         series = []
         for v in variants:
-            s = mean_curve([fn(r) for r in v.runs])
+            finished = [r for r in v.runs if not _unfinished(r)]
+            s = mean_curve([fn(r) for r in (finished or v.runs)])  # runs still training join when done
             if s is not None:
                 series.append({"label": v.label, "color": colors[v.label], **s})
         if not series:
@@ -330,8 +342,11 @@ def _curve_figures(variants: list[Variant], colors: dict, out_dir: str, band: bo
             plots.plot_curves(series, os.path.join(out_dir, FILES[kind]), title="training loss", xlabel="epoch",
                               ylabel="loss", band=band)
         else:
+            full = [r.config.get("monitor.full_sets", True) for v in variants for r in v.runs]
+            sets = "subsets" if not any(full) else ("subsets; full sets at start and end" if all(full) else
+                                                     "subsets; some runs use the full sets at start and end")
             plots.plot_curves(series, os.path.join(out_dir, FILES[kind]), markers=True, band=band, integer_x=True,
-                              title="online k-NN (monitor subset; epoch 0 = random init)", xlabel="epoch",
+                              title=f"online k-NN ({sets}; epoch 0 = random init)", xlabel="epoch",
                               ylabel="k-NN top-1 (%)")
         images[kind] = FILES[kind]
     return images

@@ -50,7 +50,8 @@ def _submit_parser() -> argparse.ArgumentParser:
                    help="seconds before the time limit at which the job checkpoints and requeues")
     g.add_argument("--max-requeues", type=int, help="time-outs after which the job is not requeued")
     g.add_argument("--max-parallel", type=int, metavar="N",
-                   help="at most N sweep elements run at once (sbatch --array=0-M%%N); slurm only")
+                   help="at most N elements of each job array run at once (sbatch --array=0-M%%N; "
+                        "the --then evaluate array too); slurm only")
     g.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE",
                    help="any other sbatch option, e.g. gres=gpu:a100:8 or mail-type=END (repeatable)")
     g.add_argument("--setup", action="append", default=[], metavar="SHELL",
@@ -65,7 +66,7 @@ def _submit_parser() -> argparse.ArgumentParser:
     g.add_argument("--then", choices=["evaluate"],
                    help="chain `ssl-bf evaluate RUN` after each pretraining run that succeeds")
     g.add_argument("--then-args", metavar="ARGS", help="extra arguments for the chained evaluation, "
-                   "as one shell-quoted string, e.g. --then-args='--skip-linear'")
+                   "as one shell-quoted string, e.g. --then-args='--linear none'")
     g.add_argument("--folder", help="submitit folder (scripts, pickles, logs); default RUN/submitit")
     g.add_argument("--job-name")
     g.add_argument("--dry-run", action="store_true", help="print the sbatch script; submit nothing")

@@ -92,8 +92,15 @@ def collect(folder: str) -> tuple[list[str], list[dict], list[str]]:
             runs.append({"name": name, "config": flat_config(run_dir), "results": res})
     keys = differing_keys([r["config"] for r in runs])
     for r in runs:
-        r["params"] = {k: str(r["config"].get(k)) for k in keys}
+        r["params"] = {k: value_text(r["config"].get(k)) for k in keys}
     return keys, runs, missing
+
+
+def value_text(value: Any) -> str:
+    """A config value as an override would spell it: true/false/null, else str()."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
 
 
 def differing_keys(configs: list[dict]) -> list[str]:

@@ -6,10 +6,10 @@ import itertools
 import json
 import os
 import re
-
-import yaml
 from dataclasses import asdict, dataclass, field
 from typing import Optional
+
+import yaml
 
 from .options import LaunchError
 
@@ -64,12 +64,49 @@ def parse_sweep(items: list[str]) -> dict[str, list[str]]:
 
 
 def _scalar(value, where: str) -> str:
-    """A YAML scalar as the string an override takes (booleans lower-case, as YAML spells them)."""
+    """A YAML scalar as the string an override takes (as the command line would spell it)."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if value is None or isinstance(value, (dict, list)):
+    if value is None:
+        return "null"
+    if isinstance(value, (dict, list)):
         raise LaunchError(f"{where}: expected a single value, got {value!r}")
     return str(value)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML would keep the last silently);
+    keys brought in by a `<<: *anchor` merge may still be overridden."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = key_node.value
+            if key == "<<":
+                continue
+            if key in seen:
+                raise LaunchError(f"line {key_node.start_mark.line + 1}: the key '{key}' is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _read_sweep_yaml(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise LaunchError(f"--sweep-file: no such file: {path}")
+    with open(path) as f:
+        try:
+            data = yaml.load(f, Loader=_StrictLoader) or {}
+        except LaunchError as e:
+            raise LaunchError(f"{path}: {e}") from None
+        except yaml.YAMLError as e:
+            raise LaunchError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict) or set(data) - {"variants", "axes"}:
+        extra = sorted(map(str, set(data) - {"variants", "axes"})) if isinstance(data, dict) else data
+        raise LaunchError(f"{path}: a sweep file holds 'variants' and/or 'axes' only, got {extra}")
+    for section in ("variants", "axes"):
+        if not isinstance(data.get(section) or {}, dict):
+            raise LaunchError(f"{path}: '{section}' must be a mapping, got {type(data[section]).__name__}")
+    return data
 
 
 def load_sweep_file(path: str) -> tuple[dict[str, dict[str, str]], dict[str, list[str]], bool]:
@@ -83,30 +120,27 @@ def load_sweep_file(path: str) -> tuple[dict[str, dict[str, str]], dict[str, lis
 
     Whichever of the two sections comes first varies slowest (here: every variant of seed 0
     runs before seed 1, so a sweep cut short still compares all variants). Returns
-    (variants, axes) with the variant axis placed in `axes` order by `expand(..., variants_first)`.
+    (variants, axes, variants_first), the last for `expand`.
     """
-    if not os.path.isfile(path):
-        raise LaunchError(f"--sweep-file: no such file: {path}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict) or set(data) - {"variants", "axes"}:
-        extra = sorted(set(data) - {"variants", "axes"}) if isinstance(data, dict) else data
-        raise LaunchError(f"{path}: a sweep file holds 'variants' and/or 'axes' only, got {extra}")
+    data = _read_sweep_yaml(path)
     variants: dict[str, dict[str, str]] = {}
     for name, overrides in (data.get("variants") or {}).items():
-        if not isinstance(name, str):
-            raise LaunchError(f"{path}: variant name {name!r} is not a string (YAML reads unquoted on/off/"
-                              f"yes/no/numbers as such): quote it")
+        if not isinstance(name, str) or not name.strip():
+            raise LaunchError(f"{path}: variant name {name!r} is not a non-empty string (YAML reads unquoted "
+                              f"on/off/yes/no/numbers as such): quote it")
         if not isinstance(overrides, dict) or not overrides:
             raise LaunchError(f"{path}: variant '{name}' must map config keys to values")
         if "run.dir" in overrides:
             raise LaunchError(f"{path}: variant '{name}' sets run.dir; each element gets its own run folder")
-        variants[str(name)] = {str(k): _scalar(v, f"{path}: variant '{name}', key '{k}'")
-                               for k, v in overrides.items()}
+        variants[name] = {str(k): _scalar(v, f"{path}: variant '{name}', key '{k}'") for k, v in overrides.items()}
     axes: dict[str, list[str]] = {}
     for key, values in (data.get("axes") or {}).items():
-        values = values if isinstance(values, list) else [values]
-        axes.update(parse_sweep([f"{key}=" + ",".join(_scalar(v, f"{path}: axis '{key}'") for v in values)]))
+        values = [_scalar(v, f"{path}: axis '{key}'") for v in (values if isinstance(values, list) else [values])]
+        if str(key) == "run.dir":
+            raise LaunchError(f"{path}: an axis over run.dir is not allowed: each element gets its own run folder")
+        if not values or len(set(values)) != len(values):
+            raise LaunchError(f"{path}: axis '{key}' needs distinct values, got {values}")
+        axes[str(key)] = values
     if not variants and not axes:
         raise LaunchError(f"{path}: defines no variants and no axes")
     return variants, axes, list(data).index("variants") == 0 if "variants" in data else True
@@ -128,7 +162,8 @@ def expand(axes: dict[str, list[str]], base_dir: str,
         raise LaunchError(f"the keys {clash} are set by both a variant and a sweep axis")
     all_axes = dict(axes)
     if variants:
-        all_axes = ({VARIANT_KEY: list(variants)} | all_axes) if variants_first else (all_axes | {VARIANT_KEY: list(variants)})
+        variant_axis = {VARIANT_KEY: list(variants)}
+        all_axes = (variant_axis | all_axes) if variants_first else (all_axes | variant_axis)
     keys = list(all_axes)
     sweep = Sweep(base_dir=base_dir, keys=keys)
     for combo in itertools.product(*(all_axes[k] for k in keys)):
@@ -138,6 +173,12 @@ def expand(axes: dict[str, list[str]], base_dir: str,
         name = "__".join(f"{_safe(k)}={_safe(v)}" for k, v in params.items())
         sweep.elements.append(Element(name=name, overrides=overrides, run_dir=os.path.join(base_dir, name),
                                       params=params if variants else None))
+    folders: dict[str, dict] = {}
+    for el in sweep.elements:  # e.g. variants 'a b' and 'a_b' would train into one folder
+        if el.name in folders:
+            raise LaunchError(f"two sweep elements share the folder name '{el.name}' "
+                              f"({folders[el.name]} and {el.labels()}): rename one")
+        folders[el.name] = el.labels()
     return sweep
 
 

@@ -4,7 +4,8 @@
 #
 #   bash scripts/gpu_fmnist.sh [OUT_DIR] [extra key=value overrides...]
 #
-# Environment: SSL_BF_DATA_ROOT (a folder with the four Fashion-MNIST .gz files; default: the
+# Environment: SSL_BF_GPU_RUNS (the run folders, default runs/gpu_fmnist; must not hold runs yet),
+# SSL_BF_DATA_ROOT (a folder with the four Fashion-MNIST .gz files; default: the
 # Debian package's folder), SSL_BF_BUDGET_MIN (a per-run safety stop, default 7 minutes: a run that
 # reaches it stops early, checkpointed, and its epoch count shows it), SSL_BF_DEVICE (default cuda),
 # SSL_BF_EVAL_ARGS (extra `ssl-bf evaluate` arguments, e.g. "--subset 1000" for a dry run),
@@ -15,7 +16,12 @@ OUT_DIR="${1:-runs/gpu_fmnist_out}"; shift || true
 ROOT="${SSL_BF_DATA_ROOT:-/usr/share/datasets/fashion-mnist}"
 BUDGET="${SSL_BF_BUDGET_MIN:-7}"
 DEVICE="${SSL_BF_DEVICE:-cuda}"
-RUNS="runs/gpu_fmnist"
+RUNS="${SSL_BF_GPU_RUNS:-runs/gpu_fmnist}"
+if [ -e "$RUNS/bf_false" ] || [ -e "$RUNS/bf_true" ]; then
+    # A rerun would resume (or, with other overrides, silently extend) the earlier runs.
+    echo "gpu_fmnist: $RUNS already holds runs; move it away or set SSL_BF_GPU_RUNS" >&2
+    exit 2
+fi
 mkdir -p "$OUT_DIR" "$RUNS"
 LOG="$OUT_DIR/gpu_fmnist.log"
 exec > >(tee -a "$LOG") 2>&1

@@ -12,11 +12,23 @@ CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 
 
-def usual_file_mode() -> int:
-    """0666 minus the umask: the mode `open()` would give (mkstemp's temp files are 0600)."""
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (/proc); else set and restore."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def usual_file_mode() -> int:
+    """0666 minus the umask: the mode `open()` would give (mkstemp's temp files are 0600)."""
+    return 0o666 & ~_umask()
 
 
 def atomic_write_bytes(path: str, write_fn) -> None:

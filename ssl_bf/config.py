@@ -98,7 +98,7 @@ class TrainConfig:
 @dataclass
 class MonitorConfig:
     knn_every: int = 1  # epochs between online k-NN checks (0: never)
-    knn_at_start: bool = False  # also measure the random-init network (full sets) before training
+    knn_at_start: bool = False  # also measure the random-init network before training
     full_sets: bool = True  # the start and last checks use the full sets (False: the subsets
     # too, when `ssl-bf evaluate` follows anyway)
     knn_k: int = 20

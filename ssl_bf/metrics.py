@@ -10,10 +10,20 @@ from .checkpoint import atomic_write_bytes
 
 
 def read_metrics(path: str) -> list[dict]:
+    """The records of a metrics.jsonl; a torn last line (a process killed mid-append) is dropped."""
     if not os.path.isfile(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 1} is not JSON (only a torn last line is tolerated)") from None
+    return records
 
 
 def truncate_metrics(path: str, step: int) -> None:

@@ -236,7 +236,11 @@ def test_evaluate_run(tmp_path, capsys):
     assert results["pretrain"] == {"loss": 5.0}  # other keys are kept
     assert [(r["k"], r["temperature"]) for r in results["knn"]] == [(20, 0.07), (20, 0.1), (200, 0.07), (200, 0.1)]
     assert results["linear"]["protocol"] == "cached" and 0 <= results["linear"]["top1"] <= 100
-    assert results["logreg"]["protocol"] == "logreg" and 0 <= results["logreg"]["top1"] <= 100
+    # The recorded logreg figure is what the probe gives on the saved embeddings.
+    from ssl_bf.eval.linear import probe_logreg
+    tr, te = (load_embeddings(os.path.join(run, "embeddings", f"{s}.safetensors")) for s in ("train", "test"))
+    direct = probe_logreg(tr.embeddings, tr.labels, te.embeddings, te.labels, num_classes=tr.num_classes)
+    assert results["logreg"]["protocol"] == "logreg" and results["logreg"]["top1"] == pytest.approx(direct.top1)
     assert results["evaluated"]["epoch"] == 3 and results["evaluated"]["train_rows"] == 300
     for split in ("train", "test"):
         assert len(load_embeddings(os.path.join(run, "embeddings", f"{split}.safetensors"))) == 300
@@ -246,6 +250,8 @@ def test_evaluate_run(tmp_path, capsys):
     # A second evaluation appends to the history and may reuse the embeddings.
     assert evaluate_main([run, "--subset", "300", "--no-progress", "--device", "cpu", "--reuse-embeddings",
                           "--linear", "none"]) == 0
+    results = json.loads(open(os.path.join(run, "results.json")).read())
+    assert "linear" not in results and "logreg" not in results  # no stale probe beside the new k-NN
     with open(os.path.join(run, "evaluations.jsonl")) as f:
         assert len(f.readlines()) == 2
 

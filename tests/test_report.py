@@ -163,3 +163,13 @@ def test_report_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "no runs under" in capsys.readouterr().err
     assert not (tmp_path / "empty" / "report").exists()
+
+
+def test_mean_curve_keeps_only_the_points_every_run_has():
+    from ssl_bf.eval.run_report import mean_curve
+
+    full, cut = ([1.0, 2.0, 3.0], [10.0, 20.0, 30.0]), ([1.0, 2.0], [12.0, 22.0])
+    m = mean_curve([full, cut, ([], [])])  # a run with no points yet does not count
+    assert m["x"] == [1.0, 2.0] and m["mean"] == [11.0, 21.0] and m["n"] == 2
+    assert m["low"] == [10.0, 20.0] and m["high"] == [12.0, 22.0]
+    assert mean_curve([([], [])]) is None

@@ -129,12 +129,26 @@ def test_zero_epochs_saves_the_untrained_network(tmp_path):
 def test_atomic_writes_keep_the_usual_file_mode(tmp_path):
     import stat
 
-    old = os.umask(0o022)
+    old = os.umask(0o027)
     try:
         cfg = tiny_config(tmp_path, "data.subset=320", "train.epochs=0")
         Trainer(cfg).fit()
         ckpt_io.write_json_atomic({"a": 1}, str(tmp_path / "r.json"))
+        assert os.umask(0o027) == 0o027  # the umask is left as it was
     finally:
         os.umask(old)
     for path in (os.path.join(cfg.run.dir, "config.yaml"), ckpt_io.last_path(cfg.run.dir), tmp_path / "r.json"):
-        assert stat.S_IMODE(os.stat(path).st_mode) == 0o644, path  # not mkstemp's 0600
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o640, path  # as open() would make it, not mkstemp's 0600
+
+
+def test_a_torn_last_metrics_line_does_not_block_a_resume(tmp_path):
+    from ssl_bf.metrics import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    assert read_metrics(str(path)) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    truncate_metrics(str(path), 1)
+    assert read_metrics(str(path)) == [{"step": 1, "loss": 2.0}]
+    path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="line 2 is not JSON"):
+        read_metrics(str(path))
