@@ -411,7 +411,7 @@ def build_report(folder: str, out_dir: Optional[str] = None, *, tsne_sample: int
                          "classes": classes}
 
     report = {
-        "folder": os.path.abspath(folder), "command": command, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "folder": os.path.normpath(folder), "command": command, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "keys": keys, "group_keys": group_keys, "dataset": dataset,
         "metrics": {m: title for m, title, _ in HEADLINE}, "anchors": RAW_PIXEL_ANCHORS.get(dataset or "", {}),
         "variants": [{"label": v.label, "group": v.group, "runs": [r.name for r in v.runs],
