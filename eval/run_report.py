@@ -165,6 +165,12 @@ def epoch_records(records: list[dict]) -> list[dict]:
     return [r for r in records if "event" not in r and ("train_seconds" in r or "images_per_s" in r)]
 
 
+def knn_records(records: list[dict]) -> list[dict]:
+    """Online k-NN checks at an epoch's end: {'event': 'knn', 'epoch', 'knn_top1', 'knn_seconds'}
+    (older runs put knn_top1/knn_seconds into the epoch record instead)."""
+    return [r for r in records if r.get("event") == "knn"]
+
+
 def step_records(records: list[dict]) -> list[dict]:
     """Per-step records (every train.log_every steps): {'step', 'epoch', 'loss', ...}."""
     return [r for r in records if "event" not in r and "loss" in r and "step" in r
@@ -209,7 +215,7 @@ def knn_curve(run: Run) -> tuple[list[float], list[float]]:
     for r in run.records:
         if r.get("event") == "knn_init" and r.get("knn_top1") is not None:
             points[0.0] = float(r["knn_top1"])
-    for r in epoch_records(run.records):
+    for r in epoch_records(run.records) + knn_records(run.records):
         if r.get("knn_top1") is not None:
             points[float(r["epoch"] + 1)] = float(r["knn_top1"])
     xs = sorted(points)
@@ -236,7 +242,8 @@ def mean_curve(curves: list[tuple[list[float], list[float]]]) -> Optional[dict]:
 def wall_times(run: Run) -> dict:
     """Training seconds (train + online k-NN of the epoch records), evaluation seconds, epochs done."""
     epochs = epoch_records(run.records)
-    train = sum(float(r.get("train_seconds") or 0) + float(r.get("knn_seconds") or 0) for r in epochs)
+    train = sum(float(r.get("train_seconds") or 0) + float(r.get("knn_seconds") or 0)
+                for r in epochs + knn_records(run.records))
     evaluated = (run.results or {}).get("evaluated") or {}
     return {"train_seconds": round(train, 2) if epochs else None,
             "eval_seconds": evaluated.get("seconds"),
@@ -486,7 +493,8 @@ def to_markdown(report: dict) -> str:
         epochs = f"{r['epochs_done']}/{r['epochs']}" if r["epochs"] is not None else str(r["epochs_done"])
         lines.append(f"| {r['name']} | {r['variant']} | {epochs} | {_seconds(r['train_seconds'])} | "
                      f"{_seconds(r['eval_seconds'])} |")
-    lines += ["", "Training s = sum of `train_seconds` + `knn_seconds` over the epoch records of metrics.jsonl; "
+    lines += ["", "Training s = sum of `train_seconds` and `knn_seconds` over the epoch and k-NN records of metrics.jsonl "
+              "(the time of an epoch cut short by a preemption or a budget is not in it); "
               "evaluation s = results.json `evaluated.seconds`.", ""]
     missing = [(r["name"], r["missing"]) for r in report["runs"] if r["missing"]]
     if missing or report["not_started"] or report["notes"]:

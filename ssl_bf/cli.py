@@ -42,7 +42,7 @@ def pretrain_main(argv: list[str]) -> int:
     from .checkpoint import write_json_atomic
     from .config import ConfigError, load_config, to_dict
     from .data import DataError
-    from .train import NonFiniteLossError, pretrain
+    from .train import NonFiniteLossError, RunFolderError, pretrain
 
     args = _pretrain_parser().parse_intermixed_args(argv)
     try:
@@ -61,11 +61,14 @@ def pretrain_main(argv: list[str]) -> int:
     except NonFiniteLossError as e:
         print(f"ssl-bf pretrain: {e}", file=sys.stderr)
         return 3
+    except RunFolderError as e:
+        print(f"ssl-bf pretrain: {e}", file=sys.stderr)
+        return 2
     if summary.get("knn_top1") is None:  # e.g. the run had already finished: report its last figure
         import os
         from .metrics import read_metrics
         done = [r["knn_top1"] for r in read_metrics(os.path.join(cfg.run.dir, "metrics.jsonl"))
-                if r.get("knn_top1") is not None and "event" not in r]
+                if r.get("knn_top1") is not None and r.get("event") in (None, "knn")]
         summary["knn_top1"] = done[-1] if done else None
     if summary.get("knn_top1") is not None:
         print(f"online k-NN top-1 (k={cfg.monitor.knn_k}, T={cfg.monitor.knn_temperature}, "

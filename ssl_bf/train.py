@@ -36,6 +36,10 @@ def current_trainer() -> Optional["Trainer"]:
     return _CURRENT
 
 
+class RunFolderError(RuntimeError):
+    """The run folder holds something this config must not continue (the message says what)."""
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
@@ -230,9 +234,12 @@ class Trainer:
         global _CURRENT
         _CURRENT = self
         os.makedirs(self.run_dir, exist_ok=True)
-        if self.is_main:
-            save_config(self.cfg, os.path.join(self.run_dir, "config.yaml"))
         resumed = self._resume()
+        if resumed and self.cfg.train.epochs == 0:
+            raise RunFolderError(f"{self.run_dir} holds a trained checkpoint (step {resumed}); train.epochs=0 "
+                                 "saves an untrained network: use a fresh run.dir")
+        if self.is_main:  # after the checks: a refused run leaves the folder's config as it was
+            save_config(self.cfg, os.path.join(self.run_dir, "config.yaml"))
         if self.is_main and resumed is not None:
             truncate_metrics(self.logger.path, resumed)
         self.logger.log({"event": "start", "step": self.step, "epoch": self.epoch,
@@ -291,19 +298,22 @@ class Trainer:
             record = {"epoch": self.epoch, "step": self.step, "loss": float(np.mean(losses)) if losses else
                       self.last_loss, "images_per_s": seen / max(time.time() - t0, 1e-9),
                       "train_seconds": time.time() - t0}  # this process's share of the epoch
-            with self._signals.step():  # a handler must never see epoch and position half-updated
+            # A handler must never see epoch and position half-updated, and the epoch's record goes
+            # with them: a preemption during the k-NN below cannot lose it.
+            with self._signals.step():
                 self.epoch += 1
                 self.step_in_epoch = 0
+                self.logger.log(record)
             final = self.epoch == cfg.train.epochs
+            msg = f"epoch {self.epoch}/{cfg.train.epochs}  loss {record['loss']:.4f}  {record['images_per_s']:.0f} img/s"
             if cfg.monitor.knn_every and (self.epoch % cfg.monitor.knn_every == 0 or final):
                 t_knn = time.time()
                 knn_top1 = self.knn_monitor(full=final and cfg.monitor.full_sets)
-                record.update(knn_top1=knn_top1, knn_seconds=time.time() - t_knn)
-            self.logger.log(record)
+                self.logger.log({"event": "knn", "epoch": record["epoch"], "step": self.step,
+                                 "knn_top1": knn_top1, "knn_seconds": time.time() - t_knn})
+                msg += f"  knn_top1 {knn_top1:.2f}" if knn_top1 is not None else ""
             if self.is_main:
-                msg = f"epoch {self.epoch}/{cfg.train.epochs}  loss {record['loss']:.4f}  " \
-                      f"{record['images_per_s']:.0f} img/s"
-                print(msg + (f"  knn_top1 {knn_top1:.2f}" if "knn_top1" in record else ""), flush=True)
+                print(msg, flush=True)
             self.save_checkpoint()
         return self._summary(knn_top1)
 

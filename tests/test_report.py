@@ -96,8 +96,9 @@ def test_report_single_run(sweep_dir, tmp_path, capsys):
     (timing,) = rep["runs"]
     metrics = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
     epoch_end = [r for r in metrics if "train_seconds" in r]
-    assert len(epoch_end) == 1 and "knn_top1" in epoch_end[0]
-    expected = epoch_end[0]["train_seconds"] + epoch_end[0]["knn_seconds"]
+    knn = [r for r in metrics if r.get("event") == "knn"]
+    assert len(epoch_end) == 1 and len(knn) == 1 and knn[0]["epoch"] == epoch_end[0]["epoch"] == 0
+    expected = epoch_end[0]["train_seconds"] + knn[0]["knn_seconds"]
     assert timing["train_seconds"] == pytest.approx(expected, abs=0.01)
     assert timing["eval_seconds"] == _results(run)["evaluated"]["seconds"]
     assert timing["missing"] == [] and rep["tsne"]["sample"] == 120

@@ -152,3 +152,30 @@ def test_a_torn_last_metrics_line_does_not_block_a_resume(tmp_path):
     path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(ValueError, match="line 2 is not JSON"):
         read_metrics(str(path))
+
+
+def test_zero_epochs_refuses_a_trained_run_folder(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, "data.subset=320", "train.epochs=1", "monitor.knn_every=0")
+    Trainer(cfg).fit()
+    before = open(os.path.join(cfg.run.dir, "config.yaml")).read()
+    rc = main(["pretrain", "--config", TINY, f"run.dir={cfg.run.dir}", "data.subset=320", "train.epochs=0"])
+    assert rc == 2 and "holds a trained checkpoint (step 5)" in capsys.readouterr().err
+    assert open(os.path.join(cfg.run.dir, "config.yaml")).read() == before  # left as it was
+
+
+def test_a_preemption_during_the_k_nn_check_keeps_the_epoch_record(tmp_path, monkeypatch):
+    """The epoch record is logged with the epoch increment, before the (long) online k-NN."""
+    cfg = tiny_config(tmp_path, "data.subset=320", "train.epochs=2", "monitor.knn_every=1")
+    trainer = Trainer(cfg)
+
+    def preempted(full):  # what SubcommandJob.checkpoint does on SIGUSR2, then the job exits
+        trainer.save_checkpoint()
+        raise SystemExit(0)
+    monkeypatch.setattr(trainer, "knn_monitor", preempted)
+    with pytest.raises(SystemExit):
+        trainer.fit()
+    Trainer(tiny_config(tmp_path, "data.subset=320", "train.epochs=2", "monitor.knn_every=1")).fit()  # requeued
+    records = read_metrics(os.path.join(cfg.run.dir, "metrics.jsonl"))
+    epochs = [r["epoch"] for r in records if "train_seconds" in r]
+    knn = [r["epoch"] for r in records if r.get("event") == "knn"]
+    assert epochs == [0, 1] and knn == [1]  # epoch 0's record survived; only its k-NN figure is lost
