@@ -91,7 +91,8 @@ def submit_main(argv: list[str]) -> int:
             tasks_per_node=args.tasks_per_node, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
             partition=args.partition, account=args.account, qos=args.qos, constraint=args.constraint,
             time=args.time, exclusive=args.exclusive, signal_delay=args.signal_delay,
-            max_requeues=args.max_requeues, max_parallel=args.max_parallel, slurm_extra=parse_extra(args.slurm_extra) or None,
+            max_requeues=args.max_requeues, max_parallel=args.max_parallel,
+            slurm_extra=parse_extra(args.slurm_extra) or None,
             setup=args.setup or None, folder=args.folder, job_name=args.job_name)
         variants, axes, variants_first = load_sweep_file(args.sweep_file) if args.sweep_file else ({}, {}, True)
         given = parse_sweep(args.sweep)

@@ -305,7 +305,8 @@ class Trainer:
                 self.step_in_epoch = 0
                 self.logger.log(record)
             final = self.epoch == cfg.train.epochs
-            msg = f"epoch {self.epoch}/{cfg.train.epochs}  loss {record['loss']:.4f}  {record['images_per_s']:.0f} img/s"
+            msg = (f"epoch {self.epoch}/{cfg.train.epochs}  loss {record['loss']:.4f}  "
+                   f"{record['images_per_s']:.0f} img/s")
             if cfg.monitor.knn_every and (self.epoch % cfg.monitor.knn_every == 0 or final):
                 t_knn = time.time()
                 knn_top1 = self.knn_monitor(full=final and cfg.monitor.full_sets)

@@ -167,7 +167,7 @@ def test_report_errors(tmp_path, capsys):
 
 
 def test_mean_curve_keeps_only_the_points_every_run_has():
-    from ssl_bf.eval.run_report import mean_curve
+    from ssl_bf.eval.run_records import mean_curve
 
     full, cut = ([1.0, 2.0, 3.0], [10.0, 20.0, 30.0]), ([1.0, 2.0], [12.0, 22.0])
     m = mean_curve([full, cut, ([], [])])  # a run with no points yet does not count
