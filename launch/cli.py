@@ -50,8 +50,8 @@ def _submit_parser() -> argparse.ArgumentParser:
                    help="seconds before the time limit at which the job checkpoints and requeues")
     g.add_argument("--max-requeues", type=int, help="time-outs after which the job is not requeued")
     g.add_argument("--max-parallel", type=int, metavar="N",
-                   help="at most N elements of each job array run at once (sbatch --array=0-M%%N; "
-                        "the --then evaluate array too); slurm only")
+                   help="at most N sweep elements run at once: sbatch --array=0-M%%N (the --then "
+                        "evaluate array too), or N background processes with --cluster local")
     g.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE",
                    help="any other sbatch option, e.g. gres=gpu:a100:8 or mail-type=END (repeatable)")
     g.add_argument("--setup", action="append", default=[], metavar="SHELL",

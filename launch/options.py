@@ -74,9 +74,8 @@ class LaunchOptions:
                               f"({self.time} min)")
         if self.max_parallel is not None and self.max_parallel < 1:
             raise LaunchError(f"--max-parallel must be at least 1, got {self.max_parallel}")
-        if self.max_parallel is not None and self.cluster != "slurm":
-            raise LaunchError(f"--max-parallel throttles a SLURM job array; --cluster {self.cluster} "
-                              f"starts every element at once")
+        if self.max_parallel is not None and self.cluster == "debug":
+            raise LaunchError("--max-parallel: --cluster debug runs the elements one by one in this process already")
         if self.cluster != "slurm" and self.nodes > 1:
             raise LaunchError(f"--cluster {self.cluster} runs on this machine only: --nodes must be 1 "
                               f"(got {self.nodes}); use --cluster slurm for multi-node runs")

@@ -108,6 +108,37 @@ class SubcommandJob:
         return f"SubcommandJob(ssl-bf {shlex.join(self.argv)}{then})"
 
 
+class SubcommandChain:
+    """Several SubcommandJobs run one after another in one job: a lane of a throttled local sweep
+    (`--cluster local --max-parallel N`). A requeue carries the job in progress and those after it."""
+
+    def __init__(self, jobs: list[SubcommandJob]):
+        self.jobs = list(jobs)
+        self.current = 0
+
+    def __call__(self) -> list[dict]:
+        results = []
+        for i, job in enumerate(self.jobs):
+            self.current = i
+            results.append(job())
+        return results
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        delayed = self.jobs[self.current].checkpoint(*args, **kwargs)  # saves the running trainer
+        rest = [delayed.function, *(SubcommandJob(j.argv, j.then) for j in self.jobs[self.current + 1:])]
+        import submitit
+        return submitit.helpers.DelayedSubmission(SubcommandChain(rest))
+
+    def __repr__(self) -> str:
+        return f"SubcommandChain({len(self.jobs)} jobs: {', '.join(map(repr, self.jobs))})"
+
+
+def lanes(jobs: list, n: int) -> list[list]:
+    """Deal jobs round-robin into at most n lanes (job i -> lane i % n), keeping the order in a lane."""
+    n = max(1, min(n, len(jobs)))
+    return [jobs[k::n] for k in range(n)]
+
+
 def weights_digest(model) -> str:
     """sha256 over the parameters (names and values): equal digests mean equal weights."""
     h = hashlib.sha256()
@@ -328,6 +359,7 @@ class Submission:
     partition: Optional[str] = None
     shape: str = ""
     note: str = ""
+    lane_of: Optional[list] = None  # run folder i -> index into jobs (a throttled local sweep)
 
     @property
     def job_ids(self) -> list[str]:
@@ -358,8 +390,10 @@ class Submission:
             lines.append(f"submitted {what} job {self.jobs[0].job_id} on {where}, {self.shape}")
         if self.note:
             lines.append(self.note)
-        for i, (job, run_dir) in enumerate(zip(self.jobs, self.run_dirs)):
-            prefix = f"  [{i}] " if len(self.jobs) > 1 else "  "
+        lane_of = self.lane_of or list(range(len(self.jobs)))
+        for i, run_dir in enumerate(self.run_dirs[:len(lane_of)]):
+            job = self.jobs[lane_of[i]]
+            prefix = f"  [{i}] " if len(self.run_dirs) > 1 else "  "
             lines.append(f"{prefix}job {job.job_id}  run folder: {run_dir}")
             lines.append(f"{' ' * len(prefix)}  log: {job.paths.stdout}")
             lines.append(f"{' ' * len(prefix)}  err: {job.paths.stderr}")
@@ -509,6 +543,14 @@ def submit(command: str, args: list[str], opts: LaunchOptions, sweep_axes: Optio
 
     then_argvs = [["evaluate", d, *(then_args or [])] for d in run_dirs] if then else [None] * n
     jobs = [SubcommandJob(a, then=t if chained_in_job else None) for a, t in zip(argvs, then_argvs)]
+    lane_of = list(range(n))  # the submitted job that runs element i
+    if opts.cluster == "local" and opts.max_parallel and n > opts.max_parallel:
+        dealt = lanes(list(range(n)), opts.max_parallel)
+        lane_of = [next(k for k, lane in enumerate(dealt) if i in lane) for i in range(n)]
+        jobs = [SubcommandChain([jobs[i] for i in lane]) for lane in dealt]
+        sub.lane_of = lane_of
+        sub.note = (sub.note + "; " if sub.note else "") + \
+            f"{n} elements in {len(jobs)} background process(es), run one after another in each"
     created = folder  # the top-most folder this call creates: removed again if sbatch refuses
     while not os.path.exists(os.path.dirname(created)) and os.path.dirname(created) != created:
         created = os.path.dirname(created)
@@ -535,8 +577,8 @@ def submit(command: str, args: list[str], opts: LaunchOptions, sweep_axes: Optio
         sub.eval_jobs = _submit_all(eval_ex, [SubcommandJob(t) for t in then_argvs])
 
     if sweep is not None:
-        for el, job in zip(sweep.elements, sub.jobs):
-            el.job_id = job.job_id
+        for el, lane in zip(sweep.elements, lane_of):
+            el.job_id = sub.jobs[lane].job_id
         for el, job in zip(sweep.elements, sub.eval_jobs):
             el.eval_job_id = job.job_id
         write_sweep(sweep)

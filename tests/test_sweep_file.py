@@ -10,6 +10,7 @@ from ssl_bf.cli import main as ssl_bf_main
 from ssl_bf.launch import LaunchError
 from ssl_bf.launch import slurm as slurm_mod
 from ssl_bf.launch.report import collect
+from ssl_bf.launch.slurm import SubcommandChain, SubcommandJob, lanes
 from ssl_bf.launch.sweep import expand, load_sweep_file, write_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,8 +119,8 @@ def test_max_parallel_throttles_the_slurm_array(tmp_path, capsys, monkeypatch):
     args = ["--sweep", "seed=0,1,2", "--dry-run", "--", "--config", TINY, f"run.dir={tmp_path}/r"]
     assert ssl_bf_main(["submit", "pretrain", "--cluster", "slurm", "--max-parallel", "2", *args]) == 0
     assert "#SBATCH --array=0-2%2" in capsys.readouterr().out
-    assert ssl_bf_main(["submit", "pretrain", "--cluster", "local", "--max-parallel", "1", *args]) == 2
-    assert "--max-parallel throttles a SLURM job array" in capsys.readouterr().err
+    assert ssl_bf_main(["submit", "pretrain", "--cluster", "debug", "--max-parallel", "1", *args]) == 2
+    assert "one by one in this process already" in capsys.readouterr().err
     assert ssl_bf_main(["submit", "pretrain", "--cluster", "slurm", "--max-parallel", "0", *args]) == 2
     assert "at least 1" in capsys.readouterr().err
 
@@ -135,3 +136,39 @@ def test_merge_keys_null_values_commas_and_folder_clashes(tmp_path):
     variants, axes, _ = load_sweep_file(_write(tmp_path, "variants: {'a b': {seed: 1}, a_b: {seed: 2}}\n"))
     with pytest.raises(LaunchError, match="share the folder name 'variant=a_b'"):
         expand(axes, str(tmp_path), variants)
+
+
+def test_lanes_deal_round_robin_and_a_chain_requeues_the_rest(monkeypatch):
+    assert lanes([0, 1, 2, 3, 4], 2) == [[0, 2, 4], [1, 3]]
+    assert lanes([0, 1], 5) == [[0], [1]]
+    import ssl_bf.train
+    monkeypatch.setattr(ssl_bf.train, "current_trainer", lambda: None)
+    chain = SubcommandChain([SubcommandJob(["pretrain", f"run.dir=/r{i}"], then=["evaluate", f"/r{i}"])
+                             for i in range(3)])
+    chain.current = 1  # preempted while the second job runs
+    rest = chain.checkpoint().function
+    assert isinstance(rest, SubcommandChain) and rest.current == 0
+    assert [j.argv for j in rest.jobs] == [["pretrain", "run.dir=/r1"], ["pretrain", "run.dir=/r2"]]
+    assert [j.then for j in rest.jobs] == [["evaluate", "/r1"], ["evaluate", "/r2"]]
+
+
+@pytest.mark.slow
+def test_a_throttled_local_sweep_runs_its_elements_one_after_another(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    base = tmp_path / "sweep"
+    rc = ssl_bf_main(["submit", "pretrain", "--cluster", "local", "--max-parallel", "1", "--sweep", "seed=0,1",
+                      "--then", "evaluate", "--then-args=--subset 500 --workers 0 --no-progress --linear none",
+                      "--wait", "--json", str(tmp_path / "sub.json"),
+                      "--", "--config", TINY, f"run.dir={base}", "train.epochs=1"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "2 elements in 1 background process(es)" in out
+    sub = json.loads((tmp_path / "sub.json").read_text())
+    assert len(sub["job_ids"]) == 1 and len(sub["run_dirs"]) == 2
+    first, second = (base / "seed=0", base / "seed=1")
+    for run in (first, second):
+        assert (run / "results.json").is_file()
+    # one after another: the second run began after the first one's evaluation was written
+    assert (second / "config.yaml").stat().st_mtime >= (first / "results.json").stat().st_mtime
+    elements = json.loads((base / "sweep.json").read_text())["elements"]
+    assert {e["job_id"] for e in elements} == set(sub["job_ids"])
