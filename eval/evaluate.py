@@ -68,7 +68,7 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
     from ssl_bf.checkpoint import write_json_atomic
     from ssl_bf.config import load_config
 
-    from .embed import embed
+    from .embed import embed, resolve_device
     from .knn import knn_evaluate
     from .linear import probe_cached, probe_logreg, save_head
 
@@ -105,7 +105,7 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
     for name in probes:
         probe = probe_cached if name == "cached" else probe_logreg
         res = probe(train.embeddings, train.labels, test.embeddings, test.labels,
-                    num_classes=train.num_classes, seed=seed, device=_probe_device(device))
+                    num_classes=train.num_classes, seed=seed, device=resolve_device(device))
         head = paths["head"] if name == "cached" else paths["logreg_head"]
         save_head(head, res, train.classes)
         probe_results[RESULT_KEY[name]] = {**res.to_dict(), "head": head}
@@ -127,15 +127,6 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
     write_json_atomic(results, paths["results"])
     _append_line(paths["history"], entry)
     return entry
-
-
-def _probe_device(device: str) -> str:
-    """auto -> cuda when there is one; the probes take a torch device name."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _reusable(path: str, checkpoint: str, features: str) -> bool:
