@@ -546,7 +546,7 @@ def submit(command: str, args: list[str], opts: LaunchOptions, sweep_axes: Optio
     lane_of = list(range(n))  # the submitted job that runs element i
     if opts.cluster == "local" and opts.max_parallel and n > opts.max_parallel:
         dealt = lanes(list(range(n)), opts.max_parallel)
-        lane_of = [next(k for k, lane in enumerate(dealt) if i in lane) for i in range(n)]
+        lane_of = [i % len(dealt) for i in range(n)]  # lanes() deals element i to lane i % lanes
         jobs = [SubcommandChain([jobs[i] for i in lane]) for lane in dealt]
         sub.lane_of = lane_of
         sub.note = (sub.note + "; " if sub.note else "") + \
