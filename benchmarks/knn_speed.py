@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from bench_common import limit_threads
+from bench_common import parse_args_with_threads
 
 from ssl_bf.eval.knn import knn_accuracy
 
@@ -81,11 +81,7 @@ def main() -> None:
     p.add_argument("--temperature", type=float, nargs="+", default=[0.07])
     p.add_argument("--repeats", type=int, default=3, help="runs of each (median reported)")
     p.add_argument("--quick", action="store_true", help="100k x 256 train, 2k test")
-    p.add_argument("--threads", type=int, help="limit torch, FAISS and BLAS/OpenMP threads for every method "
-                   "(1 gives stable ratios on a machine shared with other work)")
-    args = p.parse_args()
-    if args.threads:
-        limit_threads(args.threads)
+    args = parse_args_with_threads(p)
     if args.quick:
         args.train, args.test = 100_000, 2_000
     n, q, d = args.train, args.test, args.dim

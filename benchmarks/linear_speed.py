@@ -26,7 +26,7 @@ import warnings
 import numpy as np
 import torch
 
-from bench_common import limit_threads
+from bench_common import parse_args_with_threads
 
 
 def features(n_train: int, n_test: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
@@ -60,11 +60,7 @@ def main() -> None:
     p.add_argument("--converged-repeats", type=int, default=1,
                    help="runs of sklearn max_iter=1000 (slow; 0 skips it)")
     p.add_argument("--quick", action="store_true", help="10k train, 2k test, skip converged sklearn")
-    p.add_argument("--threads", type=int, help="limit torch, FAISS and BLAS/OpenMP threads for every method "
-                   "(1 gives stable ratios on a machine shared with other work)")
-    args = p.parse_args()
-    if args.threads:
-        limit_threads(args.threads)
+    args = parse_args_with_threads(p)
     if args.quick:
         args.train, args.test, args.converged_repeats = 10_000, 2_000, 0
 
