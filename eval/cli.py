@@ -94,11 +94,15 @@ def embed_parser() -> argparse.ArgumentParser:
 
 
 def embed_main(argv: Optional[list[str]] = None) -> int:
+    """`ssl-bf embed`; under torchrun every rank embeds a shard and rank 0 alone writes and prints."""
     args = embed_parser().parse_args(argv)
     prog = "ssl-bf embed"
+    from ssl_bf import distributed as dist_utils
+
     from .embed import embed
 
     tic = time.perf_counter()
+    had_group = dist_utils.is_initialized()
     try:
         emb = embed(args.checkpoint, args.data, args.split, args.out, features=args.features, root=args.root,
                     batch_size=args.batch_size, device=args.device, dtype=args.dtype, normalize=args.normalize,
@@ -106,6 +110,13 @@ def embed_main(argv: Optional[list[str]] = None) -> int:
                     subset=args.subset, progress=not args.no_progress)
     except _input_errors() as err:
         return _fail(prog, err)
+    finally:
+        if dist_utils.is_initialized() and not had_group:  # embed joined the torchrun group
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+    if emb is None:  # a rank other than 0: its rows went to rank 0
+        return EXIT_OK
     summary = {"out": args.out, "rows": len(emb), "dim": emb.dim, "dtype": args.dtype,
                "dataset": emb.metadata.get("dataset"), "split": args.split, "features": args.features,
                "num_classes": emb.num_classes, "seconds": round(time.perf_counter() - tic, 2)}

@@ -2,16 +2,20 @@
 
 The encoder comes from `ssl_bf.checkpoint.load_encoder` (eval mode, never BatchFormer). Images
 go through `EvalTransform`: resize + centre crop when larger than the eval size, only
-normalisation at the native size (e.g. 28 px Fashion-MNIST, 32 px CIFAR).
+normalisation at the native size (e.g. 28 px Fashion-MNIST, 32 px CIFAR). The extraction itself
+is `ssl_bf.features.extract_features`; under torchrun (WORLD_SIZE > 1) every rank embeds its shard
+and rank 0 alone builds the embeddings and writes the file.
 """
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
+
+from ssl_bf.features import extract_features
 
 from .formats import Embeddings, make_embeddings, write_embeddings
 
@@ -56,55 +60,11 @@ def eval_image_size(config_size: int, dataset) -> int:
     return min(FOLDER_EVAL_SIZE, int(dataset.image_size))
 
 
-def iterate_batches(dataset, batch_size: int, num_workers: int = 0,
-                    pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(uint8 (B, C, H, W), int64 (B,)) batches in dataset order.
-
-    In-memory datasets are sliced with `get_batch`; folders go through a DataLoader.
-    """
-    n = len(dataset)
-    if hasattr(dataset, "get_batch"):
-        for start in range(0, n, batch_size):
-            yield dataset.get_batch(torch.arange(start, min(n, start + batch_size)))
-        return
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         num_workers=num_workers, pin_memory=pin_memory,
-                                         drop_last=False)
-    for images, labels in loader:
-        yield images, torch.as_tensor(labels, dtype=torch.int64)
-
-
-@torch.no_grad()
-def extract_features(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-                     transform: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                     total: Optional[int] = None, progress: bool = True,
-                     desc: str = "embed") -> tuple[torch.Tensor, torch.Tensor]:
-    """Run `model` in eval mode over uint8 batches: features (N, D) float32 and labels (N,), on CPU."""
-    from tqdm.auto import tqdm
-
-    was_training = model.training
-    model.eval()
-    feats, labels = [], []
-    try:
-        with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
-            for images, y in batches:
-                x = transform(images.to(device, non_blocking=True))  # (B, C, S, S) float
-                f = model(x).float()  # (B, D)
-                feats.append(f.cpu())
-                labels.append(y.cpu())
-                bar.update(len(y))
-    finally:
-        model.train(was_training)
-    if not feats:
-        raise ValueError("no images to embed: the dataset is empty")
-    return torch.cat(feats), torch.cat(labels).to(torch.int64)
-
-
 def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out: Optional[str] = None,
           features: str = "backbone", root: Optional[str] = None, batch_size: int = 256,
           device: str = "auto", dtype: str = "float32", normalize: bool = False,
           image_size: Optional[int] = None, num_workers: int = 4, save_paths: bool = True,
-          subset: Optional[int] = None, progress: bool = True) -> Embeddings:
+          subset: Optional[int] = None, progress: bool = True) -> Optional[Embeddings]:
     """Extract features of one split with a checkpoint's encoder; write `out` when given.
 
     Args:
@@ -116,13 +76,19 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
         normalize: L2-normalise the stored features (k-NN normalises anyway).
         image_size: eval crop size; None: the run's `augment.image_size` or the native size.
     Returns:
-        The embeddings (also written to `out` atomically, with metadata).
+        The embeddings (also written to `out` atomically, with metadata). Under torchrun
+        (WORLD_SIZE > 1) the process group is joined (left for the caller to destroy); rank 0
+        returns the embeddings of every rank, the other ranks return None.
     """
+    from ssl_bf import distributed as dist_utils
     from ssl_bf.augment import EvalTransform
     from ssl_bf.checkpoint import load_encoder
     from ssl_bf.data import build_dataset
 
     dev = resolve_device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or dist_utils.is_initialized():  # torchrun
+        dev = _rank_device(dev)
+        dist_utils.init_distributed(dev)
     model, cfg = load_encoder(checkpoint, features=features, device=dev)
     if data is None:
         name, root = cfg.data.name, root or cfg.data.root
@@ -135,10 +101,12 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
                          f"({dataset.root}) has {dataset.num_channels} channels")
     size = image_size or eval_image_size(cfg.augment.image_size, dataset)
     transform = EvalTransform(size, dataset.mean, dataset.std).to(dev)
-    batches = iterate_batches(dataset, batch_size, num_workers if name in ("imagefolder", "folder") else 0,
-                              pin_memory=dev.type == "cuda")
-    feats, labels = extract_features(model, batches, transform, dev, total=len(dataset),
-                                     progress=progress, desc=f"embed {split}")
+    result = extract_features(model, dataset, transform, dev, batch_size=batch_size,
+                              num_workers=num_workers if name in ("imagefolder", "folder") else 0,
+                              progress=progress, desc=f"embed {split}")
+    if result is None:  # another rank of a process group: rank 0 holds the rows and writes `out`
+        return None
+    feats, labels = result
     if normalize:
         feats = torch.nn.functional.normalize(feats, dim=1)
     paths = [p for p, _ in dataset.samples] if save_paths and hasattr(dataset, "samples") else None
@@ -151,6 +119,15 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
     return emb
 
 
+def _rank_device(dev: torch.device) -> torch.device:
+    """Under torchrun, a bare `cuda` means this rank's GPU (LOCAL_RANK, modulo the visible count)."""
+    if dev.type == "cuda" and dev.index is None:
+        from ssl_bf.distributed import local_rank
+
+        return torch.device("cuda", local_rank() % torch.cuda.device_count())
+    return dev
+
+
 def _in_channels(model: nn.Module) -> Optional[int]:
     """Input channels of the first convolution (or patch projection), if there is one."""
     for m in model.modules():
@@ -159,11 +136,26 @@ def _in_channels(model: nn.Module) -> Optional[int]:
     return None
 
 
+class _Images:
+    """An in-memory uint8 image tensor seen as a dataset with `get_batch` (labels all 0)."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images  # (N, C, H, W) uint8
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[indices], torch.zeros(len(indices), dtype=torch.int64)
+
+
 def embed_arrays(model: nn.Module, images: torch.Tensor, transform: nn.Module,
-                 batch_size: int = 512, device: str | torch.device = "cpu") -> np.ndarray:
-    """Features (N, D) float32 of an in-memory uint8 image tensor; a helper for tests and probes."""
+                 batch_size: int = 512, device: str | torch.device = "cpu") -> Optional[np.ndarray]:
+    """Features (N, D) float32 of an in-memory uint8 image tensor; a helper for tests and probes.
+
+    Under a process group the ranks share the work and only rank 0 gets the array (others None).
+    """
     dev = torch.device(device)
-    labels = torch.zeros(len(images), dtype=torch.int64)
-    batches = ((images[i:i + batch_size], labels[i:i + batch_size]) for i in range(0, len(images), batch_size))
-    feats, _ = extract_features(model, batches, transform.to(dev), dev, progress=False)
-    return feats.numpy()
+    result = extract_features(model, _Images(images), transform.to(dev), dev, batch_size=batch_size,
+                              progress=False)
+    return None if result is None else result[0].numpy()

@@ -231,8 +231,7 @@ def probe_images(model: nn.Module, train_set, test_set, recipe: Recipe, image_si
     from tqdm.auto import tqdm
 
     from ssl_bf.augment import EvalTransform
-
-    from .embed import extract_features, iterate_batches
+    from ssl_bf.features import extract_features
 
     tic = time.perf_counter()
     dev = torch.device(device)
@@ -249,8 +248,9 @@ def probe_images(model: nn.Module, train_set, test_set, recipe: Recipe, image_si
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
             return model(x).float()  # (B, D)
 
-    probe_images_, _ = next(iterate_batches(train_set, 2))
-    dim = features(EvalTransform(image_size, train_set.mean, train_set.std).to(dev)(probe_images_.to(dev))).shape[1]
+    dim = extract_features(model, train_set, EvalTransform(image_size, train_set.mean, train_set.std).to(dev), dev,
+                           indices=torch.arange(min(2, len(train_set))), batch_size=2,
+                           progress=False)[0].shape[1]
     head = LinearHead(dim, space.num_classes, bn=bn_head).to(dev)
     opt = torch.optim.SGD(head.parameters(), lr=recipe.peak_lr(), momentum=recipe.momentum,
                           weight_decay=recipe.weight_decay)
@@ -277,8 +277,8 @@ def probe_images(model: nn.Module, train_set, test_set, recipe: Recipe, image_si
     check_unchanged(before, model)
 
     eval_tf = EvalTransform(image_size, test_set.mean, test_set.std).to(dev)
-    feats, labels = extract_features(model, iterate_batches(test_set, recipe.batch_size, num_workers),
-                                     eval_tf, dev, total=len(test_set), progress=progress, desc="linear test")
+    feats, labels = extract_features(model, test_set, eval_tf, dev, batch_size=recipe.batch_size,
+                                     num_workers=num_workers, progress=progress, desc="linear test")
     check_unchanged(before, model)
     head.eval()
     with torch.no_grad():

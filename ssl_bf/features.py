@@ -1,0 +1,115 @@
+"""Frozen-encoder feature extraction, sharded over the ranks of a process group when there is one.
+
+The one extraction path of ssl-bf: `ssl-bf embed`, the linear probe's test pass and the trainer's
+online k-NN monitor all call `extract_features`. Each rank embeds a contiguous shard of the wanted
+images; rank 0 receives every shard in rank order, i.e. the rows in the order asked for.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch import nn
+
+from . import distributed as dist_utils
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """[start, stop) of `rank`'s contiguous shard of n items; sizes differ by at most one, larger first."""
+    if world <= 0 or not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in a world of {world}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def _batches(dataset, positions: torch.Tensor, batch_size: int, num_workers: int,
+             pin_memory: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(uint8 (B, C, H, W), int64 (B,)) batches of `dataset` at `positions`, in that order."""
+    if hasattr(dataset, "get_batch"):  # in memory: slice whole batches
+        for start in range(0, len(positions), batch_size):
+            images, labels = dataset.get_batch(positions[start:start + batch_size])
+            yield images, torch.as_tensor(labels, dtype=torch.int64)
+        return
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, positions.tolist()), batch_size=batch_size, shuffle=False,
+        num_workers=num_workers, pin_memory=pin_memory, drop_last=False, persistent_workers=False)
+    for images, labels in loader:
+        yield images, torch.as_tensor(labels, dtype=torch.int64)
+
+
+def _positions(dataset, indices: Optional[torch.Tensor]) -> torch.Tensor:
+    """The wanted dataset positions as a 1-D int64 tensor (all of them when `indices` is None)."""
+    n = len(dataset)
+    if indices is None:
+        return torch.arange(n, dtype=torch.int64)
+    positions = torch.as_tensor(indices).reshape(-1)
+    if positions.dtype.is_floating_point or positions.dtype == torch.bool:
+        raise ValueError(f"indices must be integer dataset positions, got dtype {positions.dtype}")
+    positions = positions.to(torch.int64)
+    if len(positions) and (int(positions.min()) < 0 or int(positions.max()) >= n):
+        raise ValueError(f"indices must lie in [0, {n}) for a dataset of {n} images, got "
+                         f"[{int(positions.min())}, {int(positions.max())}]")
+    return positions
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, dataset, transform: Callable[[torch.Tensor], torch.Tensor],
+                     device: torch.device, indices: Optional[torch.Tensor] = None, batch_size: int = 256,
+                     num_workers: int = 0, progress: bool = True, desc: str = "embed",
+                     autocast_dtype: Optional[torch.dtype] = None
+                     ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """Features of `dataset[indices]` (all images when None) with `model` in eval mode.
+
+    `transform` maps a uint8 batch on `device` to the model's input. Under a process group every
+    rank must call this; each embeds its contiguous shard, and rank 0 returns
+    `(features (N, D) float32, labels (N,) int64)` on the CPU in the order of `indices` while the
+    other ranks return None. Without a process group the tuple is returned directly.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    positions = _positions(dataset, indices)  # (N,)
+    if len(positions) == 0:
+        raise ValueError(f"nothing to embed: {'the dataset is empty' if indices is None else 'indices is empty'}"
+                         f" ({type(dataset).__name__} with {len(dataset)} images)")
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    lo, hi = shard_bounds(len(positions), rank, world)
+    mine = positions[lo:hi]  # this rank's shard, (n_r,)
+    use_amp = autocast_dtype is not None and device.type == "cuda"
+    amp = torch.autocast(device.type, dtype=autocast_dtype) if use_amp else contextlib.nullcontext()
+
+    was_training = model.training
+    model.eval()
+    feats, labels = [], []
+    try:
+        with tqdm(total=len(mine), desc=desc, unit="img", disable=not progress or rank != 0) as bar:
+            for images, y in _batches(dataset, mine, batch_size, num_workers, device.type == "cuda"):
+                x = transform(images.to(device, non_blocking=True))  # (B, C, S, S) float
+                with amp:
+                    f = model(x)  # (B, D)
+                feats.append(f.float().cpu())
+                labels.append(y.cpu())
+                bar.update(len(y))
+    finally:
+        model.train(was_training)
+    y_all = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)  # (n_r,)
+    if feats:
+        x_all = torch.cat(feats)  # (n_r, D)
+    else:  # an empty shard (fewer images than ranks): learn D from the others
+        x_all = None
+    if not dist_utils.is_initialized():
+        return x_all, y_all
+    if len(positions) < world:  # some shard is empty: agree on D (the same on every rank)
+        dim = torch.tensor([x_all.shape[1] if x_all is not None else 0], dtype=torch.int64, device=device)
+        dist_utils.all_reduce_(dim, op="max")
+        if x_all is None:
+            x_all = torch.zeros(0, int(dim.item()), dtype=torch.float32)
+    x_main = dist_utils.gather_shards_to_main(x_all, device)  # (N, D) on rank 0, else None
+    y_main = dist_utils.gather_shards_to_main(y_all, device)  # (N,) on rank 0, else None
+    if x_main is None:
+        return None
+    return x_main.float(), y_main.to(torch.int64)
