@@ -1,7 +1,9 @@
 """Two-view augmentation pipelines in kornia, run batched on the training device.
 
 The DataLoader only delivers uint8 batches; these modules turn a (N, C, H, W) uint8 batch
-into normalised float views on whatever device it lives on (CPU or CUDA).
+into normalised float views on whatever device it lives on (CPU or CUDA). With `crop=False`
+the random resized crops are already cut per sample (`ssl_bf.folder_crops.TwoCropFolder`) and
+`TwoViews` takes the pair `(crops1, crops2)`; flip and the photometric ops stay here.
 """
 from __future__ import annotations
 
@@ -28,8 +30,9 @@ def _colour_ops(channels: int, brightness: float, contrast: float, saturation: f
 
 
 def _view(size: int, channels: int, mean: Sequence[float], std: Sequence[float], scale_min: float,
-          jitter: tuple[float, float, float, float], p_blur: float, p_solarize: float) -> nn.Sequential:
-    ops: list[nn.Module] = [K.RandomResizedCrop((size, size), scale=(scale_min, 1.0))]
+          jitter: tuple[float, float, float, float], p_blur: float, p_solarize: float,
+          crop: bool = True) -> nn.Sequential:
+    ops: list[nn.Module] = [K.RandomResizedCrop((size, size), scale=(scale_min, 1.0))] if crop else []
     ops += _colour_ops(channels, *jitter, p_jitter=0.8, p_gray=0.2)
     if p_blur > 0:
         ops.append(K.RandomGaussianBlur((_blur_kernel(size),) * 2, sigma=(0.1, 2.0), p=p_blur))
@@ -40,37 +43,49 @@ def _view(size: int, channels: int, mean: Sequence[float], std: Sequence[float],
 
 
 class TwoViews(nn.Module):
-    """uint8 (N, C, H, W) -> two normalised float views (N, C, S, S), each randomly augmented."""
+    """uint8 (N, C, H, W) -> two normalised float views (N, C, S, S), each randomly augmented.
+
+    Also takes a pair of uint8 batches `(crops1, crops2)`, each (N, C, S, S): view1 augments the
+    first, view2 the second (pre-cut crops, for views built with `crop=False`).
+    """
 
     def __init__(self, view1: nn.Module, view2: nn.Module):
         super().__init__()
         self.view1, self.view2 = view1, view2
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = images.float().div_(255)  # (N, C, H, W) in [0, 1]
-        return self.view1(x), self.view2(x)
+    def forward(self, images: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(images, torch.Tensor):
+            x = images.float().div_(255)  # (N, C, H, W) in [0, 1]
+            return self.view1(x), self.view2(x)
+        if len(images) != 2:
+            raise ValueError(f"TwoViews takes one uint8 batch or a pair (crops1, crops2), got {len(images)} tensors")
+        crops1, crops2 = images
+        return self.view1(crops1.float().div_(255)), self.view2(crops2.float().div_(255))  # 2 x (N, C, S, S)
 
 
 def build_two_views(recipe: str, size: int, channels: int, mean: Sequence[float], std: Sequence[float],
-                    scale_min: float | None = None, jitter_strength: float = 1.0, blur: bool = True
-                    ) -> TwoViews:
-    """The MoCo-v2 (symmetric), MoCo-v3/BYOL (asymmetric) or a light recipe as kornia modules."""
+                    scale_min: float | None = None, jitter_strength: float = 1.0, blur: bool = True,
+                    crop: bool = True) -> TwoViews:
+    """The MoCo-v2 (symmetric), MoCo-v3/BYOL (asymmetric) or a light recipe as kornia modules.
+
+    `crop=False` leaves out the RandomResizedCrop: the inputs are already S x S crops.
+    """
     s = jitter_strength
     if recipe == "mocov2":
         v2 = (0.4 * s, 0.4 * s, 0.4 * s, 0.1 * s)
         lo = 0.2 if scale_min is None else scale_min
-        view = lambda: _view(size, channels, mean, std, lo, v2, 0.5 if blur else 0.0, 0.0)
+        view = lambda: _view(size, channels, mean, std, lo, v2, 0.5 if blur else 0.0, 0.0, crop)
         return TwoViews(view(), view())
     if recipe == "mocov3":
         v3 = (0.4 * s, 0.4 * s, 0.2 * s, 0.1 * s)
         lo = 0.08 if scale_min is None else scale_min
-        return TwoViews(_view(size, channels, mean, std, lo, v3, 1.0 if blur else 0.0, 0.0),
-                        _view(size, channels, mean, std, lo, v3, 0.1 if blur else 0.0, 0.2))
+        return TwoViews(_view(size, channels, mean, std, lo, v3, 1.0 if blur else 0.0, 0.0, crop),
+                        _view(size, channels, mean, std, lo, v3, 0.1 if blur else 0.0, 0.2, crop))
     if recipe == "light":  # crop + flip + mild jitter, no blur: for tiny images and short budgets
         lo = 0.3 if scale_min is None else scale_min
         light = (0.4 * s, 0.4 * s, 0.2 * s, 0.05 * s)
-        view = lambda: _view(size, channels, mean, std, lo, light, 0.0, 0.0)
+        view = lambda: _view(size, channels, mean, std, lo, light, 0.0, 0.0, crop)
         return TwoViews(view(), view())
     raise ValueError(f"unknown augmentation recipe '{recipe}'; choose mocov2, mocov3 or light")
 

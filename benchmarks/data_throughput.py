@@ -1,0 +1,206 @@
+"""Data-loading throughput for an image folder at the MoCo-v2 crop recipe, per DataLoader worker.
+
+Side by side in one run, alternating, medians over repeats, images/s (one image = its two views):
+- ours: `TwoCropFolder` -> two uint8 224 crops (JPEG draft decode, crop + resize in one PIL op);
+  flip and the photometric ops run later, batched on the device;
+- reference: torchvision's per-sample MoCo-v2 pipeline: PIL decode to RGB, then two views of
+  RandomResizedCrop(224, scale=(0.2, 1)) + ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8 +
+  RandomGrayscale(0.2) + GaussianBlur(23, (0.1, 2.0)) p=0.5 + flip + ToTensor + Normalize.
+Both with num_workers=1 (one worker core; persistent worker, warm-up epoch untimed) and 0
+(in-process). The device-side cost of our photometric ops (kornia, `crop=False`) is measured
+separately for a batch pair (--device; default this CPU): in training it runs batched on the
+GPU; on a CPU it is not free, and the combined CPU-only figure is printed too.
+
+The JPEG folder (about 500 x 375, some portrait, quality 90) is generated once into --folder from
+scikit-image's sample photos (pip install "ssl-bf[bench]"); without scikit-image, from
+Fashion-MNIST mosaics.
+
+    python benchmarks/data_throughput.py --threads 1     # 512 images, 5 repeats
+    python benchmarks/data_throughput.py --smoke         # 16 images, 96 px, 1 repeat (tests)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from bench_common import parse_args_with_threads
+
+from ssl_bf.augment import build_two_views
+from ssl_bf.data import IMAGENET_STATS, build_dataset
+from ssl_bf.folder_crops import TwoCropFolder
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
+          "retina", "stereo_motorcycle")
+
+
+def _source_photos() -> tuple[str, list[np.ndarray]]:
+    """(description, RGB uint8 arrays (H, W, 3)) to cut the benchmark images from."""
+    try:
+        import skimage.data
+    except ImportError:
+        fm = build_dataset("fashion-mnist", split="test").images[:, 0].numpy()  # (N, 28, 28)
+        mosaics = []
+        for k in range(8):  # 14 x 19 tiles of 28 px: 532 x 392 grey mosaics
+            tiles = fm[k * 266:(k + 1) * 266].reshape(14, 19, 28, 28).transpose(0, 2, 1, 3).reshape(392, 532)
+            mosaics.append(np.repeat(tiles[..., None], 3, axis=2))
+        return "Fashion-MNIST mosaics (scikit-image not installed: less realistic JPEG content)", mosaics
+    photos = []
+    for name in PHOTOS:
+        img = getattr(skimage.data, name)()
+        img = img[0] if isinstance(img, tuple) else img  # stereo pair: the left image
+        photos.append(np.ascontiguousarray(img[..., :3]))
+    return "scikit-image sample photos (" + ", ".join(PHOTOS) + ")", photos
+
+
+def make_folder(folder: str, n: int, seed: int = 0) -> str:
+    """A JPEG image folder `folder/train/<class>/*.jpg` (reused when already there); returns its source."""
+    from PIL import Image
+
+    spec_path = os.path.join(folder, "spec.json")
+    if os.path.isfile(spec_path):
+        with open(spec_path) as f:
+            spec = json.load(f)
+        if spec.get("n") == n and spec.get("seed") == seed:
+            return spec["source"] + " [cached]"
+    source, photos = _source_photos()
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        w = int(rng.integers(440, 541))
+        h = int(round(w * rng.uniform(0.7, 0.8)))  # about 500 x 375
+        if rng.random() < 0.25:
+            w, h = h, w  # portrait
+        photo = photos[k % len(photos)]
+        ph, pw = photo.shape[:2]
+        fit = min(pw / w, ph / h) * rng.uniform(0.5, 1.0)  # a random crop at the target aspect
+        cw, ch = max(1, int(w * fit)), max(1, int(h * fit))
+        x, y = int(rng.integers(0, pw - cw + 1)), int(rng.integers(0, ph - ch + 1))
+        img = Image.fromarray(photo[y:y + ch, x:x + cw]).resize((w, h), Image.Resampling.BICUBIC)
+        cls = os.path.join(folder, "train", f"class_{k % len(photos)}")
+        os.makedirs(cls, exist_ok=True)
+        img.save(os.path.join(cls, f"img_{k:05d}.jpg"), quality=90)
+    with open(spec_path, "w") as f:
+        json.dump({"n": n, "seed": seed, "source": source}, f)
+    return source
+
+
+class ReferenceTwoCrops(torch.utils.data.Dataset):
+    """torchvision's per-sample MoCo-v2 pipeline: two float (3, S, S) views per image."""
+
+    def __init__(self, samples: list[tuple[str, int]], size: int) -> None:
+        import torchvision.transforms as T
+
+        self.samples = samples
+        self.transform = T.Compose([
+            T.RandomResizedCrop(size, scale=(0.2, 1.0)),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomApply([T.GaussianBlur(23, sigma=(0.1, 2.0))], p=0.5),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(*IMAGENET_STATS),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        path, label = self.samples[index]
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+        return self.transform(img), self.transform(img), label
+
+
+def _loader(dataset, batch: int, workers: int):
+    return torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers,
+                                       persistent_workers=workers > 0)
+
+
+def _epoch_seconds(loader) -> float:
+    tic = time.perf_counter()
+    for _ in loader:
+        pass
+    return time.perf_counter() - tic
+
+
+def device_ops_seconds(batch: int, size: int, repeats: int, device: torch.device) -> float:
+    """Median seconds of kornia mocov2 `crop=False` views on a uint8 (B, 3, S, S) pair on `device`."""
+    views = build_two_views("mocov2", size, 3, *IMAGENET_STATS, crop=False).to(device)
+    pair = tuple(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device) for _ in range(2))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    views(pair)  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync()
+        tic = time.perf_counter()
+        views(pair)
+        sync()
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--folder", default=os.path.join("/tmp", "ssl-bf-bench-jpegs"), help="JPEG cache folder")
+    p.add_argument("--images", type=int, default=512)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=32, help="DataLoader batch size")
+    p.add_argument("--device-batch", type=int, default=64, help="batch of the kornia device-ops timing")
+    p.add_argument("--repeats", type=int, default=5, help="timed epochs of each (median reported)")
+    p.add_argument("--device", default="cpu", help="where to time the kornia photometric ops (cpu, cuda)")
+    p.add_argument("--smoke", action="store_true", help="16 images, 96 px, 1 repeat: a few seconds")
+    args = parse_args_with_threads(p)
+    if args.smoke:
+        args.images, args.size, args.repeats, args.batch, args.device_batch = 16, 96, 1, 8, 8
+        args.folder = os.path.join(args.folder, "smoke")
+
+    source = make_folder(args.folder, args.images)
+    folder = build_dataset("imagefolder", args.folder, "train")
+    print(f"data throughput: {len(folder)} JPEGs in {args.folder} from {source}; {args.size} px crops, "
+          f"batch {args.batch}, {args.repeats} repeats, {torch.get_num_threads()} torch threads in-process")
+    datasets = {"ours (TwoCropFolder)": TwoCropFolder(folder, args.size, seed=0),
+                "torchvision reference": ReferenceTwoCrops(folder.samples, args.size)}
+    rates: dict[tuple[str, int], float] = {}
+    for workers in (1, 0):
+        loaders = {name: _loader(ds, args.batch, workers) for name, ds in datasets.items()}
+        for loader in loaders.values():
+            _epoch_seconds(loader)  # warm-up: worker start, page cache
+        times: dict[str, list[float]] = {name: [] for name in loaders}
+        for r in range(args.repeats):
+            for name, loader in loaders.items():  # alternating, in one run
+                times[name].append(_epoch_seconds(loader))
+            shown = ", ".join(f"{name} {len(folder) / t[-1]:.0f} img/s" for name, t in times.items())
+            print(f"  workers={workers} run {r + 1}: {shown}", flush=True)
+        for name, t in times.items():
+            rates[(name, workers)] = len(folder) / statistics.median(t)
+        del loaders  # ends the persistent workers
+
+    print()
+    print(f"{'images/s (median; 1 image = 2 views)':40s}{'1 worker':>10s}{'in-process':>12s}")
+    for name in datasets:
+        print(f"{name:40s}{rates[(name, 1)]:10.1f}{rates[(name, 0)]:12.1f}")
+    ours, ref = "ours (TwoCropFolder)", "torchvision reference"
+    print(f"ratio ours/reference: {rates[(ours, 1)] / rates[(ref, 1)]:.2f}x per worker core (target >= 2x), "
+          f"{rates[(ours, 0)] / rates[(ref, 0)]:.2f}x in-process")
+
+    device = torch.device(args.device)
+    sec = device_ops_seconds(args.device_batch, args.size, args.repeats, device)
+    per_image = sec / args.device_batch
+    where = f"on this CPU with {torch.get_num_threads()} threads" if device.type == "cpu" else f"on {device}"
+    print(f"device-side photometric ops NOT included above (kornia mocov2 crop=False, ({args.device_batch}, 3, "
+          f"{args.size}, {args.size}) pair, {where}): {sec * 1e3:.0f} ms/batch = {1 / per_image:.0f} img/s")
+    if device.type == "cpu":
+        combined = 1 / (1 / rates[(ours, 1)] + per_image)
+        print(f"if those ops also ran on this CPU (no GPU to batch them on): ours {combined:.1f} img/s vs "
+              f"reference {rates[(ref, 1)]:.1f} img/s ({combined / rates[(ref, 1)]:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
