@@ -64,6 +64,16 @@ class TwoViews(nn.Module):
         return self.view1(crops1.float().div_(255)), self.view2(crops2.float().div_(255))  # 2 x (N, C, S, S)
 
 
+RECIPE_CROP_SCALE = {"mocov2": 0.2, "mocov3": 0.08, "light": 0.3}  # RandomResizedCrop's lower area bound
+
+
+def recipe_crop_scale(recipe: str, scale_min: float = 0.0) -> float:
+    """The crop's lower area bound: `scale_min` when positive, else the recipe's own."""
+    if recipe not in RECIPE_CROP_SCALE:
+        raise ValueError(f"unknown augmentation recipe '{recipe}'; choose {', '.join(RECIPE_CROP_SCALE)}")
+    return scale_min if scale_min > 0 else RECIPE_CROP_SCALE[recipe]
+
+
 def build_two_views(recipe: str, size: int, channels: int, mean: Sequence[float], std: Sequence[float],
                     scale_min: float | None = None, jitter_strength: float = 1.0, blur: bool = True,
                     crop: bool = True) -> TwoViews:
@@ -72,18 +82,16 @@ def build_two_views(recipe: str, size: int, channels: int, mean: Sequence[float]
     `crop=False` leaves out the RandomResizedCrop: the inputs are already S x S crops.
     """
     s = jitter_strength
+    lo = recipe_crop_scale(recipe, scale_min or 0.0)
     if recipe == "mocov2":
         v2 = (0.4 * s, 0.4 * s, 0.4 * s, 0.1 * s)
-        lo = 0.2 if scale_min is None else scale_min
         view = lambda: _view(size, channels, mean, std, lo, v2, 0.5 if blur else 0.0, 0.0, crop)
         return TwoViews(view(), view())
     if recipe == "mocov3":
         v3 = (0.4 * s, 0.4 * s, 0.2 * s, 0.1 * s)
-        lo = 0.08 if scale_min is None else scale_min
         return TwoViews(_view(size, channels, mean, std, lo, v3, 1.0 if blur else 0.0, 0.0, crop),
                         _view(size, channels, mean, std, lo, v3, 0.1 if blur else 0.0, 0.2, crop))
     if recipe == "light":  # crop + flip + mild jitter, no blur: for tiny images and short budgets
-        lo = 0.3 if scale_min is None else scale_min
         light = (0.4 * s, 0.4 * s, 0.2 * s, 0.05 * s)
         view = lambda: _view(size, channels, mean, std, lo, light, 0.0, 0.0, crop)
         return TwoViews(view(), view())

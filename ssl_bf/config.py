@@ -74,7 +74,8 @@ class DataConfig:
     root: Optional[str] = None
     subset: Optional[int] = None  # use only the first N training images (smoke runs)
     num_workers: int = 0
-    load_size: int = 256  # image folders: decoded, resized and centre-cropped to this size
+    load_size: int = 256  # image folders, evaluation only: shorter side resized to this, centre square
+    # (training crops are cut from the whole image in the DataLoader workers)
 
 
 @dataclass
@@ -88,11 +89,15 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # on CUDA
-    log_every: int = 50  # steps between step lines in metrics.jsonl
+    log_every: int = 50  # steps between step lines in metrics.jsonl; also the host-sync cadence
+    # (loss read back, NaN check, time budget) - nothing else leaves the device between them
     checkpoint_every_steps: int = 0  # 0: only at epoch ends
     max_steps: int = 0  # stop after this many steps in total (0: no limit)
     time_budget_min: float = 0.0  # stop training (with a checkpoint) after this many minutes
     device: str = "auto"  # auto | cpu | cuda
+    # auto: a process group only when WORLD_SIZE > 1; always: also for one process (its collectives
+    # then really run, e.g. NCCL at world size 1 in scripts/gpu_check.sh)
+    process_group: Literal["auto", "always"] = "auto"
 
 
 @dataclass

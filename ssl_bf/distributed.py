@@ -1,12 +1,26 @@
-"""Process-group set-up (env://, torchrun or SLURM via submitit) and collective helpers."""
+"""Process-group set-up and every collective ssl-bf uses (no other module calls torch.distributed).
+
+Backends: a CUDA run initialises `"cpu:gloo,cuda:nccl"`, so CUDA tensors go over NCCL and any CPU
+tensor over gloo; a CPU run uses gloo. Each helper checks that the tensors it is handed live on a
+device the group's backend serves (`check_served`), so a tensor on the wrong device fails here with
+a clear message instead of deep inside NCCL. Helpers run their collective whenever a process group
+exists, also at world size 1 (so a forced one-process group really exercises the backend).
+"""
 from __future__ import annotations
 
 import datetime
 import os
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
+
+# backend name -> device types it serves (gloo kept to CPU: its CUDA support is partial)
+_BACKEND_DEVICES = {"gloo": ("cpu",), "nccl": ("cuda",)}
+
+
+class CollectiveDeviceError(RuntimeError):
+    """A tensor handed to a collective lives on a device the process group's backend cannot serve."""
 
 
 def is_initialized() -> bool:
@@ -21,25 +35,77 @@ def rank() -> int:
     return dist.get_rank() if is_initialized() else 0
 
 
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def is_main() -> bool:
     return rank() == 0
 
 
-def init_distributed(device: torch.device) -> bool:
-    """Join the process group described by env:// variables when WORLD_SIZE > 1.
+def backend_spec(device: torch.device) -> str:
+    """The init string for a run on `device`: CUDA gets NCCL plus gloo for stray CPU tensors."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
 
-    Returns True when running distributed. NCCL on CUDA, gloo on CPU.
+
+def init_distributed(device: torch.device, force: bool = False) -> bool:
+    """Join the process group described by env:// variables when WORLD_SIZE > 1 (or `force`).
+
+    `force` builds a group even for one process (e.g. `torchrun --nproc_per_node=1`), so its
+    collectives really run. Returns True when a process group is in use.
     """
     if is_initialized():
         return True
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not force:
         return False
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    if force:  # a lone process outside torchrun: a one-member group on this host
+        for name, default in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500"), ("RANK", "0"),
+                              ("WORLD_SIZE", "1")):
+            os.environ.setdefault(name, default)
     if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    # a long timeout: rank 0 alone runs the k-NN monitor while the others wait at a barrier
-    dist.init_process_group(backend=backend, init_method="env://", timeout=datetime.timedelta(hours=3))
+        torch.cuda.set_device(device)
+    # a long timeout: evaluation between epochs (the k-NN vote) runs on rank 0 alone
+    dist.init_process_group(backend=backend_spec(device), init_method="env://",
+                            timeout=datetime.timedelta(hours=2))
     return True
+
+
+def served_device_types() -> tuple[str, ...]:
+    """Device types the current group's backend serves, from `dist.get_backend()`."""
+    spec = str(dist.get_backend())
+    if ":" in spec:  # "cpu:gloo,cuda:nccl"
+        return tuple(part.split(":")[0] for part in spec.split(","))
+    return _BACKEND_DEVICES.get(spec, ("cpu", "cuda"))
+
+
+def check_served(op: str, *tensors: torch.Tensor) -> None:
+    """Raise CollectiveDeviceError if a tensor's device is not served by the group's backend."""
+    served = served_device_types()
+    for t in tensors:
+        if t.device.type not in served:
+            raise CollectiveDeviceError(
+                f"{op}: a {t.device.type} tensor was handed to a process group whose backend "
+                f"({dist.get_backend()}) serves only {', '.join(served)} tensors; keep the tensor on "
+                f"the training device")
+
+
+_REDUCE_OPS = {"sum": "SUM", "min": "MIN", "max": "MAX"}
+
+
+def all_reduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In-place all-reduce of `t` over every rank (a no-op without a process group)."""
+    if is_initialized():
+        check_served("all_reduce", t)
+        dist.all_reduce(t, op=getattr(dist.ReduceOp, _REDUCE_OPS[op]))
+    return t
+
+
+def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """In-place broadcast of rank `src`'s `t` (a no-op without a process group)."""
+    if is_initialized():
+        check_served("broadcast", t)
+        dist.broadcast(t, src=src)
+    return t
 
 
 def barrier() -> None:
@@ -50,8 +116,9 @@ def barrier() -> None:
 @torch.no_grad()
 def gather_rows(x: torch.Tensor) -> torch.Tensor:
     """Concatenate (N, ...) from every rank along dim 0 (no gradient): (world * N, ...)."""
-    if world_size() == 1:
+    if not is_initialized():
         return x
+    check_served("all_gather", x)
     parts = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
@@ -62,6 +129,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        check_served("all_gather", x)
         parts = [torch.empty_like(x) for _ in range(world_size())]
         dist.all_gather(parts, x.contiguous())
         return torch.cat(parts)
@@ -69,6 +137,7 @@ class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous()
+        check_served("all_reduce", grad)
         dist.all_reduce(grad)
         n = grad.shape[0] // world_size()
         return grad[rank() * n:(rank() + 1) * n]
@@ -80,6 +149,36 @@ def gather_rows_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, slice]:
     if world_size() == 1:
         return x, slice(0, n)
     return _GatherWithGrad.apply(x), slice(rank() * n, (rank() + 1) * n)
+
+
+@torch.no_grad()
+def gather_shards_to_main(x: torch.Tensor, device: torch.device, chunk_rows: int = 8192
+                          ) -> Optional[torch.Tensor]:
+    """Rank 0 gets every rank's rows in rank order: (sum of N_r, ...) on the CPU; others get None.
+
+    Shards may differ in length. Rows travel in chunks through `device` (the training device,
+    so the backend serves them), which bounds the device memory to world x chunk_rows rows.
+    """
+    if not is_initialized():
+        return x
+    counts = torch.tensor([x.shape[0]], dtype=torch.int64, device=device)
+    sizes = [int(c) for c in gather_rows(counts).tolist()]  # (world,)
+    out = [[] for _ in sizes] if is_main() else None
+    tail = tuple(x.shape[1:])
+    for start in range(0, max(sizes), chunk_rows):
+        piece = torch.zeros((chunk_rows, *tail), dtype=x.dtype, device=device)  # padded chunk
+        mine = x[start:start + chunk_rows]
+        piece[:mine.shape[0]] = mine.to(device)
+        everyone = gather_rows(piece).view(len(sizes), chunk_rows, *tail)  # (world, chunk, ...)
+        if out is not None:
+            for r, n in enumerate(sizes):
+                keep = max(0, min(chunk_rows, n - start))
+                if keep:
+                    out[r].append(everyone[r, :keep].cpu())
+    if out is None:
+        return None
+    parts = [p for rows in out for p in rows]
+    return torch.cat(parts) if parts else x[:0].cpu()
 
 
 @torch.no_grad()
@@ -95,7 +194,7 @@ def shuffle_batch(x: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor
         return x[perm], lambda y: y[inverse]
     x_all = gather_rows(x)  # (W*N, ...)
     perm = torch.randperm(x_all.shape[0], device=x.device)
-    dist.broadcast(perm, src=0)
+    broadcast_(perm, src=0)
     inverse = torch.argsort(perm)
     mine = slice(rank() * n, (rank() + 1) * n)
 

@@ -63,11 +63,14 @@ def build_encoder(cfg: Config, in_channels: int = 3, features: str = "backbone",
 class MoCoBase(nn.Module):
     """Query encoder, momentum encoder and the optional BatchFormer; subclasses add the loss."""
 
-    def __init__(self, cfg: Config, in_channels: int = 3, image_size: int = 224):
+    def __init__(self, cfg: Config, in_channels: int = 3, image_size: int = 224,
+                 split_bn_groups: Optional[int] = None):
         super().__init__()
         self.cfg = cfg
         bf = cfg.batchformer
-        split = cfg.moco.split_bn_groups if cfg.method == "mocov2" else 1
+        if split_bn_groups is None:  # the trainer passes its NormPlan's choice
+            split_bn_groups = cfg.moco.split_bn_groups if cfg.method == "mocov2" else 1
+        split = split_bn_groups
         self.backbone = _backbone(cfg, in_channels, image_size, split)
         feature_dim = self.backbone.feature_dim
         self.projector = build_projector(cfg, feature_dim)
@@ -133,8 +136,9 @@ class MoCoBase(nn.Module):
 class MoCoV2(MoCoBase):
     """MoCo-v2: momentum key encoder, queue of negatives, InfoNCE at T (0.2)."""
 
-    def __init__(self, cfg: Config, in_channels: int = 3, image_size: int = 224):
-        super().__init__(cfg, in_channels, image_size)
+    def __init__(self, cfg: Config, in_channels: int = 3, image_size: int = 224,
+                 split_bn_groups: Optional[int] = None):
+        super().__init__(cfg, in_channels, image_size, split_bn_groups)
         k, d = cfg.moco.queue_size, cfg.moco.dim
         self.register_buffer("queue", F.normalize(torch.randn(k, d), dim=1))  # (K, D)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
@@ -146,9 +150,10 @@ class MoCoV2(MoCoBase):
         b, k = keys.shape[0], self.queue.shape[0]
         if k % b:
             raise ValueError(f"queue size {k} is not a multiple of the enqueued batch {b}")
-        ptr = int(self.queue_ptr)
-        self.queue[ptr:ptr + b] = keys
-        self.queue_ptr.fill_((ptr + b) % k)
+        # the pointer stays on the device: no host sync per step
+        rows = (self.queue_ptr + torch.arange(b, device=self.queue.device)) % k  # (B,)
+        self.queue.index_copy_(0, rows, keys.to(self.queue.dtype))
+        self.queue_ptr.add_(b).remainder_(k)
 
     @torch.no_grad()
     def keys(self, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,8 +203,9 @@ class MoCoV3(MoCoBase):
     predictor is the head shared by the plain and BatchFormer streams.
     """
 
-    def __init__(self, cfg: Config, in_channels: int = 3, image_size: int = 224):
-        super().__init__(cfg, in_channels, image_size)
+    def __init__(self, cfg: Config, in_channels: int = 3, image_size: int = 224,
+                 split_bn_groups: Optional[int] = None):
+        super().__init__(cfg, in_channels, image_size, split_bn_groups)
         self.predictor = mlp(cfg.moco.dim, cfg.moco.pred_hidden_dim, cfg.moco.dim, layers=2, batch_norm=True)
 
     @torch.no_grad()
@@ -234,10 +240,11 @@ class MoCoV3(MoCoBase):
         return {"loss": loss, "loss_plain": plain.detach(), "pos_logit": pos.detach()}
 
 
-def build_model(cfg: Config, in_channels: int = 3, image_size: int = 224) -> MoCoBase:
-    """The method's model: MoCoV2 or MoCoV3."""
+def build_model(cfg: Config, in_channels: int = 3, image_size: int = 224,
+                split_bn_groups: Optional[int] = None) -> MoCoBase:
+    """The method's model: MoCoV2 or MoCoV3 (`split_bn_groups` None: the config's rule)."""
     if cfg.method == "mocov2":
-        return MoCoV2(cfg, in_channels, image_size)
+        return MoCoV2(cfg, in_channels, image_size, split_bn_groups)
     if cfg.method == "mocov3":
-        return MoCoV3(cfg, in_channels, image_size)
+        return MoCoV3(cfg, in_channels, image_size, split_bn_groups)
     raise ValueError(f"unknown method '{cfg.method}'")

@@ -19,14 +19,20 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ckpt_io
 from . import distributed as dist_utils
-from .augment import EvalTransform, build_two_views
+from .augment import EvalTransform, build_two_views, recipe_crop_scale
 from .config import Config, save_config, to_dict
 from .data import build_dataset
+from .features import extract_features
+from .folder_crops import TwoCropFolder
 from .metrics import MetricsLogger, truncate_metrics
 from .moco import build_model
+from .norm import plan_normalisation
 from .optim import build_optimizer, set_lr
 from .schedule import cosine_momentum, warmup_cosine
 from .step_signals import StepSignalGuard
+from .step_stats import StepStats
+
+FOLDER_TRAIN_SIZE = 224  # image folders without augment.image_size: the standard 224 px crops
 
 _CURRENT: Optional["Trainer"] = None
 
@@ -47,9 +53,12 @@ class NonFiniteLossError(FloatingPointError):
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():  # works with one visible GPU per task or all GPUs per node
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+            return torch.device("cuda", dist_utils.local_rank() % torch.cuda.device_count())
         return torch.device("cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", dist_utils.local_rank() % max(1, torch.cuda.device_count()))
+    return device
 
 
 def epoch_batches(n: int, global_batch: int, epoch: int, seed: int) -> torch.Tensor:
@@ -85,26 +94,38 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
-        self.distributed = dist_utils.init_distributed(self.device)
+        self.distributed = dist_utils.init_distributed(self.device, force=cfg.train.process_group == "always")
         self.is_main = dist_utils.is_main()
         self.world = dist_utils.world_size()
         self.run_dir = cfg.run.dir
         self._seed_everything(cfg.seed + dist_utils.rank())
 
-        d = cfg.data
+        d, a = cfg.data, cfg.augment
         self.train_set = build_dataset(d.name, d.root, "train", d.subset, d.load_size)
-        self.image_size = cfg.augment.image_size or self.train_set.image_size
+        # Image folders: workers decode and cut both crops from the whole image; tensor datasets
+        # go to the device whole and kornia crops there.
+        self.crops_in_workers = not hasattr(self.train_set, "get_batch")
+        if self.crops_in_workers:
+            self.image_size = a.image_size or FOLDER_TRAIN_SIZE
+            self.loader_set = TwoCropFolder(self.train_set, self.image_size,
+                                            scale=(recipe_crop_scale(a.recipe, a.crop_scale_min), 1.0),
+                                            seed=cfg.seed)
+        else:
+            self.image_size = a.image_size or self.train_set.image_size
+            self.loader_set = self.train_set
         self.in_channels = self.train_set.num_channels
-        self.views = build_two_views(cfg.augment.recipe, self.image_size, self.in_channels,
+        self.views = build_two_views(a.recipe, self.image_size, self.in_channels,
                                      self.train_set.mean, self.train_set.std,
-                                     None if cfg.augment.crop_scale_min <= 0 else cfg.augment.crop_scale_min,
-                                     cfg.augment.jitter_strength, cfg.augment.blur).to(self.device)
+                                     None if a.crop_scale_min <= 0 else a.crop_scale_min,
+                                     a.jitter_strength, a.blur, crop=not self.crops_in_workers).to(self.device)
 
-        self.model = build_model(cfg, self.in_channels, self.image_size).to(self.device)
+        self.norm = plan_normalisation(cfg.method, cfg.moco.split_bn_groups, cfg.moco.shuffle_keys,
+                                       self.world, self.device.type)
+        self.model = build_model(cfg, self.in_channels, self.image_size, self.norm.split_bn_groups).to(self.device)
         if self.device.type == "cuda" and cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if self.distributed and self.device.type == "cuda" and cfg.method == "mocov3":
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # GPU only in torch
+        if self.norm.sync_bn:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.ddp = DistributedDataParallel(self.model) if self.distributed else None
 
         self.global_batch = cfg.train.batch_size * self.world
@@ -122,6 +143,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg, self.peak_lr)
         self.epoch, self.step, self.step_in_epoch = 0, 0, 0
         self.last_loss = float("nan")
+        self.stats = StepStats(self.device)
+        self._epoch_losses: list[float] = []
+        self._saved_step: Optional[int] = None
         self.logger = MetricsLogger(self.run_dir, self.is_main, cfg.run.tensorboard)
 
     # --- set-up helpers ------------------------------------------------------------------
@@ -144,11 +168,15 @@ class Trainer:
                 "in_channels": self.in_channels, "image_size": self.image_size, "world_size": self.world, "loss": self.last_loss}
 
     def save_checkpoint(self) -> Optional[str]:
-        """Write RUN/checkpoints/last.pt atomically (rank 0 only; no collectives)."""
+        """Write RUN/checkpoints/last.pt atomically (rank 0 only; no collectives, so a signal
+        handler may call it). A state reached through a non-finite loss is never written."""
         if not self.is_main:
+            return None
+        if not self.stats.locally_finite():
             return None
         path = ckpt_io.last_path(self.run_dir)
         ckpt_io.save_atomic(self.state_dict(), path)
+        self._saved_step = self.step
         return path
 
     def _resume(self) -> Optional[int]:
@@ -170,29 +198,37 @@ class Trainer:
         else:  # only rank 0's RNG is saved: give each rank its own deterministic stream
             self._seed_everything(self.cfg.seed * 1_000_003 + self.step * 1009 + dist_utils.rank())
         self.last_loss = state.get("loss", float("nan"))
+        self._saved_step = self.step
         return self.step
 
     # --- data ----------------------------------------------------------------------------
-    def _batches(self, epoch: int, start: int) -> Iterator[torch.Tensor]:
-        """uint8 batches of this rank for `epoch`, from step `start` on."""
+    def _batches(self, epoch: int, start: int) -> Iterator:
+        """This rank's batches of `epoch` from step `start` on: uint8 (B, C, H, W), or for image
+        folders the pair of uint8 crops ((B, 3, S, S), (B, 3, S, S)) cut in the workers."""
         order = epoch_batches(len(self.train_set), self.global_batch, epoch, self.cfg.seed)
         r, b = dist_utils.rank(), self.cfg.train.batch_size
         mine = order[start:, r * b:(r + 1) * b]  # (steps, B)
-        if hasattr(self.train_set, "get_batch"):
+        if not self.crops_in_workers:
             for idx in mine:
                 yield self.train_set.get_batch(idx)[0]
             return
+        self.loader_set.set_epoch(epoch)  # the crop geometry is a function of (seed, epoch, index)
         loader = torch.utils.data.DataLoader(
-            self.train_set, batch_sampler=mine.tolist(), num_workers=self.cfg.data.num_workers,
+            self.loader_set, batch_sampler=mine.tolist(), num_workers=self.cfg.data.num_workers,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
             generator=torch.Generator().manual_seed(self.cfg.seed + epoch))  # keeps the global RNG untouched
-        for images, _ in loader:
-            yield images
+        for crops1, crops2, _ in loader:
+            yield crops1, crops2
 
     # --- training ------------------------------------------------------------------------
-    def _train_step(self, images: torch.Tensor) -> dict:
-        images = images.to(self.device, non_blocking=True)
-        x1, x2 = self.views(images)  # 2 x (N, C, S, S)
+    def _to_device(self, batch) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=True)
+        return tuple(b.to(self.device, non_blocking=True) for b in batch)
+
+    def _train_step(self, batch) -> tuple[dict, float]:
+        """One optimiser step; returns the model's outputs as device tensors (no host sync) and the lr."""
+        x1, x2 = self.views(self._to_device(batch))  # 2 x (N, C, S, S)
         if self.device.type == "cuda" and self.cfg.train.channels_last:
             x1 = x1.contiguous(memory_format=torch.channels_last)
             x2 = x2.contiguous(memory_format=torch.channels_last)
@@ -204,30 +240,33 @@ class Trainer:
             momentum = cosine_momentum(self.step, self.total_steps, self.cfg.moco.momentum)
         with self._autocast():
             out = (self.ddp or self.model)(x1, x2, momentum=momentum)
-        loss = out["loss"]
-        finite = torch.isfinite(loss.detach()).float().cpu().view(1)
-        if self.distributed:  # every rank stops together, or none does
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        if not finite.item():
-            raise NonFiniteLossError(
-                f"loss is {loss.item()} at epoch {self.epoch} step {self.step}; stopping. The last good "
-                f"checkpoint ({ckpt_io.last_path(self.run_dir)}) is kept. Try a lower train.base_lr.")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        out["loss"].backward()
         self.optimizer.step()
-        return {"loss": loss.item(), "lr": lr, **{k: float(v) for k, v in out.items() if k != "loss"}}
+        return out, lr
 
-    def _should_stop(self, started: float) -> bool:
-        """max_steps reached or time budget spent; under DDP every rank takes rank 0's decision."""
-        t = self.cfg.train
-        if t.max_steps and self.step >= t.max_steps:
-            return True
-        if not t.time_budget_min:
-            return False
-        flag = torch.tensor([float(time.time() - started > 60 * t.time_budget_min)])
-        if self.distributed:
-            torch.distributed.broadcast(flag, src=0)
-        return bool(flag.item())
+    def _sync(self, started: float) -> tuple[list[dict], bool]:
+        """Read back the pending steps (one host sync), log them, and agree on stopping.
+
+        Returns (records logged, time budget spent). Raises NonFiniteLossError when any rank saw a
+        NaN/inf loss since the last sync; no checkpoint has been written since then.
+        """
+        budget = self.cfg.train.time_budget_min
+        result = self.stats.sync(over_budget=bool(budget) and time.time() - started > 60 * budget)
+        if result.non_finite:
+            kept = ckpt_io.find_latest(self.run_dir)
+            where = (f"The last good checkpoint ({kept}, step {self._saved_step}) is kept."
+                     if kept else "No checkpoint had been written yet.")
+            at = f"step {result.first_bad_step}" if result.first_bad_step else f"steps up to {self.step}"
+            raise NonFiniteLossError(
+                f"the loss became NaN or inf (epoch {self.epoch}, {at}); stopping. {where} Check "
+                f"train.base_lr and moco.temperature (they must be positive), or the input data.")
+        if result.losses:
+            self.last_loss = result.losses[-1]
+            self._epoch_losses.extend(result.losses)
+        for record in result.records:
+            self.logger.log(record)
+        return result.records, result.over_budget
 
     def fit(self) -> dict:
         """Train (resuming from RUN/checkpoints/last.pt if present) and return a summary."""
@@ -245,7 +284,11 @@ class Trainer:
         self.logger.log({"event": "start", "step": self.step, "epoch": self.epoch,
                          "resumed_from_step": resumed,
                          "requeue_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
-                         "world_size": self.world, "device": str(self.device), "peak_lr": self.peak_lr})
+                         "world_size": self.world, "device": str(self.device), "peak_lr": self.peak_lr,
+                         "normalisation": self.norm.description,
+                         "crops": "in DataLoader workers (whole image)" if self.crops_in_workers else "on the device"})
+        if self.is_main and self.cfg.run.progress:
+            print(f"{self.world} process(es) on {self.device}; normalisation: {self.norm.description}", flush=True)
         if resumed is None and self.cfg.monitor.knn_at_start:
             init_top1 = self.knn_monitor(full=self.cfg.monitor.full_sets)
             self.logger.log({"event": "knn_init", "step": 0, "knn_top1": init_top1})
@@ -275,28 +318,31 @@ class Trainer:
             bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, disable=not (
                 self.is_main and cfg.run.progress), desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
                        unit="step", dynamic_ncols=True, leave=False)
-            losses, t0, seen = [], time.time(), 0
-            for images in self._batches(self.epoch, self.step_in_epoch):
+            self._epoch_losses, t0, seen = [], time.time(), 0
+            for batch in self._batches(self.epoch, self.step_in_epoch):
                 with self._signals.step():
-                    stats = self._train_step(images)
+                    out, lr = self._train_step(batch)
                     self.step += 1
                     self.step_in_epoch += 1
-                    self.last_loss = stats["loss"]
-                losses.append(stats["loss"])
-                seen += images.shape[0] * self.world
+                    self.stats.add(self.step, self.epoch, lr, out, log=self.step % cfg.train.log_every == 0)
+                seen += cfg.train.batch_size * self.world
                 bar.update(1)
-                bar.set_postfix(loss=f"{stats['loss']:.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
-                if self.step % cfg.train.log_every == 0:
-                    self.logger.log({"step": self.step, "epoch": self.epoch, **stats})
-                if cfg.train.checkpoint_every_steps and self.step % cfg.train.checkpoint_every_steps == 0:
+                save = bool(cfg.train.checkpoint_every_steps) and self.step % cfg.train.checkpoint_every_steps == 0
+                enough = bool(cfg.train.max_steps) and self.step >= cfg.train.max_steps
+                if not (self.step % cfg.train.log_every == 0 or save or enough):
+                    continue  # no host sync between log points
+                _, over_budget = self._sync(started)
+                bar.set_postfix(loss=f"{self.last_loss:.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
+                if save or enough or over_budget:
                     self.save_checkpoint()
-                if self._should_stop(started):
+                if enough or over_budget:
                     bar.close()
-                    self.save_checkpoint()
                     return self._summary(knn_top1, stopped_early=True)
             bar.close()
-            record = {"epoch": self.epoch, "step": self.step, "loss": float(np.mean(losses)) if losses else
-                      self.last_loss, "images_per_s": seen / max(time.time() - t0, 1e-9),
+            _, over_budget = self._sync(started)  # the epoch's last steps
+            record = {"epoch": self.epoch, "step": self.step, "loss": float(np.mean(self._epoch_losses))
+                      if self._epoch_losses else self.last_loss,
+                      "images_per_s": seen / max(time.time() - t0, 1e-9),
                       "train_seconds": time.time() - t0}  # this process's share of the epoch
             # A handler must never see epoch and position half-updated, and the epoch's record goes
             # with them: a preemption during the k-NN below cannot lose it.
@@ -307,6 +353,9 @@ class Trainer:
             final = self.epoch == cfg.train.epochs
             msg = (f"epoch {self.epoch}/{cfg.train.epochs}  loss {record['loss']:.4f}  "
                    f"{record['images_per_s']:.0f} img/s")
+            if over_budget and not final:
+                self.save_checkpoint()
+                return self._summary(knn_top1, stopped_early=True)
             if cfg.monitor.knn_every and (self.epoch % cfg.monitor.knn_every == 0 or final):
                 t_knn = time.time()
                 knn_top1 = self.knn_monitor(full=final and cfg.monitor.full_sets)
@@ -323,54 +372,42 @@ class Trainer:
                 "knn_top1": knn_top1, "stopped_early": stopped_early}
 
     # --- online k-NN monitor -------------------------------------------------------------
-    @torch.no_grad()
-    def embed(self, dataset, limit: Optional[int] = None, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-        """Backbone features of the first `limit` images (eval mode, no BatchFormer)."""
-        transform = EvalTransform(self.image_size, dataset.mean, dataset.std).to(self.device)
-        backbone = self.model.backbone
-        was_training = backbone.training
-        backbone.eval()
+    def embed(self, dataset, limit: Optional[int] = None, batch_size: int = 512
+              ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """Backbone features of `limit` images (a fixed random subset; None: all), eval mode, no
+        BatchFormer. Every rank extracts its shard; rank 0 gets the result, the others None."""
         if limit is None or limit >= len(dataset):
             order = torch.arange(len(dataset))
         else:  # a fixed random subset: folder datasets are sorted by class
             order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:limit].sort().values
-        feats, labels = [], []
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            if hasattr(dataset, "get_batch"):
-                images, y = dataset.get_batch(idx)
-            else:
-                items = [dataset[i] for i in idx.tolist()]
-                images, y = torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])
-            with self._autocast():
-                feats.append(backbone(transform(images.to(self.device))).float().cpu())
-            labels.append(y)
-        backbone.train(was_training)
-        return torch.cat(feats), torch.cat(labels)
+        transform = EvalTransform(self.image_size, dataset.mean, dataset.std).to(self.device)
+        amp = torch.bfloat16 if self.device.type == "cuda" and self.cfg.train.amp else None
+        return extract_features(self.model.backbone, dataset, transform, self.device, indices=order,
+                                batch_size=batch_size, num_workers=self.cfg.data.num_workers,
+                                progress=False, desc="monitor", autocast_dtype=amp)
 
     def knn_monitor(self, full: bool) -> Optional[float]:
-        """k-NN top-1 (%) of test images against the train bank, backbone features."""
+        """k-NN top-1 (%) of test images against the train bank, backbone features (rank 0's
+        figure; the other ranks help extract and get None)."""
         from .eval.knn import knn_accuracy
 
         if not self.train_set.classes:  # unlabeled data: nothing to score
             return None
-        if not self.is_main:  # (the process group timeout is raised to cover this wait)
-            dist_utils.barrier()
-            return None
-        try:
-            m = self.cfg.monitor
-            if not hasattr(self, "_test_set"):
-                self._test_set = build_dataset(self.cfg.data.name, self.cfg.data.root, "test", None,
-                                               self.cfg.data.load_size)
-                self._bank_set = build_dataset(self.cfg.data.name, self.cfg.data.root, "train", None,
-                                               self.cfg.data.load_size)
-            bank, bank_y = self.embed(self._bank_set, None if full else m.bank_subset)
-            query, query_y = self.embed(self._test_set, None if full else m.query_subset)
-            result = knn_accuracy(bank, bank_y, query, query_y, ks=(m.knn_k,), temperatures=(m.knn_temperature,),
-                                  num_classes=len(self._bank_set.classes))
-            return float(result[0]["top1"])
-        finally:
-            dist_utils.barrier()
+        m = self.cfg.monitor
+        if not hasattr(self, "_test_set"):
+            self._test_set = build_dataset(self.cfg.data.name, self.cfg.data.root, "test", None,
+                                           self.cfg.data.load_size)
+            self._bank_set = build_dataset(self.cfg.data.name, self.cfg.data.root, "train", None,
+                                           self.cfg.data.load_size)
+        bank = self.embed(self._bank_set, None if full else m.bank_subset)
+        query = self.embed(self._test_set, None if full else m.query_subset)
+        top1 = None
+        if self.is_main:
+            result = knn_accuracy(bank[0], bank[1], query[0], query[1], ks=(m.knn_k,),
+                                  temperatures=(m.knn_temperature,), num_classes=len(self._bank_set.classes))
+            top1 = float(result[0]["top1"])
+        dist_utils.barrier()  # the others wait for the vote (a short CPU job) here
+        return top1
 
 
 def pretrain(cfg: Config) -> dict:
