@@ -93,6 +93,17 @@ def embed_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _leave_group(had_group: bool) -> None:
+    """Destroy the process group that a torchrun-launched command joined. No barrier: a rank
+    that failed must not leave the others waiting for it."""
+    from ssl_bf import distributed as dist_utils
+
+    if dist_utils.is_initialized() and not had_group:
+        import torch.distributed
+
+        torch.distributed.destroy_process_group()
+
+
 def embed_main(argv: Optional[list[str]] = None) -> int:
     """`ssl-bf embed`; under torchrun every rank embeds a shard and rank 0 alone writes and prints."""
     args = embed_parser().parse_args(argv)
@@ -111,10 +122,7 @@ def embed_main(argv: Optional[list[str]] = None) -> int:
     except _input_errors() as err:
         return _fail(prog, err)
     finally:
-        if dist_utils.is_initialized() and not had_group:  # embed joined the torchrun group
-            import torch.distributed
-
-            torch.distributed.destroy_process_group()
+        _leave_group(had_group)
     if emb is None:  # a rank other than 0: its rows went to rank 0
         return EXIT_OK
     summary = {"out": args.out, "rows": len(emb), "dim": emb.dim, "dtype": args.dtype,
@@ -369,8 +377,11 @@ def evaluate_parser() -> argparse.ArgumentParser:
 def evaluate_main(argv: Optional[list[str]] = None) -> int:
     args = evaluate_parser().parse_args(argv)
     prog = "ssl-bf evaluate"
+    from ssl_bf import distributed as dist_utils
+
     from .evaluate import evaluate_run
 
+    had_group = dist_utils.is_initialized()
     try:
         entry = evaluate_run(args.run, args.checkpoint, features=args.features, device=args.device,
                              batch_size=args.batch_size, dtype=args.dtype, index=args.index,
@@ -379,6 +390,10 @@ def evaluate_main(argv: Optional[list[str]] = None) -> int:
                              num_workers=args.workers, seed=args.seed, progress=not args.no_progress)
     except _input_errors() as err:
         return _fail(prog, err)
+    finally:
+        _leave_group(had_group)
+    if entry is None:  # a rank other than 0 of a torchrun job: it only helped extract
+        return EXIT_OK
     ev = entry["evaluated"]
     print(f"evaluated {ev['checkpoint']} (epoch {ev['epoch']}, {ev['features']} features, "
           f"{ev['train_rows']} train / {ev['test_rows']} test, D={ev['dim']}) in {ev['seconds']:.1f} s")

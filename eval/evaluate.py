@@ -64,6 +64,7 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
         reuse_embeddings: keep existing embeddings files made from the same checkpoint file.
         subset: embed only the first N images of each split (smoke tests).
     """
+    from ssl_bf import distributed as dist_utils
     from ssl_bf.checkpoint import load as load_checkpoint
     from ssl_bf.checkpoint import write_json_atomic
     from ssl_bf.config import load_config
@@ -88,15 +89,19 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
 
         data_cfg = from_dict(ckpt["config"]).data
 
-    splits: dict[str, Embeddings] = {}
+    # decided before any rank writes a file, so every rank of a torchrun job takes the same path
+    reuse = {split: reuse_embeddings and _reusable(paths[split], ckpt_path, features) for split in ("train", "test")}
+    splits: dict[str, Optional[Embeddings]] = {}
     for split in ("train", "test"):
         out = paths[split]
-        if reuse_embeddings and _reusable(out, ckpt_path, features):
+        if reuse[split]:
             splits[split] = load_embeddings(out)
             continue
         splits[split] = embed(ckpt_path, data_cfg.name, split, out, features=features, root=data_cfg.root,
                               batch_size=batch_size, device=device, dtype=dtype, subset=subset,
                               num_workers=num_workers, progress=progress)
+    if not dist_utils.is_main():  # torchrun: this rank's shards went to rank 0, which scores them
+        return None
     train, test = splits["train"], splits["test"]
     knn = knn_evaluate(train.embeddings, train.labels, test.embeddings, test.labels, ks, temperatures,
                        num_classes=train.num_classes, index=index, memory_budget_gb=memory_budget_gb,

@@ -18,7 +18,7 @@ from tiny_run import TINY
 
 pytestmark = pytest.mark.slow
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
-EPOCHS = 6  # 128 images / global batch 32 = 4 steps an epoch
+EPOCHS, STEPS = 3, 8  # 256 images / global batch 32 = 8 steps an epoch
 
 
 def _free_port() -> int:
@@ -33,7 +33,7 @@ def _command(folder: str, run_dir: str, *extra: str) -> list[str]:
             "data.name=imagefolder", f"data.root={folder}", "data.subset=null", "data.num_workers=1",
             "augment.image_size=32", "augment.recipe=light", "train.batch_size=16", f"train.epochs={EPOCHS}",
             "train.log_every=1", "train.checkpoint_every_steps=2", "moco.queue_size=128",
-            "monitor.knn_every=3", "monitor.full_sets=true", *extra]
+            "monitor.knn_every=2", "monitor.full_sets=true", *extra]
 
 
 def _env() -> dict:
@@ -47,7 +47,7 @@ def _step_losses(run_dir: str) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    return make_jpeg_folder(str(tmp_path_factory.mktemp("jpegs")), train_per_class=32, val_per_class=16)
+    return make_jpeg_folder(str(tmp_path_factory.mktemp("jpegs")), train_per_class=64, val_per_class=16)
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +66,12 @@ def test_two_process_pretrain_on_a_jpeg_folder_with_the_monitor(straight_run):
     start = next(r for r in records if r.get("event") == "start")
     assert start["world_size"] == 2 and "shuffle-BN" in start["normalisation"]
     assert "whole image" in start["crops"]
-    assert sorted(_step_losses(run_dir)) == list(range(1, 4 * EPOCHS + 1))  # one line per step, rank 0 only
+    assert sorted(_step_losses(run_dir)) == list(range(1, STEPS * EPOCHS + 1))  # one line per step, rank 0 only
     knn = [r for r in records if r.get("event") == "knn"]
-    assert [r["epoch"] for r in knn] == [2, 5]
-    # 4 classes: chance is 25%; the full val split (64 images) is scored against the 128-image bank
+    assert [r["epoch"] for r in knn] == [1, 2]
+    # 4 classes: chance is 25%; the full val split (64 images) is scored against the 256-image bank
     assert all(r["knn_top1"] is not None and 25.0 < r["knn_top1"] <= 100.0 for r in knn)
-    assert ckpt_io.load(ckpt_io.last_path(run_dir))["step"] == 4 * EPOCHS
+    assert ckpt_io.load(ckpt_io.last_path(run_dir))["step"] == STEPS * EPOCHS
     assert "online k-NN top-1" in done.stdout
 
 
@@ -99,7 +99,7 @@ def test_two_process_pretrain_resumes_after_sigkill(folder, straight_run, tmp_pa
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, no chance to save
         proc.wait()
-    assert killed_at < 4 * EPOCHS
+    assert killed_at < STEPS * EPOCHS
     t0 = time.time()
     done = subprocess.run(_command(folder, run_dir), env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -108,8 +108,30 @@ def test_two_process_pretrain_resumes_after_sigkill(folder, straight_run, tmp_pa
     resumed_from = starts[-1]["resumed_from_step"]
     assert len(starts) == 2 and resumed_from is not None and resumed_from >= killed_at
     losses, reference = _step_losses(run_dir), _step_losses(straight_run[0])
-    assert sorted(losses) == list(range(1, 4 * EPOCHS + 1))  # no step lost or logged twice
+    assert sorted(losses) == list(range(1, STEPS * EPOCHS + 1))  # no step lost or logged twice
     # up to the checkpoint the run is the straight run, bit for bit (2 gloo ranks are deterministic)
     assert all(losses[s] == reference[s] for s in range(1, resumed_from + 1))
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
-    assert ckpt_io.load(ckpt_io.last_path(run_dir))["step"] == 4 * EPOCHS
+    assert ckpt_io.load(ckpt_io.last_path(run_dir))["step"] == STEPS * EPOCHS
+
+
+def test_two_process_evaluate_equals_one_process(straight_run, tmp_path):
+    import json
+    import shutil
+
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(straight_run[0], run_dir)
+    common = ["evaluate", run_dir, "--linear", "cached", "--workers", "1", "--no-progress", "--device", "cpu"]
+    one = subprocess.run([sys.executable, "-m", "ssl_bf", *common], env=_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    single = json.loads((tmp_path / "run" / "results.json").read_text())
+    two = subprocess.run([TORCHRUN, "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+                          "-m", "ssl_bf", *common], env=_env(), capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("k-NN:") == 1  # rank 0 alone scores and prints
+    double = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert double["evaluated"]["train_rows"] == 256 and double["evaluated"]["test_rows"] == 64
+    assert [(r["k"], r["top1"], r["top5"]) for r in double["knn"]] == \
+        [(r["k"], r["top1"], r["top5"]) for r in single["knn"]]
+    assert double["linear"]["top1"] == pytest.approx(single["linear"]["top1"], abs=1e-6)
