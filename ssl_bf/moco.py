@@ -1,13 +1,16 @@
-"""MoCo-v2 and MoCo-v3 on one small base, each with an optional BatchFormer.
+"""MoCo-v2 and MoCo-v3 on one base, each with an optional BatchFormer.
 
-Design notes: ../shared/design/batchformer.md and protocols.md. BatchFormer sits either on the
-pooled backbone feature (`position=backbone`, the reference) or on the projected feature
-(`position=projection`, our default). The key side never gets gradients and BatchFormer is
-never part of the momentum (EMA) encoder.
+The base owns the query streams (plain, and BatchFormer's when it is on), the momentum update and
+the loss: the mean over every (query stream, key stream) pair, summed over the view directions.
+A method supplies only its key streams (`key_streams`) and its pairwise loss term (`pair_loss`).
+BatchFormer sits on the projected feature (`position=projection`, the default) or on the pooled
+backbone feature (`position=backbone`, the reference); it never gets into the momentum encoder.
+docs/batchformer.md explains the wiring and the batch-context shortcut.
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -22,12 +25,13 @@ from .heads import mlp
 from .losses import info_nce_in_batch, info_nce_queue
 
 
-def build_projector(cfg: Config, feature_dim: int) -> nn.Module:
-    """The method's projector MLP on top of a `feature_dim` backbone."""
-    hidden = cfg.moco.hidden_dim or feature_dim
-    if cfg.method == "mocov2":
-        return mlp(feature_dim, hidden, cfg.moco.dim)  # 2 layers, no BN (reference)
-    return mlp(feature_dim, hidden, cfg.moco.dim, layers=cfg.moco.proj_layers, batch_norm=True, last_bn=True)
+@dataclass
+class PairTerm:
+    """One (query stream, key stream) loss and its mean positive / negative cosine (detached)."""
+
+    loss: torch.Tensor
+    positive: torch.Tensor
+    negative: torch.Tensor
 
 
 class Encoder(nn.Module):
@@ -56,24 +60,27 @@ def build_encoder(cfg: Config, in_channels: int = 3, features: str = "backbone",
     if features == "backbone":
         return Encoder(backbone)
     if features == "projection":
-        return Encoder(backbone, build_projector(cfg, backbone.feature_dim))
+        return Encoder(backbone, MODELS[cfg.method].build_projector(cfg, backbone.feature_dim))
     raise ValueError(f"features must be 'backbone' or 'projection', not '{features}'")
 
 
 class MoCoBase(nn.Module):
-    """Query encoder, momentum encoder and the optional BatchFormer; subclasses add the loss."""
+    """Query encoder, momentum encoder, optional BatchFormer, and the loss over stream pairs.
 
-    def __init__(self, cfg: Config, in_channels: int = 3, image_size: int = 224,
-                 split_bn_groups: Optional[int] = None):
+    Subclasses set `symmetric` (both views are queries and keys) and implement `build_projector`,
+    `key_streams` and `pair_loss`.
+    """
+
+    symmetric = False
+
+    def __init__(self, cfg: Config, in_channels: int = 3, image_size: int = 224, split_bn_groups: int = 1):
         super().__init__()
         self.cfg = cfg
         bf = cfg.batchformer
-        if split_bn_groups is None:  # the trainer passes its NormPlan's choice
-            split_bn_groups = cfg.moco.split_bn_groups if cfg.method == "mocov2" else 1
-        split = split_bn_groups
-        self.backbone = _backbone(cfg, in_channels, image_size, split)
+        self.backbone = _backbone(cfg, in_channels, image_size, split_bn_groups)
         feature_dim = self.backbone.feature_dim
-        self.projector = build_projector(cfg, feature_dim)
+        self.projector = self.build_projector(cfg, feature_dim)
+        self.predictor: nn.Module = nn.Identity()  # MoCo-v3 replaces it
         self.batchformer: Optional[BatchFormer] = None
         if bf.enabled:
             bf_dim = feature_dim if bf.position == "backbone" else cfg.moco.dim
@@ -132,16 +139,67 @@ class MoCoBase(nn.Module):
         return self.batchformer is not None and self.training \
             and self.cfg.batchformer.key_branch != "pre_only"
 
+    # --- the method's hooks -----------------------------------------------------------
+    @staticmethod
+    def build_projector(cfg: Config, feature_dim: int) -> nn.Module:
+        raise NotImplementedError
+
+    def key_streams(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """L2-normalised float key streams of view `x`: [k_pre] or [k_pre, k_bf]."""
+        raise NotImplementedError
+
+    def pair_loss(self, q: torch.Tensor, k: torch.Tensor) -> PairTerm:
+        """The loss of one query stream (N, D) against one key stream."""
+        raise NotImplementedError
+
+    # --- the step -----------------------------------------------------------------------
+    def queries(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """L2-normalised float query streams of view `x` after the predictor: S x (N, D)."""
+        n = x.shape[0]
+        return list(F.normalize(self.predictor(self.query_streams(x)), dim=1).float().split(n))
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, momentum: Optional[float] = None) -> dict:
+        """Two views (N, C, H, W) -> {'loss', 'loss_plain', 'pos_logit', 'neg_logit'} (device tensors).
+
+        Per direction (query view, key view) the loss is the mean over every (query stream, key
+        stream) pair; directions are summed (MoCo-v3's symmetric loss). With BatchFormer off this is
+        exactly the plain method's loss. `loss_plain` is the plain pair's share, not recomputed.
+        """
+        views = (x1, x2)
+        directions = ((0, 1), (1, 0)) if self.symmetric else ((0, 1),)
+        query_views = sorted({qi for qi, _ in directions})
+        key_views = sorted({ki for _, ki in directions})
+        q = {i: self.queries(views[i]) for i in query_views}
+        with torch.no_grad():
+            self.momentum_update(self.cfg.moco.momentum if momentum is None else momentum)
+            k = {i: self.key_streams(views[i]) for i in key_views}
+        loss, plain = [], []
+        for qi, ki in directions:
+            terms = [self.pair_loss(qs, ks) for qs in q[qi] for ks in k[ki]]
+            loss.append(torch.stack([t.loss for t in terms]).mean())
+            plain.append(terms[0])
+        t = self.cfg.moco.temperature
+        return {"loss": sum(loss[1:], loss[0]),
+                "loss_plain": sum((p.loss for p in plain[1:]), plain[0].loss).detach(),
+                "pos_logit": torch.stack([p.positive for p in plain]).mean(),
+                "neg_logit": torch.stack([p.negative for p in plain]).mean()}
+
 
 class MoCoV2(MoCoBase):
-    """MoCo-v2: momentum key encoder, queue of negatives, InfoNCE at T (0.2)."""
+    """MoCo-v2: momentum key encoder with shuffle-BN, a queue of negatives, InfoNCE at T."""
 
     def __init__(self, cfg: Config, in_channels: int = 3, image_size: int = 224,
                  split_bn_groups: Optional[int] = None):
-        super().__init__(cfg, in_channels, image_size, split_bn_groups)
+        groups = cfg.moco.split_bn_groups if split_bn_groups is None else split_bn_groups
+        super().__init__(cfg, in_channels, image_size, groups)
         k, d = cfg.moco.queue_size, cfg.moco.dim
         self.register_buffer("queue", F.normalize(torch.randn(k, d), dim=1))  # (K, D)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self._negatives: Optional[torch.Tensor] = None
+
+    @staticmethod
+    def build_projector(cfg: Config, feature_dim: int) -> nn.Module:
+        return mlp(feature_dim, cfg.moco.hidden_dim or feature_dim, cfg.moco.dim)  # 2 layers, no BN
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
@@ -156,44 +214,32 @@ class MoCoV2(MoCoBase):
         self.queue_ptr.add_(b).remainder_(k)
 
     @torch.no_grad()
-    def keys(self, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def momentum_keys(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Momentum-encoder keys with shuffled BN: (h_k (N, F), z_k (N, D)), original order."""
         if self.cfg.moco.shuffle_keys:
-            x2, restore = dist_utils.shuffle_batch(x2)
-        h_k = self.momentum_backbone(x2)  # (N, F)
+            x, restore = dist_utils.shuffle_batch(x)
+        h_k = self.momentum_backbone(x)  # (N, F)
         if self.cfg.moco.shuffle_keys:
             h_k = restore(h_k)
         return h_k, self.momentum_projector(h_k)
 
     @torch.no_grad()
-    def key_streams(self, x2: torch.Tensor) -> list[torch.Tensor]:
-        """L2-normalised key targets: [k_pre] or [k_pre, k_bf], each (N, D)."""
-        h_k, z_k = self.keys(x2)
+    def key_streams(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[k_pre] or [k_pre, k_bf], each (N, D). This step's negatives are the queue as it was
+        before these keys enter it (the reference enqueues after the loss)."""
+        h_k, z_k = self.momentum_keys(x)
         streams = [F.normalize(z_k, dim=1).float()]
         if self.uses_key_bf():
             streams.append(F.normalize(self.key_bf_stream(h_k, z_k), dim=1).float())
+        self._negatives = self.queue.clone()  # (K, D): the in-place enqueue must not reach autograd
+        self.enqueue(torch.cat(streams) if self.cfg.batchformer.enqueue_both else streams[0])
         return streams
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, momentum: Optional[float] = None) -> dict:
-        """Two views (N, C, H, W) -> {'loss', 'loss_plain', 'pos_logit', 'neg_logit'}.
-
-        The loss averages InfoNCE over every (query stream, key stream) pair, so with
-        BatchFormer off it is exactly the plain MoCo-v2 loss.
-        """
-        n = x1.shape[0]
-        z_q = self.query_streams(x1)  # (S*N, D)
-        q_streams = F.normalize(z_q, dim=1).float().split(n)  # 1 or 2 x (N, D)
-        with torch.no_grad():
-            self.momentum_update(self.cfg.moco.momentum if momentum is None else momentum)
-            k_streams = self.key_streams(x2)  # 1 or 2 x (N, D)
-        queue = self.queue.clone().detach()  # (K, D)
-        terms = [info_nce_queue(qs, ks, queue, self.cfg.moco.temperature) for qs in q_streams for ks in k_streams]
-        loss = torch.stack([t[0] for t in terms]).mean()
-        self.enqueue(torch.cat(k_streams) if self.cfg.batchformer.enqueue_both else k_streams[0])
-        logits = terms[0][1].detach()  # (N, 1 + K) of the plain pair
+    def pair_loss(self, q: torch.Tensor, k: torch.Tensor) -> PairTerm:
         t = self.cfg.moco.temperature
-        return {"loss": loss, "loss_plain": terms[0][0].detach(),
-                "pos_logit": logits[:, 0].mean() * t, "neg_logit": logits[:, 1:].mean() * t}
+        loss, logits = info_nce_queue(q, k, self._negatives, t)  # logits (N, 1 + K)
+        logits = logits.detach()
+        return PairTerm(loss, logits[:, 0].mean() * t, logits[:, 1:].mean() * t)
 
 
 class MoCoV3(MoCoBase):
@@ -203,10 +249,17 @@ class MoCoV3(MoCoBase):
     predictor is the head shared by the plain and BatchFormer streams.
     """
 
+    symmetric = True
+
     def __init__(self, cfg: Config, in_channels: int = 3, image_size: int = 224,
                  split_bn_groups: Optional[int] = None):
-        super().__init__(cfg, in_channels, image_size, split_bn_groups)
+        super().__init__(cfg, in_channels, image_size, 1 if split_bn_groups is None else split_bn_groups)
         self.predictor = mlp(cfg.moco.dim, cfg.moco.pred_hidden_dim, cfg.moco.dim, layers=2, batch_norm=True)
+
+    @staticmethod
+    def build_projector(cfg: Config, feature_dim: int) -> nn.Module:
+        return mlp(feature_dim, cfg.moco.hidden_dim or feature_dim, cfg.moco.dim, layers=cfg.moco.proj_layers,
+                   batch_norm=True, last_bn=True)
 
     @torch.no_grad()
     def key_streams(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -218,33 +271,21 @@ class MoCoV3(MoCoBase):
             streams.append(self.key_bf_stream(h_k, z_k))
         return [dist_utils.gather_rows(F.normalize(k, dim=1).float()) for k in streams]
 
-    def _queries(self, x: torch.Tensor) -> list[torch.Tensor]:
-        n = x.shape[0]
-        z = self.query_streams(x)  # (S*N, D)
-        return list(F.normalize(self.predictor(z), dim=1).float().split(n))  # S x (N, D)
-
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, momentum: Optional[float] = None) -> dict:
-        """Two views (N, C, H, W) -> {'loss', 'loss_plain', 'pos_logit'}; loss averaged over
-        stream pairs, so with BatchFormer off it is exactly ctr(q1, k2) + ctr(q2, k1)."""
-        n, t = x1.shape[0], self.cfg.moco.temperature
-        q1, q2 = self._queries(x1), self._queries(x2)
+    def pair_loss(self, q: torch.Tensor, k: torch.Tensor) -> PairTerm:
+        n, offset = q.shape[0], dist_utils.rank() * q.shape[0]
         with torch.no_grad():
-            self.momentum_update(self.cfg.moco.momentum if momentum is None else momentum)
-            k1, k2 = self.key_streams(x1), self.key_streams(x2)
-        offset = dist_utils.rank() * n
-        pairs = [(qa, kb) for qa in q1 for kb in k2], [(qa, kb) for qa in q2 for kb in k1]
-        terms = [torch.stack([info_nce_in_batch(q, k, t, offset) for q, k in side]).mean() for side in pairs]
-        loss = terms[0] + terms[1]
-        plain = info_nce_in_batch(q1[0], k2[0], t, offset) + info_nce_in_batch(q2[0], k1[0], t, offset)
-        pos = (q1[0] * k2[0][offset:offset + n]).sum(1).mean()
-        return {"loss": loss, "loss_plain": plain.detach(), "pos_logit": pos.detach()}
+            sims = q @ k.t()  # (N, W*N)
+            positive = sims[torch.arange(n, device=q.device), torch.arange(n, device=q.device) + offset]
+            negative = (sims.sum() - positive.sum()) / max(1, sims.numel() - n)
+        return PairTerm(info_nce_in_batch(q, k, self.cfg.moco.temperature, offset), positive.mean(), negative)
+
+
+MODELS: dict[str, type[MoCoBase]] = {"mocov2": MoCoV2, "mocov3": MoCoV3}
 
 
 def build_model(cfg: Config, in_channels: int = 3, image_size: int = 224,
                 split_bn_groups: Optional[int] = None) -> MoCoBase:
-    """The method's model: MoCoV2 or MoCoV3 (`split_bn_groups` None: the config's rule)."""
-    if cfg.method == "mocov2":
-        return MoCoV2(cfg, in_channels, image_size, split_bn_groups)
-    if cfg.method == "mocov3":
-        return MoCoV3(cfg, in_channels, image_size, split_bn_groups)
-    raise ValueError(f"unknown method '{cfg.method}'")
+    """The method's model (`split_bn_groups` None: MoCo-v2 takes the config's, MoCo-v3 none)."""
+    if cfg.method not in MODELS:
+        raise ValueError(f"unknown method '{cfg.method}'; choose {', '.join(MODELS)}")
+    return MODELS[cfg.method](cfg, in_channels, image_size, split_bn_groups)
