@@ -13,7 +13,8 @@ GPU; on a CPU it is not free, and the combined CPU-only figure is printed too.
 
 The JPEG folder (about 500 x 375, some portrait, quality 90) is generated once into --folder from
 scikit-image's sample photos (pip install "ssl-bf[bench]"); without scikit-image, from
-Fashion-MNIST mosaics.
+Fashion-MNIST mosaics; without either, from synthetic colour fields. `make_imagefolder` writes the
+same kind of images as an `imagefolder` (train/ and val/), for training runs (benchmarks/gpu_check.py).
 
     python benchmarks/data_throughput.py --threads 1     # 512 images, 5 repeats
     python benchmarks/data_throughput.py --smoke         # 16 images, 96 px, 1 repeat (tests)
@@ -39,12 +40,37 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immu
           "retina", "stereo_motorcycle")
 
 
+def _synthetic_photos(count: int = 8, seed: int = 0) -> list[np.ndarray]:
+    """`count` RGB uint8 (384, 512, 3) images of smooth colour fields, edges and grain (numpy only)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:384, 0:512].astype(np.float32) / 512
+    photos = []
+    for _ in range(count):
+        img = np.zeros((384, 512, 3), np.float32)
+        for c in range(3):  # a few low-frequency waves per channel
+            for _ in range(4):
+                fx, fy, phase = rng.uniform(1, 12), rng.uniform(1, 12), rng.uniform(0, 2 * np.pi)
+                img[..., c] += np.sin(2 * np.pi * (fx * xx + fy * yy) + phase)
+        for _ in range(12):  # flat shapes: sharp edges, as objects give
+            x0, y0 = int(rng.integers(0, 448)), int(rng.integers(0, 320))
+            img[y0:y0 + int(rng.integers(16, 160)), x0:x0 + int(rng.integers(16, 160))] = rng.uniform(-3, 3, 3)
+        img = (img - img.min()) / (np.ptp(img) + 1e-6) * 235 + rng.normal(0, 6, img.shape)  # + sensor grain
+        photos.append(np.clip(img, 0, 255).astype(np.uint8))
+    return photos
+
+
 def _source_photos() -> tuple[str, list[np.ndarray]]:
     """(description, RGB uint8 arrays (H, W, 3)) to cut the benchmark images from."""
     try:
         import skimage.data
     except ImportError:
-        fm = build_dataset("fashion-mnist", split="test").images[:, 0].numpy()  # (N, 28, 28)
+        from ssl_bf.data import DataError
+
+        try:
+            fm = build_dataset("fashion-mnist", split="test").images[:, 0].numpy()  # (N, 28, 28)
+        except DataError:
+            return ("synthetic colour fields (neither scikit-image nor Fashion-MNIST found: least realistic "
+                    "JPEG content)", _synthetic_photos())
         mosaics = []
         for k in range(8):  # 14 x 19 tiles of 28 px: 532 x 392 grey mosaics
             tiles = fm[k * 266:(k + 1) * 266].reshape(14, 19, 28, 28).transpose(0, 2, 1, 3).reshape(392, 532)
@@ -58,34 +84,69 @@ def _source_photos() -> tuple[str, list[np.ndarray]]:
     return "scikit-image sample photos (" + ", ".join(PHOTOS) + ")", photos
 
 
-def make_folder(folder: str, n: int, seed: int = 0) -> str:
-    """A JPEG image folder `folder/train/<class>/*.jpg` (reused when already there); returns its source."""
+def _render(photo: np.ndarray, rng: np.random.Generator):
+    """One benchmark image cut from `photo`: a PIL RGB image of about 500 x 375, 1 in 4 portrait."""
     from PIL import Image
 
+    w = int(rng.integers(440, 541))
+    h = int(round(w * rng.uniform(0.7, 0.8)))  # about 500 x 375
+    if rng.random() < 0.25:
+        w, h = h, w  # portrait
+    ph, pw = photo.shape[:2]
+    fit = min(pw / w, ph / h) * rng.uniform(0.5, 1.0)  # a random crop at the target aspect
+    cw, ch = max(1, int(w * fit)), max(1, int(h * fit))
+    x, y = int(rng.integers(0, pw - cw + 1)), int(rng.integers(0, ph - ch + 1))
+    return Image.fromarray(photo[y:y + ch, x:x + cw]).resize((w, h), Image.Resampling.BICUBIC)
+
+
+def _cached_spec(folder: str, spec: dict) -> str | None:
+    """The source description if `folder` was already generated with `spec`, else None."""
     spec_path = os.path.join(folder, "spec.json")
     if os.path.isfile(spec_path):
         with open(spec_path) as f:
-            spec = json.load(f)
-        if spec.get("n") == n and spec.get("seed") == seed:
-            return spec["source"] + " [cached]"
+            saved = json.load(f)
+        if all(saved.get(k) == v for k, v in spec.items()):
+            return saved["source"] + " [cached]"
+    return None
+
+
+def make_folder(folder: str, n: int, seed: int = 0) -> str:
+    """A JPEG image folder `folder/train/<class>/*.jpg` (reused when already there); returns its source."""
+    cached = _cached_spec(folder, {"n": n, "seed": seed})
+    if cached:
+        return cached
     source, photos = _source_photos()
     rng = np.random.default_rng(seed)
     for k in range(n):
-        w = int(rng.integers(440, 541))
-        h = int(round(w * rng.uniform(0.7, 0.8)))  # about 500 x 375
-        if rng.random() < 0.25:
-            w, h = h, w  # portrait
-        photo = photos[k % len(photos)]
-        ph, pw = photo.shape[:2]
-        fit = min(pw / w, ph / h) * rng.uniform(0.5, 1.0)  # a random crop at the target aspect
-        cw, ch = max(1, int(w * fit)), max(1, int(h * fit))
-        x, y = int(rng.integers(0, pw - cw + 1)), int(rng.integers(0, ph - ch + 1))
-        img = Image.fromarray(photo[y:y + ch, x:x + cw]).resize((w, h), Image.Resampling.BICUBIC)
+        img = _render(photos[k % len(photos)], rng)
         cls = os.path.join(folder, "train", f"class_{k % len(photos)}")
         os.makedirs(cls, exist_ok=True)
         img.save(os.path.join(cls, f"img_{k:05d}.jpg"), quality=90)
-    with open(spec_path, "w") as f:
+    with open(os.path.join(folder, "spec.json"), "w") as f:
         json.dump({"n": n, "seed": seed, "source": source}, f)
+    return source
+
+
+def make_imagefolder(folder: str, classes: int, train_per_class: int, val_per_class: int, seed: int = 0) -> str:
+    """The same JPEGs in the `imagefolder` layout: `folder/{train,val}/class_<c>/*.jpg` (reused when
+    already there); returns the source. With `classes` <= 8, class c is cut from the photos
+    c, c + classes, ..., so the classes differ in content (a k-NN monitor has something to find)."""
+    cached = _cached_spec(folder, {"layout": "train/val", "classes": classes, "train_per_class": train_per_class,
+                                   "val_per_class": val_per_class, "seed": seed})
+    if cached:
+        return cached
+    source, photos = _source_photos()
+    rng = np.random.default_rng(seed)
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        for c in range(classes):
+            own = [p for i, p in enumerate(photos) if i % classes == c] or [photos[c % len(photos)]]
+            cls = os.path.join(folder, split, f"class_{c}")
+            os.makedirs(cls, exist_ok=True)
+            for k in range(per_class):
+                _render(own[k % len(own)], rng).save(os.path.join(cls, f"{split}_{k:05d}.jpg"), quality=90)
+    with open(os.path.join(folder, "spec.json"), "w") as f:
+        json.dump({"layout": "train/val", "classes": classes, "train_per_class": train_per_class,
+                   "val_per_class": val_per_class, "seed": seed, "source": source}, f)
     return source
 
 
