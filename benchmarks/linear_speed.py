@@ -67,7 +67,8 @@ def main() -> None:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    from ssl_bf.eval.linear import probe_cached, probe_logreg, recipe_for
+    from ssl_bf.eval.linear_cached import probe_cached, probe_logreg
+    from ssl_bf.eval.linear_common import recipe_for
 
     xtr, ytr, xte, yte, source = features(args.train, args.test, args.dim)
     print(f"linear benchmark: {len(xtr)} x {xtr.shape[1]} train, {len(xte)} test ({source}), "

@@ -254,7 +254,8 @@ def linear_main(argv: Optional[list[str]] = None) -> int:
     parser = linear_parser()
     args = parser.parse_args(argv)
     prog = "ssl-bf linear"
-    from .linear import BackboneChangedError, save_head
+    from .linear_common import save_head
+    from .linear_images import BackboneChangedError
 
     try:
         if args.protocol in ("mocov2", "mocov3"):
@@ -286,7 +287,8 @@ def _linear_images(args):
     from ssl_bf.data import build_dataset
 
     from .embed import eval_image_size, resolve_data, resolve_device
-    from .linear import probe_images, recipe_for
+    from .linear_common import recipe_for
+    from .linear_images import probe_images
 
     dev = resolve_device(args.device)
     model, cfg = load_encoder(args.checkpoint, features=args.features, device=dev)
@@ -312,7 +314,8 @@ def _fit_subset(subset: Optional[int], name: str, root: Optional[str], split: st
 
 def _linear_cached(args):
     from .formats import check_pair, load_embeddings
-    from .linear import DEFAULT_CACHED_LRS, DEFAULT_L2, probe_cached, probe_logreg, recipe_for
+    from .linear_cached import DEFAULT_CACHED_LRS, DEFAULT_L2, probe_cached, probe_logreg
+    from .linear_common import recipe_for
 
     if args.train and args.test:
         train = load_embeddings(args.train, args.train_labels)

@@ -71,7 +71,8 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
 
     from .embed import embed, resolve_device
     from .knn import knn_evaluate
-    from .linear import probe_cached, probe_logreg, save_head
+    from .linear_cached import probe_cached, probe_logreg
+    from .linear_common import save_head
 
     tic = time.perf_counter()
     probes = parse_probes(linear)

@@ -1,310 +1,32 @@
-"""Linear probes on a frozen encoder: the standard protocols, cached features, logistic regression.
+"""Linear probes on cached features: the `cached` SGD probe and `logreg` (L-BFGS).
 
-Protocols (shared/design/protocols.md):
-- `mocov2`: frozen backbone in eval mode, linear layer N(0, 0.01); SGD lr 30, momentum 0.9,
-  wd 0, 100 epochs, lr x0.1 at 60% and 80% of training, batch 256; RandomResizedCrop + flip
-  for training, resize + centre crop for testing.
-- `mocov3`: the same, but SGD lr 0.1 x batch/256, cosine, 90 epochs, batch 1024.
-- `--bn-head` (MAE): a non-affine BatchNorm before the linear layer, so the lr does not depend
-  on the feature scale.
 - `cached`: no augmentation; trains on embeddings files, several learning rates at once (one
   stacked weight tensor), picks the lr on a held-out part of the train set, refits on all of it.
-  A different protocol from the two above: results carry that label.
+  A different protocol from the image ones (`ssl_bf.eval.linear_images`): results carry that label.
 - `logreg`: multinomial logistic regression, full-batch L-BFGS on standardised cached features,
   an L2 sweep (all values fit jointly, one data pass per step) selected on the same held-out split.
-The image protocols check that the backbone's weights and buffers are bit-identical afterwards.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Iterator, Optional, Sequence
+from dataclasses import asdict
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from .knn import LabelSpace, as_numpy
+from .linear_common import LinearHead, ProbeResult, Recipe, recipe_for, space_values, topk_correct
 
-PROTOCOLS = ("mocov2", "mocov3", "cached", "logreg")
 CACHED_NOTE = "cached centre-crop features, no augmentation (not the mocov2/mocov3 protocol)"
 DEFAULT_CACHED_LRS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 DEFAULT_L2 = (1e-2, 1e-3, 1e-4, 1e-5)
 
 
-class BackboneChangedError(RuntimeError):
-    """The frozen backbone's weights or buffers changed during probing."""
-
-
 # ----------------------------------------------------------------------------------------------
-# Recipes, head, metrics
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Recipe:
-    """Optimisation of the linear layer. `lr` is the base lr; with `scale_lr` the used lr is
-    lr x batch_size / 256 (MoCo-v3)."""
-
-    epochs: int
-    batch_size: int
-    lr: float
-    schedule: str  # "step" (x0.1 at each milestone fraction) or "cosine"
-    milestones: tuple[float, ...] = ()
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    scale_lr: bool = False
-
-    def peak_lr(self) -> float:
-        return self.lr * self.batch_size / 256 if self.scale_lr else self.lr
-
-    def lr_at(self, progress: float, lr: Optional[float] = None) -> float:
-        """The lr at `progress` in [0, 1] of training (per-iteration schedules)."""
-        lr = self.peak_lr() if lr is None else lr
-        if self.schedule == "cosine":
-            return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return lr * 0.1 ** sum(progress >= m for m in self.milestones)
-
-
-RECIPES = {
-    "mocov2": Recipe(epochs=100, batch_size=256, lr=30.0, schedule="step", milestones=(0.6, 0.8)),
-    "mocov3": Recipe(epochs=90, batch_size=1024, lr=0.1, schedule="cosine", scale_lr=True),
-    "cached": Recipe(epochs=10, batch_size=256, lr=0.1, schedule="cosine"),
-}
-
-
-def recipe_for(protocol: str, epochs: Optional[int] = None, batch_size: Optional[int] = None,
-               lr: Optional[float] = None, weight_decay: Optional[float] = None) -> Recipe:
-    """The protocol's recipe with any given overrides."""
-    if protocol not in RECIPES:
-        raise ValueError(f"no SGD recipe for protocol '{protocol}'; choose one of {', '.join(RECIPES)}")
-    r = Recipe(**asdict(RECIPES[protocol]))
-    r.epochs = epochs if epochs is not None else r.epochs
-    r.batch_size = batch_size if batch_size is not None else r.batch_size
-    r.lr = lr if lr is not None else r.lr
-    r.weight_decay = weight_decay if weight_decay is not None else r.weight_decay
-    if r.epochs < 1 or r.batch_size < 1 or r.lr <= 0:
-        raise ValueError(f"bad recipe: epochs={r.epochs}, batch_size={r.batch_size}, lr={r.lr}")
-    return r
-
-
-class LinearHead(nn.Module):
-    """[BatchNorm1d without affine] + Linear, the weight initialised N(0, 0.01), bias 0."""
-
-    def __init__(self, in_dim: int, num_classes: int, bn: bool = False):
-        super().__init__()
-        self.norm = nn.BatchNorm1d(in_dim, affine=False, eps=1e-6) if bn else nn.Identity()
-        self.fc = nn.Linear(in_dim, num_classes)
-        nn.init.normal_(self.fc.weight, std=0.01)
-        nn.init.zeros_(self.fc.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.norm(x))  # (N, C)
-
-
-def topk_correct(logits: torch.Tensor, target: torch.Tensor) -> tuple[int, int]:
-    """Counts of top-1 and top-min(5, C) hits; a target of -1 never hits."""
-    top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # (N, 5)
-    hits = top == target[:, None]
-    return int(hits[:, 0].sum()), int(hits.any(dim=1).sum())
-
-
-@dataclass
-class ProbeResult:
-    """What a probe reports (accuracies in percent)."""
-
-    protocol: str
-    top1: float
-    top5: float
-    hyperparameters: dict
-    sweep: list[dict] = field(default_factory=list)  # [{"lr" or "l2": .., "val_top1": ..}]
-    note: str = ""
-    seconds: float = 0.0
-    num_classes: int = 0
-    head: Optional[LinearHead] = None
-    label_values: Optional[list[int]] = None  # class index i <-> dataset label label_values[i]
-
-    def to_dict(self) -> dict:
-        d = {"protocol": self.protocol, "top1": self.top1, "top5": self.top5,
-             "hyperparameters": self.hyperparameters, "sweep": self.sweep,
-             "num_classes": self.num_classes, "seconds": round(self.seconds, 3)}
-        if self.note:
-            d["note"] = self.note
-        return d
-
-
-def save_head(path: str, result: ProbeResult, classes: Optional[Sequence[str]] = None) -> None:
-    """Write the trained head (state dict + what it needs to be rebuilt) atomically.
-
-    Loadable with `torch.load(path, weights_only=True)`.
-    """
-    from ssl_bf.checkpoint import save_atomic
-
-    head = result.head
-    if head is None:
-        raise ValueError("this result holds no head")
-    save_atomic({"head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
-                 "in_dim": head.fc.in_features, "num_classes": head.fc.out_features,
-                 "bn": isinstance(head.norm, nn.BatchNorm1d), "protocol": result.protocol,
-                 "hyperparameters": result.hyperparameters, "classes": list(classes or []),
-                 "label_values": result.label_values}, path)
-
-
-def load_head(path: str) -> LinearHead:
-    """Rebuild a head written by `save_head`."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    head = LinearHead(blob["in_dim"], blob["num_classes"], bn=blob["bn"])
-    head.load_state_dict(blob["head"])
-    return head.eval()
-
-
-# ----------------------------------------------------------------------------------------------
-# Backbone sanity check
-# ----------------------------------------------------------------------------------------------
-
-
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of every parameter and buffer (BN running stats included)."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def check_unchanged(before: dict[str, torch.Tensor], model: nn.Module) -> None:
-    """Raise BackboneChangedError unless `model`'s state equals the `before` snapshot exactly."""
-    after = model.state_dict()
-    changed = sorted(k for k in before if k not in after or not torch.equal(before[k], after[k].detach()))
-    changed += sorted(k for k in after if k not in before)
-    if changed:
-        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-        raise BackboneChangedError(f"the frozen backbone changed during the linear probe: {shown}. "
-                                   f"The probe must keep it in eval mode and off the optimiser.")
-
-
-# ----------------------------------------------------------------------------------------------
-# Image protocols: mocov2 / mocov3 (augmented training, frozen backbone)
-# ----------------------------------------------------------------------------------------------
-
-
-class ProbeTrainTransform(nn.Module):
-    """uint8 (N, C, H, W) -> RandomResizedCrop(S, scale 0.08-1) + horizontal flip, normalised."""
-
-    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]):
-        super().__init__()
-        import kornia.augmentation as K
-
-        self.augment = nn.Sequential(K.RandomResizedCrop((image_size, image_size), scale=(0.08, 1.0)),
-                                     K.RandomHorizontalFlip())
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.augment(images.float().div_(255))  # (N, C, S, S)
-        return (x - self.mean) / self.std
-
-
-def shuffled_batches(dataset, batch_size: int, generator: torch.Generator,
-                     num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of shuffled (uint8 images, labels) batches, the last one possibly smaller."""
-    if hasattr(dataset, "get_batch"):
-        order = torch.randperm(len(dataset), generator=generator)
-        for start in range(0, len(order), batch_size):
-            yield dataset.get_batch(order[start:start + batch_size])
-        return
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                                         generator=generator, num_workers=num_workers)
-    for images, labels in loader:
-        yield images, torch.as_tensor(labels, dtype=torch.int64)
-
-
-def probe_images(model: nn.Module, train_set, test_set, recipe: Recipe, image_size: int,
-                 protocol: str = "mocov2", bn_head: bool = False, device: str | torch.device = "cpu",
-                 num_workers: int = 4, seed: int = 0, amp: bool = True,
-                 progress: bool = True) -> ProbeResult:
-    """Train a linear head on a frozen `model` with augmented images; test with centre crops.
-
-    `model` maps a normalised batch to features (N, D). It stays in eval mode with no gradient;
-    afterwards its weights and buffers are checked to be unchanged (BackboneChangedError).
-    """
-    from tqdm.auto import tqdm
-
-    from ssl_bf.augment import EvalTransform
-    from ssl_bf.features import extract_features
-
-    tic = time.perf_counter()
-    dev = torch.device(device)
-    torch.manual_seed(seed)
-    model = model.to(dev).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    before = snapshot(model)
-    space = LabelSpace.from_train(_dataset_labels(train_set), len(train_set.classes) or None)
-    train_tf = ProbeTrainTransform(image_size, train_set.mean, train_set.std).to(dev)
-    use_amp = amp and dev.type == "cuda"
-
-    def features(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            return model(x).float()  # (B, D)
-
-    dim = extract_features(model, train_set, EvalTransform(image_size, train_set.mean, train_set.std).to(dev), dev,
-                           indices=torch.arange(min(2, len(train_set))), batch_size=2,
-                           progress=False)[0].shape[1]
-    head = LinearHead(dim, space.num_classes, bn=bn_head).to(dev)
-    opt = torch.optim.SGD(head.parameters(), lr=recipe.peak_lr(), momentum=recipe.momentum,
-                          weight_decay=recipe.weight_decay)
-    steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
-    total = recipe.epochs * steps_per_epoch
-    gen = torch.Generator().manual_seed(seed)
-    step = 0
-    bar = tqdm(total=total, desc=f"linear {protocol}", unit="step", disable=not progress)
-    for _ in range(recipe.epochs):
-        head.train()
-        for images, labels in shuffled_batches(train_set, recipe.batch_size, gen, num_workers):
-            for group in opt.param_groups:
-                group["lr"] = recipe.lr_at(step / total)
-            target = torch.from_numpy(space.encode(labels.numpy())).to(dev)
-            loss = F.cross_entropy(head(features(train_tf(images.to(dev, non_blocking=True)))), target,
-                                   ignore_index=-1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    bar.close()
-    check_unchanged(before, model)
-
-    eval_tf = EvalTransform(image_size, test_set.mean, test_set.std).to(dev)
-    feats, labels = extract_features(model, test_set, eval_tf, dev, batch_size=recipe.batch_size,
-                                     num_workers=num_workers, progress=progress, desc="linear test")
-    check_unchanged(before, model)
-    head.eval()
-    with torch.no_grad():
-        logits = head(feats.to(dev)).cpu()
-    t1, t5 = topk_correct(logits, torch.from_numpy(space.encode(labels.numpy())))
-    hp = {**asdict(recipe), "used_lr": recipe.peak_lr(), "bn_head": bn_head, "image_size": image_size}
-    hp["milestones"] = list(hp["milestones"])
-    return ProbeResult(protocol, 100.0 * t1 / len(labels), 100.0 * t5 / len(labels), hp,
-                       seconds=time.perf_counter() - tic, num_classes=space.num_classes,
-                       head=head.cpu(), label_values=_values(space))
-
-
-def _dataset_labels(dataset) -> np.ndarray:
-    if hasattr(dataset, "labels"):
-        return as_numpy(dataset.labels).astype(np.int64)
-    if hasattr(dataset, "samples"):
-        return np.asarray([label for _, label in dataset.samples], dtype=np.int64)
-    return np.asarray([dataset[i][1] for i in range(len(dataset))], dtype=np.int64)
-
-
-def _values(space: LabelSpace) -> Optional[list[int]]:
-    return None if space.values is None else [int(v) for v in space.values]
-
-
-# ----------------------------------------------------------------------------------------------
-# Cached features: several learning rates in one pass, logistic regression
+# Held-out selection, several learning rates in one pass
 # ----------------------------------------------------------------------------------------------
 
 
@@ -499,7 +221,7 @@ def probe_cached(train_x, train_y, test_x, test_y, lrs: Sequence[float] = DEFAUL
                        time.perf_counter() - tic, space.num_classes,
                        _head_from(w.cpu(), b.cpu(), None if mean is None else mean.cpu(),
                                   None if var is None else var.cpu()),
-                       _values(space))
+                       space_values(space))
 
 
 def fit_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float | Sequence[float],
@@ -584,4 +306,4 @@ def probe_logreg(train_x, train_y, test_x, test_y, l2s: Sequence[float] = DEFAUL
     return ProbeResult("logreg", 100.0 * t1 / len(yt), 100.0 * t5 / len(yt), hp, sweep,
                        "L-BFGS logistic regression on " + CACHED_NOTE, time.perf_counter() - tic,
                        space.num_classes, _head_from(w.cpu(), b.cpu(), mean.cpu(), var.cpu()),
-                       _values(space))
+                       space_values(space))

@@ -8,7 +8,7 @@ import sys
 from typing import Optional
 
 from .options import CLUSTERS, PRESET_ENV, LaunchError, make_options, parse_extra
-from .slurm import COMMANDS, submit
+from .submission import COMMANDS, submit
 from .sweep import load_sweep_file, parse_sweep
 
 _EPILOG = """\

@@ -1,28 +1,24 @@
 """Submit ssl-bf subcommands with submitit: SLURM jobs, job arrays for sweeps, afterok chains.
 
-Inside the job, `SubcommandJob` exports the torch.distributed variables
-(`submitit.helpers.TorchDistributedEnvironment`, env://, no shared init file) and runs the
-subcommand in-process. Its `checkpoint()` (called by submitit on preemption or at the time limit)
-saves the trainer state and requeues a clean copy of the job. Every start resumes from
-RUN/checkpoints/last.pt (the trainer looks it up), so a plain `scontrol requeue` or a node failure,
-which rerun the ORIGINAL pickle without calling `checkpoint()`, resume as well.
+Builds the per-job command lines (run folders, sweep overrides), checks the request against the
+cluster (`cluster_checks`), submits `job.SubcommandJob`s (or `SubcommandChain` lanes for a
+throttled local sweep) and describes the submission for the CLI (`Submission.describe`).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import os
 import re
 import shlex
 import shutil
-import socket
-import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
+from .cluster_checks import check_request
+from .job import SubcommandChain, SubcommandJob
 from .options import LaunchError, LaunchOptions, sbatch_parameters
 from .sweep import Sweep, expand, write_sweep
 
@@ -31,151 +27,10 @@ DISTRIBUTED_COMMANDS = ("pretrain",)  # the others run as one task
 SUBMITIT_DIR = "submitit"
 
 
-# --- the job -------------------------------------------------------------------------------------
-class SubcommandJob:
-    """`ssl-bf ARGV` as a checkpointable submitit callable (optionally followed by `then`).
-
-    Holds only the command line: a requeue never trusts state pickled at submission time.
-    """
-
-    def __init__(self, argv: list[str], then: Optional[list[str]] = None):
-        self.argv = list(argv)
-        self.then = list(then) if then else None
-        self._checkpointed = False
-
-    def __call__(self) -> dict:
-        import submitit
-
-        job_env = submitit.JobEnvironment()
-        # overwrite: the submitter's environment (inherited by sbatch) may carry stale values.
-        # CUDA_VISIBLE_DEVICES stays as SLURM set it; the trainer picks cuda:LOCAL_RANK.
-        dist_env = submitit.helpers.TorchDistributedEnvironment().export(
-            set_cuda_visible_devices=False, overwrite=True)
-        print(f"[ssl-bf job] {job_env}; MASTER_ADDR={dist_env.master_addr} "
-              f"MASTER_PORT={dist_env.master_port} WORLD_SIZE={dist_env.world_size} "
-              f"restart={os.environ.get('SLURM_RESTART_COUNT', '0')}", flush=True)
-        # A result left by an earlier attempt of this job id (requeued after it finished) would
-        # make the submitter think this attempt is done.
-        with contextlib.suppress(Exception):  # (the debug executor has no result files)
-            job_env.paths.result_pickle.unlink()
-        if self.argv[0] == "pretrain":
-            result = _run_pretrain(self.argv[1:])
-        else:
-            result = {"rc": self._run_cli(self.argv)}
-        if self.then and dist_env.rank == 0:
-            result["then_rc"] = self._run_cli(self.then)
-        result.update(rank=dist_env.rank, world_size=dist_env.world_size, host=socket.gethostname(),
-                      node=os.environ.get("SLURMD_NODENAME"),
-                      job_id=job_env.job_id, argv=self.argv)
-        return result
-
-    def checkpoint(self, *args: Any, **kwargs: Any):
-        """Save the training state (rank 0 writes) and requeue a clean copy of this job.
-
-        submitit calls this on rank 0 only, from the signal handler; the trainer blocks the
-        signal during a step, so the state saved is that of the last completed step. No barrier
-        here: the other ranks may sit in an all-reduce, and a collective in a handler deadlocks.
-        """
-        import submitit
-
-        self._checkpointed = True
-        try:
-            from ssl_bf.train import current_trainer
-            trainer = current_trainer()
-        except ImportError:
-            trainer = None
-        if trainer is not None:
-            path = trainer.save_checkpoint()
-            print(f"[ssl-bf job] preempted at step {trainer.step}: saved {path}; requeueing", flush=True)
-        else:
-            print("[ssl-bf job] preempted (no trainer running); requeueing", flush=True)
-        return submitit.helpers.DelayedSubmission(SubcommandJob(self.argv, self.then))
-
-    def _run_cli(self, argv: list[str]) -> int:
-        from ssl_bf.cli import main
-        try:
-            rc = int(main(list(argv)) or 0)
-        except SystemExit as e:  # argparse errors
-            if self._checkpointed:  # submitit's exit after a requeue: let it through
-                raise
-            rc = e.code if isinstance(e.code, int) else 1
-        if rc != 0:
-            raise RuntimeError(f"`ssl-bf {shlex.join(argv)}` exited with code {rc}")
-        return rc
-
-    def __repr__(self) -> str:
-        then = f" then {shlex.join(self.then)}" if self.then else ""
-        return f"SubcommandJob(ssl-bf {shlex.join(self.argv)}{then})"
-
-
-class SubcommandChain:
-    """Several SubcommandJobs run one after another in one job: a lane of a throttled local sweep
-    (`--cluster local --max-parallel N`). A requeue carries the job in progress and those after it."""
-
-    def __init__(self, jobs: list[SubcommandJob]):
-        self.jobs = list(jobs)
-        self.current = 0
-
-    def __call__(self) -> list[dict]:
-        results = []
-        for i, job in enumerate(self.jobs):
-            self.current = i
-            results.append(job())
-        return results
-
-    def checkpoint(self, *args: Any, **kwargs: Any):
-        delayed = self.jobs[self.current].checkpoint(*args, **kwargs)  # saves the running trainer
-        rest = [delayed.function, *(SubcommandJob(j.argv, j.then) for j in self.jobs[self.current + 1:])]
-        import submitit
-        return submitit.helpers.DelayedSubmission(SubcommandChain(rest))
-
-    def __repr__(self) -> str:
-        return f"SubcommandChain({len(self.jobs)} jobs: {', '.join(map(repr, self.jobs))})"
-
-
 def lanes(jobs: list, n: int) -> list[list]:
     """Deal jobs round-robin into at most n lanes (job i -> lane i % n), keeping the order in a lane."""
     n = max(1, min(n, len(jobs)))
     return [jobs[k::n] for k in range(n)]
-
-
-def weights_digest(model) -> str:
-    """sha256 over the parameters (names and values): equal digests mean equal weights."""
-    h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters()):
-        h.update(name.encode())
-        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _run_pretrain(args: list[str]) -> dict:
-    """Run (or resume) the pretraining in this process; rank 0 alone writes (the trainer's rule)."""
-    import torch.distributed as dist
-
-    from ssl_bf.checkpoint import write_json_atomic
-    from ssl_bf.cli import pretrain_config_from_args
-    from ssl_bf.train import Trainer
-
-    cfg = pretrain_config_from_args(args)
-    trainer = Trainer(cfg)
-    summary = trainer.fit()
-    digest = weights_digest(trainer.model)
-    json_out = _option_value(args, "--json")
-    if json_out and trainer.is_main:
-        write_json_atomic(summary, json_out)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-    return {"rc": 0, "summary": summary, "weights_sha256": digest, "run_dir": cfg.run.dir}
-
-
-def _option_value(args: list[str], name: str) -> Optional[str]:
-    for i, a in enumerate(args):
-        if a == name and i + 1 < len(args):
-            return args[i + 1]
-        if a.startswith(name + "="):
-            return a.split("=", 1)[1]
-    return None
 
 
 # --- what to run: run folders, arguments ----------------------------------------------------------
@@ -238,110 +93,6 @@ def guess_run_dir(command: str, args: list[str]) -> Optional[str]:
         if command == "evaluate":
             return p
     return None
-
-
-# --- the cluster: submit-time checks --------------------------------------------------------------
-def _run(cmd: list[str], timeout: float = 20) -> Optional[str]:
-    if shutil.which(cmd[0]) is None:
-        return None
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout if out.returncode == 0 else None
-
-
-def _minutes(text: str) -> Optional[int]:
-    """SLURM time 'd-hh:mm:ss' / 'hh:mm:ss' / 'mm' -> minutes; UNLIMITED -> None."""
-    if text.upper() in ("UNLIMITED", "INFINITE", "NONE", ""):
-        return None
-    days, _, rest = text.rpartition("-")
-    parts = [int(x) for x in rest.split(":")]
-    h, m, s = ([0, 0] + parts)[-3:] if len(parts) > 1 else (0, parts[0], 0)
-    return int(days or 0) * 1440 + h * 60 + m + (1 if s else 0)
-
-
-def _gpus(gres: str) -> int:
-    total = 0
-    for item in gres.split(","):
-        fields = item.split("(")[0].split(":")
-        if fields[0] == "gpu" and fields[-1].isdigit():
-            total += int(fields[-1])
-    return total
-
-
-def check_request(opts: LaunchOptions, tasks_per_node: int, nodes: int) -> Optional[str]:
-    """Compare the request with what the cluster has (sinfo/scontrol); raise LaunchError if it can
-    never run. Returns the partition checked, or None when no cluster answered."""
-    parts = _run(["scontrol", "show", "partition", "-o"])
-    if parts is None:
-        return None
-    table = {}
-    for line in parts.splitlines():
-        kv = dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
-        if "PartitionName" in kv:
-            table[kv["PartitionName"]] = kv
-    if not table:
-        return None
-    name = opts.partition
-    if name is None:
-        name = next((n for n, kv in table.items() if kv.get("Default") == "YES"), None)
-        if name is None:
-            raise LaunchError(f"this cluster has no default partition: pass --partition (one of {sorted(table)})")
-    if name not in table:
-        raise LaunchError(f"unknown partition '{name}': this cluster has {sorted(table)}")
-    kv = table[name]
-    if kv.get("State", "UP") != "UP":
-        print(f"warning: partition '{name}' is {kv['State']}; the job will wait", file=sys.stderr)
-    max_time = _minutes(kv.get("MaxTime", "UNLIMITED"))
-    if max_time is not None and opts.time > max_time:
-        raise LaunchError(f"--time {opts.time} min exceeds the {max_time} min limit of partition '{name}'")
-
-    rows = _run(["sinfo", "-h", "-N", "-p", name, "-o", "%N|%c|%m|%G|%f"])
-    if not rows:
-        return name
-    nodes_info = {}
-    for row in rows.splitlines():
-        n, cpus, mem, gres, feats = (row.split("|") + [""] * 5)[:5]
-        nodes_info[n] = (int(cpus or 0), int(re.sub(r"\D", "", mem) or 0), _gpus(gres), set(feats.split(",")))
-    have = len(nodes_info)
-    if nodes > have:
-        raise LaunchError(f"--nodes {nodes}: partition '{name}' has only {have} node(s)")
-
-    need_cpus = tasks_per_node * (opts.cpus_per_task or 1)
-    need_mem = round(opts.mem_gb * 1024) if opts.mem_gb else 0
-    need_gpus = opts.gpus_per_node
-    simple_feature = opts.constraint if opts.constraint and re.fullmatch(r"[\w.-]+", opts.constraint) else None
-    reasons = {"cpus": 0, "mem": 0, "gpus": 0, "feature": 0}
-    fit = 0
-    for cpus, mem, gpus, feats in nodes_info.values():
-        ok = True
-        for key, bad in (("cpus", cpus < need_cpus), ("mem", mem < need_mem), ("gpus", gpus < need_gpus),
-                         ("feature", simple_feature is not None and simple_feature not in feats)):
-            if bad:
-                reasons[key] += 1
-                ok = False
-        fit += ok
-    if fit >= nodes:
-        return name
-    biggest_mem = max(v[1] for v in nodes_info.values())
-    biggest_cpu = max(v[0] for v in nodes_info.values())
-    most_gpus = max(v[2] for v in nodes_info.values())
-    why = []
-    if reasons["mem"]:
-        why.append(f"--mem-gb {opts.mem_gb:g} per node, but the largest node in partition '{name}' has "
-                   f"{biggest_mem / 1024:.1f} GB")
-    if reasons["cpus"]:
-        why.append(f"{tasks_per_node} task(s) x {opts.cpus_per_task or 1} CPU(s) = {need_cpus} CPUs per node, "
-                   f"but the largest node in partition '{name}' has {biggest_cpu}")
-    if reasons["gpus"]:
-        why.append(f"--gpus-per-node {need_gpus}, but " + (f"nodes in partition '{name}' have at most {most_gpus} GPU(s)"
-                   if most_gpus else f"partition '{name}' has no GPUs (no gpu GRES)"))
-    if reasons["feature"]:
-        why.append(f"--constraint {opts.constraint}: no node in partition '{name}' has that feature")
-    raise LaunchError(f"the request can never run: {'; '.join(why) or 'no node fits'} "
-                      f"({fit} of the {nodes} node(s) needed fit)")
-
 
 # --- submission ----------------------------------------------------------------------------------
 @dataclass

@@ -237,7 +237,7 @@ def test_evaluate_run(tmp_path, capsys):
     assert [(r["k"], r["temperature"]) for r in results["knn"]] == [(20, 0.07), (20, 0.1), (200, 0.07), (200, 0.1)]
     assert results["linear"]["protocol"] == "cached" and 0 <= results["linear"]["top1"] <= 100
     # The recorded logreg figure is what the probe gives on the saved embeddings.
-    from ssl_bf.eval.linear import probe_logreg
+    from ssl_bf.eval.linear_cached import probe_logreg
     tr, te = (load_embeddings(os.path.join(run, "embeddings", f"{s}.safetensors")) for s in ("train", "test"))
     direct = probe_logreg(tr.embeddings, tr.labels, te.embeddings, te.labels, num_classes=tr.num_classes)
     assert results["logreg"]["protocol"] == "logreg" and results["logreg"]["top1"] == pytest.approx(direct.top1)

@@ -10,9 +10,9 @@ import pytest
 
 from ssl_bf.cli import main as ssl_bf_main
 from ssl_bf.launch import LaunchError, SubcommandJob, make_options
+from ssl_bf.launch import cluster_checks
 from ssl_bf.launch import report as report_mod
-from ssl_bf.launch import slurm as slurm_mod
-from ssl_bf.launch.slurm import with_overrides
+from ssl_bf.launch.submission import with_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -21,7 +21,7 @@ TINY = str(ROOT / "configs" / "tiny.yaml")
 @pytest.fixture
 def no_cluster(monkeypatch):
     """Submit-time cluster checks see no cluster (as on a laptop)."""
-    monkeypatch.setattr(slurm_mod, "_run", lambda *a, **k: None)
+    monkeypatch.setattr(cluster_checks, "_run", lambda *a, **k: None)
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from ssl_bf.cli import main as ssl_bf_main
-from ssl_bf.launch import LaunchError
-from ssl_bf.launch import slurm as slurm_mod
+from ssl_bf.launch import LaunchError, cluster_checks
+from ssl_bf.launch.job import SubcommandChain, SubcommandJob
 from ssl_bf.launch.report import collect
-from ssl_bf.launch.slurm import SubcommandChain, SubcommandJob, lanes
+from ssl_bf.launch.submission import lanes
 from ssl_bf.launch.sweep import expand, load_sweep_file, write_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def test_a_key_set_by_a_variant_and_an_axis_is_an_error(tmp_path, capsys):
 
 def test_the_shipped_ablation_sweep_is_valid(tmp_path, capsys, monkeypatch):
     """configs/ablation_fmnist_sweep.yaml: 6 variants x 3 seeds, every element a valid config."""
-    monkeypatch.setattr(slurm_mod, "_run", lambda *a, **k: None)
+    monkeypatch.setattr(cluster_checks, "_run", lambda *a, **k: None)
     rc = ssl_bf_main(["submit", "pretrain", "--cluster", "local", "--dry-run", "--sweep-file",
                       str(ROOT / "configs" / "ablation_fmnist_sweep.yaml"), "--then", "evaluate", "--",
                       "--config", str(ROOT / "configs" / "ablation_fmnist.yaml"), f"run.dir={tmp_path}/abl"])
@@ -115,7 +115,7 @@ def test_sweep_report_groups_by_variant(tmp_path, capsys):
 
 
 def test_max_parallel_throttles_the_slurm_array(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(slurm_mod, "_run", lambda *a, **k: None)
+    monkeypatch.setattr(cluster_checks, "_run", lambda *a, **k: None)
     args = ["--sweep", "seed=0,1,2", "--dry-run", "--", "--config", TINY, f"run.dir={tmp_path}/r"]
     assert ssl_bf_main(["submit", "pretrain", "--cluster", "slurm", "--max-parallel", "2", *args]) == 0
     assert "#SBATCH --array=0-2%2" in capsys.readouterr().out

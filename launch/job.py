@@ -1,0 +1,160 @@
+"""What runs inside a submitit job: `ssl-bf ARGV` in-process, checkpoint and requeue.
+
+`SubcommandJob` exports the torch.distributed variables
+(`submitit.helpers.TorchDistributedEnvironment`, env://, no shared init file) and runs the
+subcommand in-process. Its `checkpoint()` (called by submitit on preemption or at the time limit)
+saves the trainer state and requeues a clean copy of the job. Every start resumes from
+RUN/checkpoints/last.pt (the trainer looks it up), so a plain `scontrol requeue` or a node failure,
+which rerun the ORIGINAL pickle without calling `checkpoint()`, resume as well.
+
+submitit pickles these callables by reference to this module (`ssl_bf.launch.job`): the job's
+Python must have ssl-bf installed.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shlex
+import socket
+from typing import Any, Optional
+
+
+class SubcommandJob:
+    """`ssl-bf ARGV` as a checkpointable submitit callable (optionally followed by `then`).
+
+    Holds only the command line: a requeue never trusts state pickled at submission time.
+    """
+
+    def __init__(self, argv: list[str], then: Optional[list[str]] = None):
+        self.argv = list(argv)
+        self.then = list(then) if then else None
+        self._checkpointed = False
+
+    def __call__(self) -> dict:
+        import submitit
+
+        job_env = submitit.JobEnvironment()
+        # overwrite: the submitter's environment (inherited by sbatch) may carry stale values.
+        # CUDA_VISIBLE_DEVICES stays as SLURM set it; the trainer picks cuda:LOCAL_RANK.
+        dist_env = submitit.helpers.TorchDistributedEnvironment().export(
+            set_cuda_visible_devices=False, overwrite=True)
+        print(f"[ssl-bf job] {job_env}; MASTER_ADDR={dist_env.master_addr} "
+              f"MASTER_PORT={dist_env.master_port} WORLD_SIZE={dist_env.world_size} "
+              f"restart={os.environ.get('SLURM_RESTART_COUNT', '0')}", flush=True)
+        # A result left by an earlier attempt of this job id (requeued after it finished) would
+        # make the submitter think this attempt is done.
+        with contextlib.suppress(Exception):  # (the debug executor has no result files)
+            job_env.paths.result_pickle.unlink()
+        if self.argv[0] == "pretrain":
+            result = _run_pretrain(self.argv[1:])
+        else:
+            result = {"rc": self._run_cli(self.argv)}
+        if self.then and dist_env.rank == 0:
+            result["then_rc"] = self._run_cli(self.then)
+        result.update(rank=dist_env.rank, world_size=dist_env.world_size, host=socket.gethostname(),
+                      node=os.environ.get("SLURMD_NODENAME"),
+                      job_id=job_env.job_id, argv=self.argv)
+        return result
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        """Save the training state (rank 0 writes) and requeue a clean copy of this job.
+
+        submitit calls this on rank 0 only, from the signal handler; the trainer blocks the
+        signal during a step, so the state saved is that of the last completed step. No barrier
+        here: the other ranks may sit in an all-reduce, and a collective in a handler deadlocks.
+        """
+        import submitit
+
+        self._checkpointed = True
+        try:
+            from ssl_bf.train import current_trainer
+            trainer = current_trainer()
+        except ImportError:
+            trainer = None
+        if trainer is not None:
+            path = trainer.save_checkpoint()
+            print(f"[ssl-bf job] preempted at step {trainer.step}: saved {path}; requeueing", flush=True)
+        else:
+            print("[ssl-bf job] preempted (no trainer running); requeueing", flush=True)
+        return submitit.helpers.DelayedSubmission(SubcommandJob(self.argv, self.then))
+
+    def _run_cli(self, argv: list[str]) -> int:
+        from ssl_bf.cli import main
+        try:
+            rc = int(main(list(argv)) or 0)
+        except SystemExit as e:  # argparse errors
+            if self._checkpointed:  # submitit's exit after a requeue: let it through
+                raise
+            rc = e.code if isinstance(e.code, int) else 1
+        if rc != 0:
+            raise RuntimeError(f"`ssl-bf {shlex.join(argv)}` exited with code {rc}")
+        return rc
+
+    def __repr__(self) -> str:
+        then = f" then {shlex.join(self.then)}" if self.then else ""
+        return f"SubcommandJob(ssl-bf {shlex.join(self.argv)}{then})"
+
+
+class SubcommandChain:
+    """Several SubcommandJobs run one after another in one job: a lane of a throttled local sweep
+    (`--cluster local --max-parallel N`). A requeue carries the job in progress and those after it."""
+
+    def __init__(self, jobs: list[SubcommandJob]):
+        self.jobs = list(jobs)
+        self.current = 0
+
+    def __call__(self) -> list[dict]:
+        results = []
+        for i, job in enumerate(self.jobs):
+            self.current = i
+            results.append(job())
+        return results
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        delayed = self.jobs[self.current].checkpoint(*args, **kwargs)  # saves the running trainer
+        rest = [delayed.function, *(SubcommandJob(j.argv, j.then) for j in self.jobs[self.current + 1:])]
+        import submitit
+        return submitit.helpers.DelayedSubmission(SubcommandChain(rest))
+
+    def __repr__(self) -> str:
+        return f"SubcommandChain({len(self.jobs)} jobs: {', '.join(map(repr, self.jobs))})"
+
+
+def weights_digest(model) -> str:
+    """sha256 over the parameters (names and values): equal digests mean equal weights."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _run_pretrain(args: list[str]) -> dict:
+    """Run (or resume) the pretraining in this process; rank 0 alone writes (the trainer's rule)."""
+    import torch.distributed as dist
+
+    from ssl_bf.checkpoint import write_json_atomic
+    from ssl_bf.cli import pretrain_config_from_args
+    from ssl_bf.train import Trainer
+
+    cfg = pretrain_config_from_args(args)
+    trainer = Trainer(cfg)
+    summary = trainer.fit()
+    digest = weights_digest(trainer.model)
+    json_out = _option_value(args, "--json")
+    if json_out and trainer.is_main:
+        write_json_atomic(summary, json_out)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"rc": 0, "summary": summary, "weights_sha256": digest, "run_dir": cfg.run.dir}
+
+
+def _option_value(args: list[str], name: str) -> Optional[str]:
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
