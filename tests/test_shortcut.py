@@ -1,0 +1,104 @@
+"""The batch-context shortcut, measured on the pairs the loss actually scores.
+
+Every (query stream, key stream) term the loss computes goes through `model.pair_loss`; the test
+wraps it and records each term's mean positive and mean negative cosine, the negatives being
+exactly those the loss contrasts against (MoCo-v2: the queue; MoCo-v3: the other keys of the
+batch). A term's margin is positive minus negative. The leak is how much easier the BatchFormer
+query stream's terms are than the plain pair's: max over BatchFormer terms of margin - plain margin.
+A key stream that shares the query's batch context while its negatives do not shows a large leak.
+See docs/batchformer.md.
+"""
+import pytest
+import torch
+
+from ssl_bf.augment import build_two_views
+from ssl_bf.data import build_dataset
+from ssl_bf.moco import build_model
+
+from tiny_run import tiny_config
+
+pytestmark = pytest.mark.slow
+V2 = ("moco.dim=64", "moco.hidden_dim=128", "moco.queue_size=1024")
+V3 = ("method=mocov3", "moco.temperature=0.2", "moco.dim=64", "moco.hidden_dim=128", "moco.pred_hidden_dim=128")
+LEAK_FREE, SHORTCUT = 0.05, 0.2  # measured: leak-free wirings |leak| < 0.01, shortcuts 0.44-0.49
+
+
+@pytest.fixture(scope="module")
+def data():
+    return build_dataset("fashion-mnist", subset=4096)
+
+
+def _trained(data, method: tuple, key_branch: str, steps: int = 20, rewire=None):
+    """The tiny model with BatchFormer, trained `steps` steps on real Fashion-MNIST."""
+    torch.manual_seed(0)
+    cfg = tiny_config(None, "batchformer.enabled=true", f"batchformer.key_branch={key_branch}", *method)
+    model = build_model(cfg, 1).train()
+    if rewire is not None:
+        rewire(model)
+    views = build_two_views("mocov2", 28, 1, data.mean, data.std)
+    opt = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9)
+    for step in range(steps):
+        loss = model(*views(data.images[step * 64:(step + 1) * 64]))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model, views
+
+
+def leak(model, views, images) -> float:
+    """max over directions and BatchFormer-query terms of (margin - plain margin), one forward."""
+    terms, score = [], model.pair_loss
+
+    def recorded(q, k):
+        term = score(q, k)
+        terms.append(term)
+        return term
+
+    model.pair_loss = recorded
+    with torch.no_grad():
+        model(*views(images))
+    del model.pair_loss
+    directions = 2 if model.symmetric else 1
+    per_direction = len(terms) // directions  # query streams x key streams
+    assert per_direction in (2, 4), "BatchFormer on: two query streams"
+    worst = []
+    for d in range(directions):
+        mine = terms[d * per_direction:(d + 1) * per_direction]
+        margins = [(t.positive - t.negative).item() for t in mine]
+        worst.append(max(margins[per_direction // 2:]) - margins[0])  # BF-query terms come second
+    return max(worst)
+
+
+@pytest.mark.parametrize("branch,expected", [("pre_only", "free"), ("same_batch", "shortcut"),
+                                             ("recomposed", "shortcut")])
+def test_mocov2_leak_by_key_branch(data, branch, expected):
+    model, views = _trained(data, V2, branch)
+    value = leak(model, views, data.images[-64:])
+    if expected == "free":
+        assert abs(value) < LEAK_FREE, value
+    else:
+        assert value > SHORTCUT, value
+
+
+@pytest.mark.parametrize("branch", ["pre_only", "same_batch", "recomposed"])
+def test_mocov3_in_batch_negatives_cancel_the_batch_context(data, branch):
+    """MoCo-v3's negatives pass the same BatchFormer as its positive: no wiring leaks."""
+    model, views = _trained(data, V3, branch)
+    assert abs(leak(model, views, data.images[-64:])) < LEAK_FREE
+
+
+def test_the_measure_trips_when_pre_only_is_fed_same_batch_batchformer_keys(data):
+    """A test-only wiring: `pre_only`'s loss is handed keys that went through BatchFormer in the
+    query's own batch. The leak measure must catch it, or it could not guard the default."""
+
+    def same_batch_keys(model):
+        model.uses_key_bf = lambda: True
+
+        @torch.no_grad()
+        def key_bf_stream(h_k, z_k):
+            return model.batchformer.transform(z_k)  # the query's batch composition
+        model.key_bf_stream = key_bf_stream
+
+    model, views = _trained(data, V2, "pre_only", rewire=same_batch_keys)
+    assert model.cfg.batchformer.key_branch == "pre_only"
+    assert leak(model, views, data.images[-64:]) > SHORTCUT
