@@ -1,4 +1,4 @@
-"""`ssl-bf submit` and `ssl-bf sweep-report` (dispatched from ssl_bf.cli)."""
+"""`ssl-bf submit` (dispatched from ssl_bf.cli); `ssl-bf sweep-report` lives in ssl_bf.report.sweep_table."""
 from __future__ import annotations
 
 import argparse
@@ -139,45 +139,8 @@ def _wait(sub, record: dict) -> int:
     return rc
 
 
-def sweep_report_main(argv: list[str]) -> int:
-    from .report import sweep_report
-
-    p = argparse.ArgumentParser(
-        prog="ssl-bf sweep-report",
-        description="Aggregate RUN/results.json over a sweep into a mean ± std table (markdown + CSV), "
-                    "grouped by the swept keys except the seed.")
-    p.add_argument("folder", help="the sweep's base folder (with sweep.json), or any folder of runs")
-    p.add_argument("--out", help="where to write sweep-report.md/.csv (default: FOLDER)")
-    p.add_argument("--json", metavar="OUT", help="also write the table as JSON ('-' for stdout)")
-    args = p.parse_args(argv)
-    import os
-    if not os.path.isdir(args.folder):
-        print(f"ssl-bf sweep-report: error: no such folder: {args.folder}", file=sys.stderr)
-        return 2
-    rep = sweep_report(args.folder, args.out)
-    if not rep["rows"]:
-        missing = f" (no results.json yet in: {', '.join(rep['missing'])})" if rep["missing"] else ""
-        print(f"ssl-bf sweep-report: error: no run with results.json under {args.folder}{missing}", file=sys.stderr)
-        return 1
-    print(rep["markdown"], end="")
-    if rep["missing"]:
-        print(f"missing results: {', '.join(rep['missing'])}")
-    print(f"wrote {rep['paths']['markdown']} and {rep['paths']['csv']}")
-    if args.json:
-        data = {k: rep[k] for k in ("keys", "group_keys", "runs", "missing", "rows")}
-        text = json.dumps(data, indent=2)
-        if args.json == "-":
-            print(text)
-        else:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
-    return 0
-
-
 def main(argv: Optional[list[str]] = None) -> int:  # python -m ssl_bf.launch.cli submit ...
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "sweep-report":
-        return sweep_report_main(argv[1:])
     if argv and argv[0] == "submit":
         argv = argv[1:]
     return submit_main(argv)

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import yaml
+from ssl_bf.yaml_io import did_you_mean, load_yaml_mapping
 
 CLUSTERS = ("slurm", "local", "debug")
 PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clusters")
@@ -98,17 +97,11 @@ def resolve_preset(name: str) -> str:
 def load_preset(name: str) -> dict:
     """The preset's option values (validated names), to layer under the command line."""
     path = resolve_preset(name)
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise LaunchError(f"{path}: a preset must be a mapping of launcher options")
     values = {}
-    for key, value in data.items():
+    for key, value in load_yaml_mapping(path, "cluster preset", error=LaunchError).items():
         k = str(key).replace("-", "_")
         if k not in _FIELDS:
-            close = difflib.get_close_matches(k, sorted(_FIELDS), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise LaunchError(f"{path}: unknown launcher option '{key}'{hint}")
+            raise LaunchError(f"{path}: unknown launcher option '{key}'{did_you_mean(k, sorted(_FIELDS))}")
         values[k] = value
     return values
 

@@ -1,47 +1,18 @@
 """Sweeps: `--sweep key=v1,v2` options and `--sweep-file` variants -> the cartesian product,
-one run folder per element."""
+one run folder per element, recorded in the base folder's sweep.json (format: ssl_bf/sweep_file.py)."""
 from __future__ import annotations
 
 import itertools
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-import yaml
+from ssl_bf.config import format_override_value
+from ssl_bf.sweep_file import SWEEP_FILE, VARIANT_KEY, Element, Sweep
+from ssl_bf.yaml_io import load_yaml_mapping
 
 from .options import LaunchError
-
-SWEEP_FILE = "sweep.json"  # written into the sweep's base folder; read by `ssl-bf sweep-report`
-
-
-VARIANT_KEY = "variant"  # the axis of a sweep file's named variants
-
-
-@dataclass
-class Element:
-    name: str  # the run folder's name under the base folder
-    overrides: dict  # {config key: value string} given to this element's pretrain run
-    run_dir: str
-    job_id: Optional[str] = None
-    eval_job_id: Optional[str] = None
-    params: Optional[dict] = None  # {axis: value} that names the element (None: the overrides)
-
-    def labels(self) -> dict:
-        return dict(self.params) if self.params is not None else dict(self.overrides)
-
-
-@dataclass
-class Sweep:
-    base_dir: str
-    keys: list
-    elements: list = field(default_factory=list)
-    command: list = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        return {"base_dir": self.base_dir, "keys": self.keys, "command": self.command,
-                "elements": [asdict(e) for e in self.elements]}
 
 
 def parse_sweep(items: list[str]) -> dict[str, list[str]]:
@@ -65,44 +36,18 @@ def parse_sweep(items: list[str]) -> dict[str, list[str]]:
 
 def _scalar(value, where: str) -> str:
     """A YAML scalar as the string an override takes (as the command line would spell it)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
     if isinstance(value, (dict, list)):
         raise LaunchError(f"{where}: expected a single value, got {value!r}")
-    return str(value)
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """safe_load that refuses a key given twice in one mapping (YAML would keep the last silently);
-    keys brought in by a `<<: *anchor` merge may still be overridden."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = key_node.value
-            if key == "<<":
-                continue
-            if key in seen:
-                raise LaunchError(f"line {key_node.start_mark.line + 1}: the key '{key}' is given twice")
-            seen.add(key)
-        return super().construct_mapping(node, deep)
+    return format_override_value(value)
 
 
 def _read_sweep_yaml(path: str) -> dict:
     if not os.path.isfile(path):
         raise LaunchError(f"--sweep-file: no such file: {path}")
-    with open(path) as f:
-        try:
-            data = yaml.load(f, Loader=_StrictLoader) or {}
-        except LaunchError as e:
-            raise LaunchError(f"{path}: {e}") from None
-        except yaml.YAMLError as e:
-            raise LaunchError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(data, dict) or set(data) - {"variants", "axes"}:
-        extra = sorted(map(str, set(data) - {"variants", "axes"})) if isinstance(data, dict) else data
-        raise LaunchError(f"{path}: a sweep file holds 'variants' and/or 'axes' only, got {extra}")
+    data = load_yaml_mapping(path, "sweep file", error=LaunchError, unique_keys=True)
+    if set(data) - {"variants", "axes"}:
+        raise LaunchError(f"{path}: a sweep file holds 'variants' and/or 'axes' only, "
+                          f"got {sorted(map(str, set(data) - {'variants', 'axes'}))}")
     for section in ("variants", "axes"):
         if not isinstance(data.get(section) or {}, dict):
             raise LaunchError(f"{path}: '{section}' must be a mapping, got {type(data[section]).__name__}")
@@ -183,6 +128,7 @@ def expand(axes: dict[str, list[str]], base_dir: str,
 
 
 def write_sweep(sweep: Sweep) -> str:
+    """BASE/sweep.json (atomically); returns its path."""
     os.makedirs(sweep.base_dir, exist_ok=True)
     path = os.path.join(sweep.base_dir, SWEEP_FILE)
     tmp = path + ".tmp"
@@ -191,20 +137,3 @@ def write_sweep(sweep: Sweep) -> str:
         f.write("\n")
     os.replace(tmp, path)
     return path
-
-
-def element_dirs(sweep: Sweep, folder: str) -> list[tuple[Element, str]]:
-    """(element, its run folder): the recorded path, or FOLDER/NAME when the sweep was moved."""
-    return [(el, el.run_dir if os.path.isdir(el.run_dir) else os.path.join(folder, el.name))
-            for el in sweep.elements]
-
-
-def read_sweep(folder: str) -> Optional[Sweep]:
-    path = os.path.join(folder, SWEEP_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        data = json.load(f)
-    return Sweep(base_dir=data.get("base_dir", folder), keys=list(data.get("keys", [])),
-                 command=list(data.get("command", [])),
-                 elements=[Element(**e) for e in data.get("elements", [])])

@@ -1,8 +1,8 @@
 """Report figures: pure drawing functions (data in, PNG file out) on matplotlib's Agg backend.
 
 Each function takes plain numbers, draws one figure, writes it atomically and closes it; none of
-them reads run folders (that is `run_report.py`). Colours follow the variant order, so a variant
-has the same colour in every figure.
+them reads run folders (that is `records.py` and `run_report.py`). Colours follow the variant
+order, so a variant has the same colour in every figure.
 """
 from __future__ import annotations
 

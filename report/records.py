@@ -11,15 +11,16 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ssl_bf.launch.report import SEED_KEYS, collect, differing_keys, flat_config, value_text
-from ssl_bf.launch.sweep import element_dirs, read_sweep
+from ssl_bf.config import format_override_value
+from ssl_bf.metrics import read_metrics
+from ssl_bf.sweep_file import VARIANT_KEY, element_dirs, read_sweep
+
+from . import ReportError
+from .sweep_table import SEED_KEYS, collect, differing_keys, flat_config
 
 # Train-set sizes, only to place the loss of a run that has not finished an epoch yet.
 TRAIN_SIZES = {"fashion-mnist": 60000, "cifar10": 50000, "cifar100": 50000}
 TEST_EMBEDDINGS = os.path.join("embeddings", "test.safetensors")
-
-class ReportError(ValueError):
-    """Nothing to report on (no such folder, no runs); the message says which."""
 
 
 @dataclass
@@ -42,22 +43,6 @@ class Variant:
 # ----------------------------------------------------------------------------------------------
 # Runs
 # ----------------------------------------------------------------------------------------------
-
-
-def _read_jsonl(path: str) -> list[dict]:
-    """JSON lines; a torn last line (a run being written) is skipped."""
-    if not os.path.isfile(path):
-        return []
-    out = []
-    with open(path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-    return out
 
 
 def _read_json(path: str) -> Optional[dict]:
@@ -97,13 +82,14 @@ def find_runs(folder: str) -> tuple[list[str], list[Run], list[str]]:
             configs = [flat_config(r.run_dir) for r in runs]
             keys = differing_keys(configs)
             for r, c in zip(runs, configs):
-                r.params = {k: value_text(c.get(k)) for k in keys}
+                r.params = {k: format_override_value(c.get(k)) for k in keys}
     if not runs:
         raise ReportError(f"no runs under {folder} (no sub-folder with config.yaml or metrics.jsonl"
                           + (f"; sweep elements not started: {', '.join(not_started)}" if not_started else "") + ")")
     for r in runs:
         r.config = flat_config(r.run_dir)
-        r.records = _read_jsonl(os.path.join(r.run_dir, "metrics.jsonl"))
+        # a run may be mid-write, or killed mid-line more than once: skip every line that is not a record
+        r.records = read_metrics(os.path.join(r.run_dir, "metrics.jsonl"), skip_bad_lines=True)
     if len(runs) == 1 and not keys:
         runs[0].results = _read_json(os.path.join(runs[0].run_dir, "results.json"))
     else:  # the same runs and numbers as `ssl-bf sweep-report`
@@ -120,7 +106,7 @@ def group_runs(keys: list[str], runs: list[Run]) -> tuple[list[str], list[Varian
     for r in runs:
         gid = tuple(str(r.params.get(k)) for k in group_keys)
         if gid not in variants:
-            if group_keys == ["variant"]:
+            if group_keys == [VARIANT_KEY]:
                 label = gid[0]
             elif group_keys:
                 label = ", ".join(f"{k}={v}" for k, v in zip(group_keys, gid))

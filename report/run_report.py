@@ -4,7 +4,7 @@ Reads, per run: `config.yaml`, `metrics.jsonl` (step, epoch-end and event record
 `results.json` (from `ssl-bf evaluate`) and `embeddings/test.safetensors`. A sweep folder's runs
 come from its `sweep.json`; any other folder's runs are its sub-folders with a `config.yaml`.
 Runs are grouped into variants by the swept keys except the seed, and the results table is the
-one `ssl-bf sweep-report` computes (`launch.report.collect` / `aggregate`). Written into
+one `ssl-bf sweep-report` computes (`sweep_table.collect` / `aggregate`). Written into
 FOLDER/report/ (or --out), each file atomically: loss.png, knn.png, ablation.png, tsne.png,
 report.md, report.json.
 """
@@ -19,12 +19,12 @@ import sys
 import time
 from typing import Optional
 
-from ssl_bf.launch.report import aggregate
+from . import ReportError
+from .records import (TEST_EMBEDDINGS, Run, Variant, find_runs, group_runs, knn_curve, loss_curve, mean_curve,
+                      missing_parts, step_records, steps_per_epoch, unfinished, wall_times)
+from .sweep_table import aggregate
 
-from .run_records import (TEST_EMBEDDINGS, ReportError, Run, Variant, find_runs, group_runs, knn_curve, loss_curve,
-                          mean_curve, missing_parts, step_records, steps_per_epoch, unfinished, wall_times)
-
-# (metric path as launch.report.numeric_leaves names it, column title, bar-chart label)
+# (metric path as sweep_table.numeric_leaves names it, column title, bar-chart label)
 HEADLINE = (
     ("knn[k=20,temperature=0.07].top1", "k-NN top-1 (k=20, T=0.07)", "k-NN\nk=20, T=0.07"),
     ("knn[k=200,temperature=0.1].top1", "k-NN top-1 (k=200, T=0.1)", "k-NN\nk=200, T=0.1"),
@@ -68,8 +68,9 @@ def _dataset(runs: list[Run]) -> Optional[str]:
 def _embedding_maps(variants: list[Variant], sample: int, perplexity: Optional[float],
                     verbose: bool = False) -> tuple[list[dict], Optional[list[str]], list[str]]:
     """t-SNE of the first run with test embeddings in each variant: (maps, class names, notes)."""
-    from .embedding_map import TSNE_SEED, sample_indices, tsne_2d
-    from .formats import EmbeddingsError, load_embeddings
+    from ssl_bf.eval.formats import EmbeddingsError, load_embeddings
+
+    from .tsne import TSNE_SEED, sample_indices, tsne_2d
 
     maps, classes, notes = [], None, []
     for v in variants:

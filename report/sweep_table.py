@@ -1,16 +1,24 @@
-"""`ssl-bf sweep-report`: mean ± std of every numeric result over the seeds of a sweep."""
+"""`ssl-bf sweep-report`: mean ± std of every numeric result over the seeds of a sweep.
+
+The runs are the elements of FOLDER/sweep.json (ssl_bf/sweep_file.py), else the sub-folders with
+a results.json; `collect` and `aggregate` also give `ssl-bf report` its results table.
+"""
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
 import math
 import os
+import sys
 from typing import Any, Iterator, Optional
 
-import yaml
+from ssl_bf.config import format_override_value
+from ssl_bf.sweep_file import element_dirs, read_sweep
+from ssl_bf.yaml_io import load_yaml_mapping
 
-from .sweep import element_dirs, read_sweep
+from . import ReportError
 
 RESULTS = "results.json"
 SEED_KEYS = ("seed",)
@@ -48,12 +56,11 @@ def _is_headline(metric: str) -> bool:
 
 
 def flat_config(run_dir: str) -> dict:
-    """RUN/config.yaml as {'a.b': value} ({} when absent)."""
+    """RUN/config.yaml as {'a.b': value} ({} when absent; ReportError when malformed)."""
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(path):
         return {}
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    data = load_yaml_mapping(path, "run config", error=ReportError)
     out = {}
 
     def walk(d: dict, prefix: str) -> None:
@@ -92,15 +99,8 @@ def collect(folder: str) -> tuple[list[str], list[dict], list[str]]:
             runs.append({"name": name, "config": flat_config(run_dir), "results": res})
     keys = differing_keys([r["config"] for r in runs])
     for r in runs:
-        r["params"] = {k: value_text(r["config"].get(k)) for k in keys}
+        r["params"] = {k: format_override_value(r["config"].get(k)) for k in keys}
     return keys, runs, missing
-
-
-def value_text(value: Any) -> str:
-    """A config value as an override would spell it: true/false/null, else str()."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "null" if value is None else str(value)
 
 
 def differing_keys(configs: list[dict]) -> list[str]:
@@ -206,3 +206,44 @@ def sweep_report(folder: str, out_dir: Optional[str] = None) -> dict:
             f.write(to_csv(group_keys, rows))
     return {"keys": keys, "group_keys": group_keys, "runs": len(runs), "missing": missing, "rows": rows,
             "markdown": md, "paths": paths if rows else {}}
+
+
+def sweep_report_main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(
+        prog="ssl-bf sweep-report",
+        description="Aggregate RUN/results.json over a sweep into a mean ± std table (markdown + CSV), "
+                    "grouped by the swept keys except the seed.")
+    p.add_argument("folder", help="the sweep's base folder (with sweep.json), or any folder of runs")
+    p.add_argument("--out", help="where to write sweep-report.md/.csv (default: FOLDER)")
+    p.add_argument("--json", metavar="OUT", help="also write the table as JSON ('-' for stdout)")
+    args = p.parse_args(argv)
+    if not os.path.isdir(args.folder):
+        print(f"ssl-bf sweep-report: error: no such folder: {args.folder}", file=sys.stderr)
+        return 2
+    try:
+        rep = sweep_report(args.folder, args.out)
+    except ReportError as err:
+        print(f"ssl-bf sweep-report: error: {err}", file=sys.stderr)
+        return 2
+    if not rep["rows"]:
+        missing = f" (no results.json yet in: {', '.join(rep['missing'])})" if rep["missing"] else ""
+        print(f"ssl-bf sweep-report: error: no run with results.json under {args.folder}{missing}", file=sys.stderr)
+        return 1
+    print(rep["markdown"], end="")
+    if rep["missing"]:
+        print(f"missing results: {', '.join(rep['missing'])}")
+    print(f"wrote {rep['paths']['markdown']} and {rep['paths']['csv']}")
+    if args.json:
+        data = {k: rep[k] for k in ("keys", "group_keys", "runs", "missing", "rows")}
+        text = json.dumps(data, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(sweep_report_main())

@@ -13,8 +13,8 @@ _DELEGATED = {
     "linear": ("ssl_bf.eval.cli", "linear_main", "linear probe (mocov2, mocov3, cached, logreg)"),
     "evaluate": ("ssl_bf.eval.cli", "evaluate_main", "embed + knn + linear for a finished run"),
     "submit": ("ssl_bf.launch.cli", "submit_main", "submit a subcommand to SLURM (submitit)"),
-    "sweep-report": ("ssl_bf.launch.cli", "sweep_report_main", "mean +- std table over a sweep"),
-    "report": ("ssl_bf.eval.run_report", "report_main", "plots + report.md for a run or a sweep folder"),
+    "sweep-report": ("ssl_bf.report.sweep_table", "sweep_report_main", "mean +- std table over a sweep"),
+    "report": ("ssl_bf.report.run_report", "report_main", "plots + report.md for a run or a sweep folder"),
 }
 
 

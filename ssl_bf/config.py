@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 import yaml
+
+from .yaml_io import did_you_mean, load_yaml_mapping
 
 
 class ConfigError(ValueError):
@@ -146,9 +146,7 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
 
 
 def _unknown_key(key: str) -> ConfigError:
-    close = difflib.get_close_matches(key, _all_keys(Config), n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return ConfigError(f"unknown config key '{key}'{hint}")
+    return ConfigError(f"unknown config key '{key}'{did_you_mean(key, _all_keys(Config), cutoff=0.5)}")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -227,17 +225,19 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def format_override_value(value: Any) -> str:
+    """A config value as a `key=value` override spells it (parse_override reads it back): true,
+    false, null, else str()."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
+
+
 def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
     """Defaults <- YAML preset <- key=value overrides."""
     cfg = Config()
     if path:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file not found: {path}")
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-        apply_dict(cfg, data)
+        apply_dict(cfg, load_yaml_mapping(path, "config file", error=ConfigError))
     for text in overrides:
         key, value = parse_override(text)
         _apply(cfg, key, value, key)

@@ -9,8 +9,13 @@ from typing import Any, Optional
 from .checkpoint import atomic_write_bytes
 
 
-def read_metrics(path: str) -> list[dict]:
-    """The records of a metrics.jsonl; a torn last line (a process killed mid-append) is dropped."""
+def read_metrics(path: str, skip_bad_lines: bool = False) -> list[dict]:
+    """The records (JSON objects, one a line) of a metrics.jsonl; [] when there is none.
+
+    A line that is not a JSON object is dropped when it is the last line (a process killed
+    mid-append) and otherwise raises ValueError; with skip_bad_lines every such line is dropped
+    (a report reading runs that are being written). Blank lines are ignored.
+    """
     if not os.path.isfile(path):
         return []
     with open(path) as f:
@@ -18,11 +23,14 @@ def read_metrics(path: str) -> list[dict]:
     records = []
     for i, line in enumerate(lines):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
+            problem = "" if isinstance(record, dict) else "is a JSON value but not an object"
         except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise ValueError(f"{path}: line {i + 1} is not JSON (only a torn last line is tolerated)") from None
+            problem = "is not JSON"
+        if not problem:
+            records.append(record)
+        elif not skip_bad_lines and i < len(lines) - 1:
+            raise ValueError(f"{path}: line {i + 1} {problem} (only a torn last line is tolerated)")
     return records
 
 

@@ -39,6 +39,32 @@ def test_unknown_key_in_yaml_file(tmp_path):
         load_config(str(path))
 
 
+def test_a_malformed_or_non_mapping_yaml_file_is_a_config_error_naming_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("train: {epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
+        load_config(str(path))
+    path.write_text("- seed\n- 3\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: the top level of a config file must be a mapping, got list"):
+        load_config(str(path))
+    path.write_text("")
+    assert load_config(str(path), ["data.subset=512"]).data.subset == 512  # an empty file sets nothing
+
+
+def test_yaml_helpers_unique_keys_and_did_you_mean(tmp_path):
+    from ssl_bf.yaml_io import YamlFileError, did_you_mean, load_yaml_mapping
+
+    path = tmp_path / "twice.yaml"
+    path.write_text("a: 1\nb: {c: 1, c: 2}\n")
+    assert load_yaml_mapping(str(path), "test file") == {"a": 1, "b": {"c": 2}}  # YAML's own rule: last wins
+    with pytest.raises(YamlFileError, match=r"twice\.yaml: line 2: the key 'c' is given twice"):
+        load_yaml_mapping(str(path), "test file", unique_keys=True)
+    with pytest.raises(YamlFileError, match="test file not found"):
+        load_yaml_mapping(str(tmp_path / "nope.yaml"), "test file")
+    assert did_you_mean("partion", ["partition", "account"]) == "; did you mean 'partition'?"
+    assert did_you_mean("zzz", ["partition", "account"]) == ""
+
+
 def test_saved_config_round_trips(tmp_path):
     cfg = load_config(TINY, ["seed=7", "batchformer.enabled=true"])
     save_config(cfg, str(tmp_path / "config.yaml"))

@@ -11,7 +11,7 @@ import pytest
 from ssl_bf.cli import main as ssl_bf_main
 from ssl_bf.launch import LaunchError, SubcommandJob, make_options
 from ssl_bf.launch import cluster_checks
-from ssl_bf.launch import report as report_mod
+from ssl_bf.report import sweep_table as report_mod
 from ssl_bf.launch.submission import with_overrides
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -73,7 +73,7 @@ def _read_report(out: str) -> tuple[str, dict]:
 
 
 def test_report_single_run(sweep_dir, tmp_path, capsys):
-    from ssl_bf.eval.run_report import report_main
+    from ssl_bf.report.run_report import report_main
 
     run = os.path.join(sweep_dir, "seed=0__variant=mocov2")
     out = str(tmp_path / "single")
@@ -106,8 +106,8 @@ def test_report_single_run(sweep_dir, tmp_path, capsys):
 
 
 def test_report_sweep(sweep_dir, tmp_path):
-    from ssl_bf.eval.run_report import report_main
-    from ssl_bf.launch.report import aggregate, collect
+    from ssl_bf.report.run_report import report_main
+    from ssl_bf.report.sweep_table import aggregate, collect
 
     out = str(tmp_path / "sweep")
     assert report_main([sweep_dir, "--out", out, *TSNE]) == 0
@@ -134,7 +134,7 @@ def test_report_sweep(sweep_dir, tmp_path):
 
 def test_report_folder_of_runs_with_a_partial_run(sweep_dir, tmp_path):
     """No sweep.json: runs are the sub-folders; one without results.json still gets its curves."""
-    from ssl_bf.eval.run_report import report_main
+    from ssl_bf.report.run_report import report_main
 
     folder = tmp_path / "runs"
     for s in (0, 1):
@@ -164,10 +164,18 @@ def test_report_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "no runs under" in capsys.readouterr().err
     assert not (tmp_path / "empty" / "report").exists()
+    broken = tmp_path / "runs" / "r0"  # a run whose config.yaml is not YAML: an error naming the file
+    broken.mkdir(parents=True)
+    (broken / "config.yaml").write_text("seed: [0\n")
+    (broken / "results.json").write_text('{"linear": {"top1": 50.0}}')
+    for command in ("report", "sweep-report"):
+        assert main([command, str(tmp_path / "runs")]) == 2
+        err = capsys.readouterr().err
+        assert f"ssl-bf {command}: error: {broken / 'config.yaml'}: not valid YAML" in err, err
 
 
 def test_mean_curve_keeps_only_the_points_every_run_has():
-    from ssl_bf.eval.run_records import mean_curve
+    from ssl_bf.report.records import mean_curve
 
     full, cut = ([1.0, 2.0, 3.0], [10.0, 20.0, 30.0]), ([1.0, 2.0], [12.0, 22.0])
     m = mean_curve([full, cut, ([], [])])  # a run with no points yet does not count

@@ -9,7 +9,7 @@ import pytest
 from ssl_bf.cli import main as ssl_bf_main
 from ssl_bf.launch import LaunchError, cluster_checks
 from ssl_bf.launch.job import SubcommandChain, SubcommandJob
-from ssl_bf.launch.report import collect
+from ssl_bf.report.sweep_table import collect
 from ssl_bf.launch.submission import lanes
 from ssl_bf.launch.sweep import expand, load_sweep_file, write_sweep
 

@@ -152,6 +152,9 @@ def test_a_torn_last_metrics_line_does_not_block_a_resume(tmp_path):
     path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(ValueError, match="line 2 is not JSON"):
         read_metrics(str(path))
+    # The report reads runs while they are written: it skips every line that is not a JSON object.
+    path.write_text('{"step": 1}\nnot json\n[2]\n{"step": 2}\n{"ste')
+    assert read_metrics(str(path), skip_bad_lines=True) == [{"step": 1}, {"step": 2}]
 
 
 def test_zero_epochs_refuses_a_trained_run_folder(tmp_path, capsys):
