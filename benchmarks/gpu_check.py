@@ -79,7 +79,7 @@ def environment() -> dict:
         except Exception as err:
             info["missing"].append(f"{name} ({type(err).__name__}: {err})")
     try:  # the online k-NN monitor: ssl_bf.eval (an installed ssl-bf maps it to eval/) and FAISS
-        importlib.import_module("ssl_bf.eval.knn")
+        importlib.import_module("ssl_bf.knn")
         importlib.import_module("faiss")
         info["knn_ok"] = True
     except Exception as err:

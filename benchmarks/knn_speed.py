@@ -2,7 +2,7 @@
 
 Both score the same (k, T) pairs on the same random embeddings, side by side in one run,
 alternating, and report medians:
-- ours: `ssl_bf.eval.knn.knn_accuracy` end to end (normalise, build IndexFlatIP, one search for
+- ours: `ssl_bf.knn.knn_accuracy` end to end (normalise, build IndexFlatIP, one search for
   max(k), slice every (k, T));
 - reference: chunks of 100 queries (DINO's 100 chunks of a 10k test set), one torch matmul per
   chunk against the normalised train matrix, then `topk` separately for each k and a one-hot vote.
@@ -24,7 +24,7 @@ import torch
 
 from bench_common import parse_args_with_threads
 
-from ssl_bf.eval.knn import knn_accuracy
+from ssl_bf.knn import knn_accuracy
 
 NOISE = 3.5  # class-blob noise: top-1 well below 100%, so a wrong vote would show
 

@@ -172,7 +172,7 @@ def knn_main(argv: Optional[list[str]] = None) -> int:
     args = knn_parser().parse_args(argv)
     prog = "ssl-bf knn"
     from .formats import check_pair, load_embeddings
-    from .knn import knn_evaluate
+    from ssl_bf.knn import knn_evaluate
 
     tic = time.perf_counter()
     try:

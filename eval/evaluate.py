@@ -70,7 +70,7 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
     from ssl_bf.config import load_config
 
     from .embed import embed, resolve_device
-    from .knn import knn_evaluate
+    from ssl_bf.knn import knn_evaluate
     from .linear_cached import probe_cached, probe_logreg
     from .linear_common import save_head
 

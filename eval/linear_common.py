@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .knn import LabelSpace
+from ssl_bf.knn import LabelSpace
 
 PROTOCOLS = ("mocov2", "mocov3", "cached", "logreg")
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .knn import LabelSpace, as_numpy
+from ssl_bf.knn import LabelSpace, as_numpy
 from .linear_common import LinearHead, ProbeResult, Recipe, space_values, topk_correct
 
 

@@ -389,7 +389,7 @@ class Trainer:
     def knn_monitor(self, full: bool) -> Optional[float]:
         """k-NN top-1 (%) of test images against the train bank, backbone features (rank 0's
         figure; the other ranks help extract and get None)."""
-        from .eval.knn import knn_accuracy
+        from .knn import knn_accuracy
 
         if not self.train_set.classes:  # unlabeled data: nothing to score
             return None

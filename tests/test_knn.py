@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_bf.eval import knn as knn_mod
+from ssl_bf import knn as knn_mod
 from ssl_bf.eval.cli import knn_main
 from ssl_bf.eval.formats import save_embeddings
-from ssl_bf.eval.knn import knn_accuracy, knn_evaluate, knn_predict, knn_vote
+from ssl_bf.knn import knn_accuracy, knn_evaluate, knn_predict, knn_vote
 
 
 def blobs(n: int, d: int, classes: int, seed: int = 0, noise: float = 1.5, labels=None):
