@@ -263,6 +263,9 @@ def validate(cfg: Config) -> None:
     for key in ("bank_subset", "query_subset"):
         if getattr(cfg.monitor, key) is not None and getattr(cfg.monitor, key) < 1:
             raise ConfigError(f"monitor.{key} must be a positive number of images or null")
+    if cfg.monitor.knn_every and cfg.monitor.bank_subset is not None and cfg.monitor.bank_subset < cfg.monitor.knn_k:
+        raise ConfigError(f"monitor.bank_subset ({cfg.monitor.bank_subset}) is smaller than monitor.knn_k "
+                          f"({cfg.monitor.knn_k}): the k-NN needs at least k bank images")
     if cfg.batchformer.enabled:
         dim = cfg.moco.dim if cfg.batchformer.position == "projection" else None
         if dim and dim % cfg.batchformer.heads:

@@ -403,7 +403,8 @@ class Trainer:
         query = self.embed(self._test_set, None if full else m.query_subset)
         top1 = None
         if self.is_main:
-            result = knn_accuracy(bank[0], bank[1], query[0], query[1], ks=(m.knn_k,),
+            k = min(m.knn_k, len(bank[0]))  # a train split smaller than k: vote over all of it
+            result = knn_accuracy(bank[0], bank[1], query[0], query[1], ks=(k,),
                                   temperatures=(m.knn_temperature,), num_classes=len(self._bank_set.classes))
             top1 = float(result[0]["top1"])
         dist_utils.barrier()  # the others wait for the vote (a short CPU job) here

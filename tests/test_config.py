@@ -71,3 +71,10 @@ def test_saved_config_round_trips(tmp_path):
     again = load_config(str(tmp_path / "config.yaml"))
     assert again == cfg
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["seed"] == 7
+
+
+def test_a_monitor_bank_smaller_than_k_is_refused_at_load_time():
+    from ssl_bf.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="bank_subset \\(16\\) is smaller than monitor.knn_k \\(20\\)"):
+        load_config(None, ["monitor.knn_every=1", "monitor.bank_subset=16"])
