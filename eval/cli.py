@@ -30,7 +30,7 @@ def _fmt(v: object) -> str:
 
 def _write_json(obj: dict, path: Optional[str]) -> None:
     if path:
-        from ssl_bf.checkpoint import write_json_atomic
+        from ssl_bf.io import write_json_atomic
 
         write_json_atomic(obj, path)
 
@@ -285,8 +285,9 @@ def linear_main(argv: Optional[list[str]] = None) -> int:
 def _linear_images(args):
     from ssl_bf.checkpoint import load_encoder
     from ssl_bf.data import build_dataset
+    from ssl_bf.devices import resolve_device
 
-    from .embed import eval_image_size, resolve_data, resolve_device
+    from .embed import eval_image_size, resolve_data
     from .linear_common import recipe_for
     from .linear_images import probe_images
 

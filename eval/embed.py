@@ -15,20 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ssl_bf.devices import resolve_device
 from ssl_bf.features import extract_features
 
 from .formats import Embeddings, make_embeddings, write_embeddings
 
 FOLDER_EVAL_SIZE = 224  # image folders whose config says "native size" are centre-cropped to this
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """auto -> cuda when available, else cpu."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{device}' was asked for but torch sees no CUDA device")
-    return torch.device(device)
 
 
 def resolve_data(data: str, root: Optional[str] = None) -> tuple[str, Optional[str]]:
@@ -87,7 +79,6 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
 
     dev = resolve_device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or dist_utils.is_initialized():  # torchrun
-        dev = _rank_device(dev)
         dist_utils.init_distributed(dev)
     model, cfg = load_encoder(checkpoint, features=features, device=dev)
     if data is None:
@@ -117,15 +108,6 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
     if out:
         write_embeddings(out, emb, dtype)
     return emb
-
-
-def _rank_device(dev: torch.device) -> torch.device:
-    """Under torchrun, a bare `cuda` means this rank's GPU (LOCAL_RANK, modulo the visible count)."""
-    if dev.type == "cuda" and dev.index is None:
-        from ssl_bf.distributed import local_rank
-
-        return torch.device("cuda", local_rank() % torch.cuda.device_count())
-    return dev
 
 
 def _in_channels(model: nn.Module) -> Optional[int]:

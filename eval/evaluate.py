@@ -66,11 +66,12 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
     """
     from ssl_bf import distributed as dist_utils
     from ssl_bf.checkpoint import load as load_checkpoint
-    from ssl_bf.checkpoint import write_json_atomic
     from ssl_bf.config import load_config
-
-    from .embed import embed, resolve_device
+    from ssl_bf.devices import resolve_device
+    from ssl_bf.io import write_json_atomic
     from ssl_bf.knn import knn_evaluate
+
+    from .embed import embed
     from .linear_cached import probe_cached, probe_logreg
     from .linear_common import save_head
 

@@ -17,14 +17,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from ssl_bf.checkpoint import usual_file_mode
+from ssl_bf.io import atomic_path
 
 FORMAT = "ssl-bf-embeddings/1"
 EMBEDDINGS_KEY = "embeddings"
@@ -82,14 +81,6 @@ class Embeddings:
 # ----------------------------------------------------------------------------------------------
 
 
-def _atomic_target(path: str) -> tuple[str, str]:
-    """A temp name beside `path` (same filesystem, so `os.replace` is atomic)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{os.path.basename(path)}")
-    return tmp, path
-
-
 def make_embeddings(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
                     checkpoint: str = "", features: str = "", dataset: str = "", split: str = "",
                     classes: Optional[Sequence[str]] = None, normalized: bool = False,
@@ -125,15 +116,8 @@ def write_embeddings(path: str, emb: Embeddings, dtype: str = "float32") -> None
         blob = "\n".join(emb.image_paths).encode()
         tensors[PATHS_KEY] = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob \
             else torch.zeros(0, dtype=torch.uint8)
-    tmp, target = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=dict(emb.metadata))
-        os.chmod(tmp, usual_file_mode())  # safetensors creates 0600 files; use the usual mode
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     emb.path = path
 
 

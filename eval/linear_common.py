@@ -122,7 +122,7 @@ def save_head(path: str, result: ProbeResult, classes: Optional[Sequence[str]] =
 
     Loadable with `torch.load(path, weights_only=True)`.
     """
-    from ssl_bf.checkpoint import save_atomic
+    from ssl_bf.io import save_atomic
 
     head = result.head
     if head is None:

@@ -80,9 +80,8 @@ class SubcommandJob:
         return submitit.helpers.DelayedSubmission(SubcommandJob(self.argv, self.then))
 
     def _run_cli(self, argv: list[str]) -> int:
-        from ssl_bf.cli import main
         try:
-            rc = int(main(list(argv)) or 0)
+            rc = int(_runner(argv[0])(list(argv[1:])) or 0)
         except SystemExit as e:  # argparse errors
             if self._checkpointed:  # submitit's exit after a requeue: let it through
                 raise
@@ -130,12 +129,24 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
+def _runner(command: str):
+    """The entry point of a subcommand that a job may run (the names in submission.COMMANDS)."""
+    from ssl_bf.eval import cli as eval_cli
+    from ssl_bf.pretrain_cli import pretrain_main
+
+    runners = {"pretrain": pretrain_main, "embed": eval_cli.embed_main, "knn": eval_cli.knn_main,
+               "linear": eval_cli.linear_main, "evaluate": eval_cli.evaluate_main}
+    if command not in runners:
+        raise ValueError(f"a job cannot run `ssl-bf {command}`; choose one of {', '.join(runners)}")
+    return runners[command]
+
+
 def _run_pretrain(args: list[str]) -> dict:
     """Run (or resume) the pretraining in this process; rank 0 alone writes (the trainer's rule)."""
     import torch.distributed as dist
 
-    from ssl_bf.checkpoint import write_json_atomic
-    from ssl_bf.cli import pretrain_config_from_args
+    from ssl_bf.io import write_json_atomic
+    from ssl_bf.pretrain_cli import pretrain_config_from_args
     from ssl_bf.train import Trainer
 
     cfg = pretrain_config_from_args(args)

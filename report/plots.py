@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ssl_bf.checkpoint import atomic_write_bytes  # noqa: E402
+from ssl_bf.io import atomic_write_bytes  # noqa: E402
 
 DPI = 120
 

@@ -1,69 +1,23 @@
-"""Checkpoints: atomic save, safe load (weights_only), find latest, export the backbone."""
+"""Training checkpoints: where they live, safe load (weights_only), export and rebuild the encoder."""
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
+from .io import load_tensors, save_atomic, write_json_atomic
+
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows (/proc); else set and restore."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def usual_file_mode() -> int:
-    """0666 minus the umask: the mode `open()` would give (mkstemp's temp files are 0600)."""
-    return 0o666 & ~_umask()
-
-
-def atomic_write_bytes(path: str, write_fn) -> None:
-    """Call `write_fn(file_object)` on a temp file beside `path`, then rename it over `path`
-    (with the usual file mode, so run folders stay readable by a group as `open()` would make them)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), usual_file_mode())
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_atomic(obj: Any, path: str) -> None:
-    """torch.save to a temp file, then rename: a crash never leaves a half-written `path`."""
-    atomic_write_bytes(path, lambda f: torch.save(obj, f))
-
-
-def write_json_atomic(obj: Any, path: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 def load(path: str, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint with `weights_only=True` (no arbitrary code from the file)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    return load_tensors(path, map_location)
 
 
 def last_path(run_dir: str) -> str:

@@ -298,7 +298,7 @@ def from_dict(values: dict) -> Config:
 
 def save_config(cfg: Config, path: str) -> None:
     """Write the resolved config as YAML, atomically."""
-    from .checkpoint import atomic_write_bytes
+    from .io import atomic_write_bytes
 
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
     atomic_write_bytes(path, lambda f: f.write(text.encode()))

@@ -22,7 +22,9 @@ from . import distributed as dist_utils
 from .augment import EvalTransform, build_two_views, recipe_crop_scale
 from .config import Config, save_config, to_dict
 from .data import build_dataset
+from .devices import resolve_device
 from .features import extract_features
+from .io import save_atomic
 from .folder_crops import TwoCropFolder
 from .metrics import MetricsLogger, truncate_metrics
 from .moco import build_model
@@ -48,17 +50,6 @@ class RunFolderError(RuntimeError):
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():  # works with one visible GPU per task or all GPUs per node
-            return torch.device("cuda", dist_utils.local_rank() % torch.cuda.device_count())
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", dist_utils.local_rank() % max(1, torch.cuda.device_count()))
-    return device
 
 
 def epoch_batches(n: int, global_batch: int, epoch: int, seed: int) -> torch.Tensor:
@@ -175,7 +166,7 @@ class Trainer:
         if not self.stats.locally_finite():
             return None
         path = ckpt_io.last_path(self.run_dir)
-        ckpt_io.save_atomic(self.state_dict(), path)
+        save_atomic(self.state_dict(), path)
         self._saved_step = self.step
         return path
 

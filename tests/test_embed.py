@@ -153,7 +153,7 @@ def _fashion_mnist_or_skip():
 
 def make_run(tmp_path, *overrides: str) -> str:
     """A run folder with config.yaml and a freshly initialised checkpoint (tiny preset)."""
-    from ssl_bf.checkpoint import save_atomic
+    from ssl_bf.io import save_atomic
     from ssl_bf.config import load_config, save_config, to_dict
     from ssl_bf.moco import build_model
 
@@ -205,7 +205,7 @@ def test_embed_image_folder_with_paths(tmp_path):
     argv = ["--checkpoint", os.path.join(run, "checkpoints", "last.pt"), "--data", str(tmp_path / "imgs"),
             "--split", "test", "--out", out, "--no-progress", "--workers", "0", "--image-size", "32"]
     assert embed_main(argv) == 2
-    from ssl_bf.checkpoint import save_atomic
+    from ssl_bf.io import save_atomic
     from ssl_bf.config import load_config, to_dict
     from ssl_bf.moco import build_model
 

@@ -7,6 +7,7 @@ import torch
 
 from ssl_bf import checkpoint as ckpt_io
 from ssl_bf.cli import main
+from ssl_bf.io import save_atomic, write_json_atomic
 from ssl_bf.metrics import read_metrics
 from ssl_bf.train import NonFiniteLossError, Trainer
 
@@ -44,7 +45,7 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path, bf, extra):
 
 def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = str(tmp_path / "last.pt")
-    ckpt_io.save_atomic({"step": torch.tensor(1)}, path)
+    save_atomic({"step": torch.tensor(1)}, path)
 
     def broken_save(obj, f):
         f.write(b"partial garbage")
@@ -52,7 +53,7 @@ def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        ckpt_io.save_atomic({"step": torch.tensor(2)}, path)
+        save_atomic({"step": torch.tensor(2)}, path)
     monkeypatch.undo()
     assert ckpt_io.load(path)["step"].item() == 1
     assert os.listdir(tmp_path) == ["last.pt"]  # no temp file left behind
@@ -133,7 +134,7 @@ def test_atomic_writes_keep_the_usual_file_mode(tmp_path):
     try:
         cfg = tiny_config(tmp_path, "data.subset=320", "train.epochs=0")
         Trainer(cfg).fit()
-        ckpt_io.write_json_atomic({"a": 1}, str(tmp_path / "r.json"))
+        write_json_atomic({"a": 1}, str(tmp_path / "r.json"))
         assert os.umask(0o027) == 0o027  # the umask is left as it was
     finally:
         os.umask(old)
