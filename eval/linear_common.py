@@ -1,6 +1,6 @@
 """What every linear probe shares: the SGD recipes, the head, the result, head files.
 
-Protocols (shared/design/protocols.md), one module per family:
+Protocols (docs/protocols.md), one module per family:
 - `mocov2` / `mocov3` (+ `--bn-head`): augmented training on a frozen backbone,
   `ssl_bf.eval.linear_images`.
 - `cached` / `logreg`: no augmentation, trained on embeddings files with the lr or L2 chosen

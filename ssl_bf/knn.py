@@ -1,6 +1,6 @@
 """Weighted k-NN classification on embeddings (InstDisc / DINO vote), searched with FAISS.
 
-The protocol (see shared/design/protocols.md):
+The protocol (docs/protocols.md):
 - train and test features are L2-normalised; similarity is the cosine (inner product);
 - the top-k train neighbours vote for their label with weight exp(s / T);
 - the prediction is the argmax of the class scores, top-5 comes from the sorted scores.

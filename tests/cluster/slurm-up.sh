@@ -7,7 +7,7 @@
 # Daemons: munged, mariadbd, slurmdbd, slurmctld and two slurmd "nodes" (n1, n2), all run as root
 # without systemd. Configs, pid files, logs and SLURM state live under $SSL_BF_SLURM_STATE
 # (default /tmp/ssl-bf-slurm); `$SSL_BF_SLURM_STATE/env` exports SLURM_CONF for clients.
-# Facts this relies on: ../shared/design/slurm.md (cred_expire=10, %n paths, config_overrides).
+# Facts this relies on: docs/slurm-test-cluster.md (cred_expire=10, %n paths, config_overrides).
 # Re-runnable: a previous cluster started from the same state folder is stopped first.
 set -euo pipefail
 
