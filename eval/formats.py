@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ssl_bf.io import atomic_path
+from ssl_bf.knn import integer_labels
 
 FORMAT = "ssl-bf-embeddings/1"
 EMBEDDINGS_KEY = "embeddings"
@@ -271,14 +272,9 @@ def _int_labels(y, path: str) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
-    if y.ndim != 1:
-        raise EmbeddingsError(f"{path}: labels must be 1-D (N,), found shape {tuple(y.shape)}")
-    if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            raise EmbeddingsError(f"{path}: labels must be integers, found non-integral floats")
-    elif y.dtype.kind not in "iu":
+    if y.dtype.kind == "b":
         raise EmbeddingsError(f"{path}: labels must be integers, found dtype {y.dtype}")
-    return y.astype(np.int64)
+    return integer_labels(y, f"{path}: labels", EmbeddingsError).copy()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -120,15 +120,16 @@ class LabelSpace:
         return indices if self.values is None else self.values[indices]
 
 
-def _labels(x: ArrayLike, name: str) -> np.ndarray:
+def integer_labels(x: ArrayLike, name: str, error: type[Exception] = ValueError) -> np.ndarray:
+    """Labels as int64 (N,): integral floats are accepted, anything else raises `error` naming `name`."""
     y = as_numpy(x)
     if y.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {y.shape}")
+        raise error(f"{name} must be 1-D (N,), got shape {tuple(y.shape)}")
     if y.dtype.kind == "f":
         if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            raise ValueError(f"{name} must be integers, got non-integral floats")
+            raise error(f"{name} must be integers, got non-integral floats")
     elif y.dtype.kind not in "iub":
-        raise ValueError(f"{name} must be integers, got dtype {y.dtype}")
+        raise error(f"{name} must be integers, got dtype {y.dtype}")
     return y.astype(np.int64, copy=False)
 
 
@@ -337,8 +338,8 @@ def knn_evaluate(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: Ar
         raise ValueError(f"temperatures must be positive, got {temperatures}")
     train = as_numpy(train_feats)
     test = as_numpy(test_feats)
-    y_train = _labels(train_labels, "train labels")
-    y_test = _labels(test_labels, "test labels") if test_labels is not None else np.zeros(len(test), np.int64)
+    y_train = integer_labels(train_labels, "train labels")
+    y_test = integer_labels(test_labels, "test labels") if test_labels is not None else np.zeros(len(test), np.int64)
     kmax = max(ks)
     _check_inputs(train, y_train, test, y_test, kmax)
     space = LabelSpace.from_train(y_train, num_classes)
