@@ -33,8 +33,7 @@ import torch
 from bench_common import parse_args_with_threads
 
 from ssl_bf.augment import build_two_views
-from ssl_bf.data import IMAGENET_STATS, build_dataset
-from ssl_bf.folder_crops import TwoCropFolder
+from ssl_bf.data import IMAGENET_STATS, TwoCropFolder, build_dataset
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
           "retina", "stereo_motorcycle")

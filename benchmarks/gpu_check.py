@@ -297,8 +297,7 @@ def end_to_end(root: str, device_name: str, backbone: str, size: int, batch: int
 
     from data_throughput import ReferenceTwoCrops
     from ssl_bf.augment import build_two_views, recipe_crop_scale
-    from ssl_bf.data import build_dataset
-    from ssl_bf.folder_crops import TwoCropFolder
+    from ssl_bf.data import TwoCropFolder, build_dataset
     from step_throughput import VARIANTS, _config, make_model_step
 
     device = torch.device(device_name)

@@ -2,7 +2,7 @@
 
 The DataLoader only delivers uint8 batches; these modules turn a (N, C, H, W) uint8 batch
 into normalised float views on whatever device it lives on (CPU or CUDA). With `crop=False`
-the random resized crops are already cut per sample (`ssl_bf.folder_crops.TwoCropFolder`) and
+the random resized crops are already cut per sample (`ssl_bf.data.crops.TwoCropFolder`) and
 `TwoViews` takes the pair `(crops1, crops2)`; flip and the photometric ops stay here.
 """
 from __future__ import annotations

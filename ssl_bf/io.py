@@ -2,18 +2,28 @@
 
 Every file ssl-bf produces (checkpoints, JSON results, embeddings, configs, metrics rewrites) is
 written to a temp file beside its target and renamed over it, so a crash never leaves a
-half-written file. Tensor files are read with `torch.load(weights_only=True)`: nothing in a data
-file is ever executed.
+half-written file. Tensor files are read with `torch.load(weights_only=True)`, and pickles of
+plain arrays (CIFAR's) with a restricted unpickler: nothing in a data file is ever executed.
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import os
+import pickle
 import tempfile
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
+import numpy as np
 import torch
+
+try:  # numpy >= 2
+    from numpy._core import multiarray as _np_multiarray
+    from numpy._core import numeric as _np_numeric
+except ImportError:  # numpy 1.x
+    from numpy.core import multiarray as _np_multiarray  # type: ignore[no-redef]
+    from numpy.core import numeric as _np_numeric  # type: ignore[no-redef]
 
 
 def _umask() -> int:
@@ -77,3 +87,55 @@ def load_tensors(path: str, map_location: str | torch.device = "cpu") -> Any:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"file not found: {path}")
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Restricted unpickling: only the globals of an allow-list are ever looked up
+# ----------------------------------------------------------------------------------------------
+
+# The globals a pickle of numpy arrays needs: array reconstruction (numpy 1.x and 2.x module
+# names, pickle protocols 2-5) and `_codecs.encode`, which Python 3 uses for bytes in protocol 2.
+NUMPY_ARRAY_GLOBALS: dict[tuple[str, str], object] = {
+    ("numpy.core.multiarray", "_reconstruct"): _np_multiarray._reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _np_multiarray._reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _np_numeric._frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _np_numeric._frombuffer,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
+}
+
+
+class BlockedGlobalError(pickle.UnpicklingError):
+    """A pickle asked for a global outside the allow-list; `module` and `name` say which."""
+
+    def __init__(self, module: str, name: str, what: str) -> None:
+        super().__init__(f"refusing to load global {module}.{name}: only {what} is allowed "
+                         f"(the file may be malicious or not the kind of file expected)")
+        self.module, self.name = module, name
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that rebuilds plain containers and the allowed globals, and refuses anything
+    else. `allowed`: (module, name) -> object; `what` describes it for the error message."""
+
+    def __init__(self, file: Any, allowed: Mapping[tuple[str, str], object], what: str,
+                 **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self.allowed, self.what = allowed, what
+
+    def find_class(self, module: str, name: str) -> object:
+        obj = self.allowed.get((module, name))
+        if obj is None:
+            raise BlockedGlobalError(module, name, self.what)
+        return obj
+
+
+def safe_unpickle(path: str, allowed: Mapping[tuple[str, str], object], what: str,
+                  encoding: str = "bytes") -> Any:
+    """Load a pickle with `RestrictedUnpickler`, e.g. `safe_unpickle(path, NUMPY_ARRAY_GLOBALS,
+    "numpy array reconstruction")`; bytes stay bytes by default (Python-2 pickles). Raises
+    BlockedGlobalError on a global outside `allowed`; a corrupt file raises what pickle raises
+    (UnpicklingError, EOFError, ValueError...), a missing one OSError."""
+    with open(path, "rb") as f:
+        return RestrictedUnpickler(f, allowed, what, encoding=encoding).load()

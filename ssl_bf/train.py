@@ -21,11 +21,10 @@ from . import checkpoint as ckpt_io
 from . import distributed as dist_utils
 from .augment import EvalTransform, build_two_views, recipe_crop_scale
 from .config import Config, save_config, to_dict
-from .data import build_dataset
+from .data import TwoCropFolder, build_dataset
 from .devices import resolve_device
 from .features import extract_features
 from .io import save_atomic
-from .folder_crops import TwoCropFolder
 from .metrics import MetricsLogger, truncate_metrics
 from .moco import build_model
 from .norm import plan_normalisation

@@ -1,4 +1,5 @@
-"""Tests for ssl_bf.data: real Fashion-MNIST, synthetic CIFAR files, image folders."""
+"""Tests for ssl_bf.data: real Fashion-MNIST, synthetic CIFAR files, image folders; the
+restricted unpickler of ssl_bf.io."""
 from __future__ import annotations
 
 import gzip
@@ -13,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ssl_bf import data
-from ssl_bf.data import DATASET_STATS, DataError, build_dataset
+from ssl_bf.data import DATASET_STATS, DataError, build_dataset, cifar, fashion_mnist, load_image, read_idx
+from ssl_bf.io import NUMPY_ARRAY_GLOBALS, BlockedGlobalError, safe_unpickle
 
-FMNIST_DIR = Path(data.FASHION_MNIST_SYSTEM_DIR)
+FMNIST_DIR = Path(fashion_mnist.FASHION_MNIST_SYSTEM_DIR)
 needs_fmnist = pytest.mark.skipif(
     not (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
     reason="needs the Debian package: apt-get install -y dataset-fashion-mnist")
@@ -125,9 +126,9 @@ def test_fmnist_missing_root_names_path_and_fix(tmp_path):
 
 
 def test_fmnist_default_search_falls_back_to_download(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-system-copy"))
-    monkeypatch.setattr(data, "CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "_download_fmnist", lambda cache: "URLError: offline")
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "no-system-copy"))
+    monkeypatch.setattr(fashion_mnist, "CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(fashion_mnist, "_download_fmnist", lambda cache: "URLError: offline")
     with pytest.raises(DataError) as info:
         build_dataset("fashion-mnist")
     message = str(info.value)
@@ -140,7 +141,7 @@ def test_fmnist_default_search_falls_back_to_download(tmp_path, monkeypatch):
         _write_idx(raw / "train-images-idx3-ubyte", np.zeros((2, 28, 28), np.uint8))
         _write_idx(raw / "train-labels-idx1-ubyte", np.array([1, 2]))
 
-    monkeypatch.setattr(data, "_download_fmnist", fake_download)
+    monkeypatch.setattr(fashion_mnist, "_download_fmnist", fake_download)
     ds = build_dataset("fashion-mnist")
     assert ds.labels.tolist() == [1, 2]
     assert ds.root == str(tmp_path / "cache" / "fashion-mnist" / "FashionMNIST" / "raw")
@@ -161,11 +162,11 @@ def test_idx_parser_roundtrip_and_corruption(tmp_path):
     truncated = tmp_path / "train-images-idx3-ubyte"
     truncated.write_bytes(truncated.read_bytes()[:-5])
     with pytest.raises(DataError, match="corrupt") as info:
-        data.read_idx(str(truncated))
+        read_idx(str(truncated))
     assert str(truncated) in str(info.value)
     (tmp_path / "bad").write_bytes(b"\x1f\x8b\x08\x00garbage")
     with pytest.raises(DataError, match="magic"):
-        data.read_idx(str(tmp_path / "bad"))
+        read_idx(str(tmp_path / "bad"))
 
 
 def test_bad_arguments():
@@ -293,7 +294,14 @@ def test_cifar_pickle_with_forbidden_global_is_refused(tmp_path):
     evil = tmp_path / "evil.pkl"
     _dump(evil, {"f": eval}, 4)  # builtins.eval
     with pytest.raises(DataError, match="builtins.eval"):
-        data.safe_unpickle(str(evil))
+        cifar.read_cifar_pickle(str(evil))
+    with pytest.raises(BlockedGlobalError, match="refusing to load global builtins.eval") as blocked:
+        safe_unpickle(str(evil), NUMPY_ARRAY_GLOBALS, "numpy array reconstruction")
+    assert (blocked.value.module, blocked.value.name) == ("builtins", "eval")
+    _dump(evil, {b"data": np.arange(3, dtype=np.uint8)}, 4)  # numpy arrays: on the allow-list
+    assert safe_unpickle(str(evil), NUMPY_ARRAY_GLOBALS, "numpy arrays")[b"data"].tolist() == [0, 1, 2]
+    with pytest.raises(BlockedGlobalError, match=r"multiarray._reconstruct: only nothing is allowed"):
+        safe_unpickle(str(evil), allowed={}, what="nothing")
 
 
 def test_cifar_missing_and_corrupt(tmp_path):
@@ -353,12 +361,12 @@ def test_imagefolder_resize_then_centre_crop(tmp_path):
     img = Image.new("RGB", (40, 20), RED)
     img.paste(BLUE, (20, 0, 40, 20))  # right half blue
     img.save(tmp_path / "wide.png")
-    image = data.load_image(str(tmp_path / "wide.png"), 10)  # -> 20x10, crop columns 5..14
+    image = load_image(str(tmp_path / "wide.png"), 10)  # -> 20x10, crop columns 5..14
     assert image.shape == (3, 10, 10)
     assert image[:, 5, 1].tolist() == list(RED) and image[:, 5, 8].tolist() == list(BLUE)
     gray = tmp_path / "gray.JPG"
     Image.new("L", (30, 60), 128).save(gray, format="JPEG")
-    out = data.load_image(str(gray), 12)
+    out = load_image(str(gray), 12)
     assert out.shape == (3, 12, 12) and (out.int() - 128).abs().max() <= 2
 
 

@@ -11,14 +11,14 @@ import torchvision.transforms as T
 from PIL import Image, JpegImagePlugin
 from torch import nn
 
-from ssl_bf import data
 from ssl_bf.augment import TwoViews, build_two_views
-from ssl_bf.data import build_dataset, load_image
-from ssl_bf.folder_crops import TwoCropFolder, crop_box, decode_two_crops, draft_scale
+from ssl_bf.data import TwoCropFolder, build_dataset, load_image
+from ssl_bf.data.crops import crop_box, decode_two_crops, draft_scale
+from ssl_bf.data.fashion_mnist import FASHION_MNIST_SYSTEM_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_fmnist = pytest.mark.skipif(
-    not (Path(data.FASHION_MNIST_SYSTEM_DIR) / "t10k-images-idx3-ubyte.gz").is_file(),
+    not (Path(FASHION_MNIST_SYSTEM_DIR) / "t10k-images-idx3-ubyte.gz").is_file(),
     reason="needs the Debian package: apt-get install -y dataset-fashion-mnist")
 RATIO = (3 / 4, 4 / 3)
 

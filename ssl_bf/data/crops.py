@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .data import DataError, ImageFolderDataset
+from .base import DataError
+from .folders import ImageFolderDataset
 
 Box = tuple[int, int, int, int]  # (left, top, width, height) in full-size pixels
 DRAFT_SCALES = (8, 4, 2, 1)  # JPEG DCT reductions, largest first
@@ -131,7 +132,7 @@ class TwoCropFolder(Dataset):
             try:
                 crop1, crop2 = decode_two_crops(path, self.out_size, self.scale, self.ratio, rng)
             except Exception as err:  # a decode boundary: any failure means "bad file"
-                self.folder._skip(path, err)
+                self.folder.mark_unreadable(path, err)
                 continue
             return crop1, crop2, label  # 2 x (3, S, S) uint8, int
         raise DataError(f"no readable image left in {self.root} ({len(self.skipped)} files failed "

@@ -1,0 +1,72 @@
+"""Datasets that yield uint8 images: Fashion-MNIST, CIFAR-10/100, ImageFolder, unlabeled folders.
+
+Augmentation is not done here: every dataset returns `(uint8 tensor (C, H, W), int label)` and
+the two views are made later, batched on the device. In-memory datasets (Fashion-MNIST, CIFAR)
+also offer `get_batch(indices)`, so the trainer can slice whole batches without collation.
+`TwoCropFolder` is the exception for image folders at the full MoCo crop recipe: it cuts the two
+random resized crops in the DataLoader (`crops.py`).
+
+One module per source: `base` (dataset classes, stats, decoded-array cache), `fashion_mnist`,
+`cifar`, `folders`, `crops`. Decisions (see `build_dataset`):
+- An explicit `root` is the only place looked at; default locations are searched only when
+  `root` is None. A wrong root should fail loudly, not silently read another copy.
+- CIFAR pickles are read with a restricted unpickler that only rebuilds numpy arrays.
+- Folder datasets never crash an epoch on a bad file: it is warned about once, recorded in
+  `dataset.skipped` (per process: DataLoader workers keep their own copy) and replaced by the
+  next readable sample.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from .base import DATASET_STATS, IMAGENET_STATS, DataError, ImageDataset, TensorImageDataset
+from .cifar import build_cifar
+from .crops import TwoCropFolder
+from .fashion_mnist import FASHION_MNIST_CLASSES, build_fashion_mnist, read_idx
+from .folders import (ImageFolderDataset, build_imagefolder, build_unlabeled_folder, find_images,
+                      load_image)
+
+__all__ = [
+    "DATASET_NAMES", "DATASET_STATS", "FASHION_MNIST_CLASSES", "IMAGENET_STATS", "SPLITS",
+    "DataError", "ImageDataset", "ImageFolderDataset", "TensorImageDataset", "TwoCropFolder",
+    "build_dataset", "find_images", "load_image", "read_idx",
+]
+
+DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "folder")
+SPLITS = ("train", "test")
+
+
+def build_dataset(name: str, root: Optional[str] = None, split: str = "train",
+                  subset: Optional[int] = None, load_size: int = 256) -> ImageDataset:
+    """Build a dataset by name; see the module docstring for the layout rules.
+
+    Args:
+        name: fashion-mnist | cifar10 | cifar100 | imagefolder | folder.
+        root: data folder; None searches the defaults (Fashion-MNIST, CIFAR cache folder).
+        split: "train" or "test" (unlabeled `folder` ignores it: the folder is the data).
+        subset: keep only the first N samples; ValueError if N exceeds the dataset.
+        load_size: decoded image size for folder datasets.
+    Raises:
+        DataError: data missing, unreadable or corrupt.
+        ValueError: an unknown name or split, or a bad subset / load_size.
+    """
+    if name not in DATASET_NAMES:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose 'train' or 'test'")
+    if load_size <= 0:
+        raise ValueError(f"load_size must be positive, got {load_size}")
+    if name == "fashion-mnist":
+        dataset: ImageDataset = build_fashion_mnist(root, split)
+    elif name in ("cifar10", "cifar100"):
+        dataset = build_cifar(name, root, split)
+    elif name == "imagefolder":
+        dataset = build_imagefolder(root, split, load_size)
+    else:
+        dataset = build_unlabeled_folder(root, load_size)
+    if subset is not None:
+        if subset <= 0 or subset > len(dataset):
+            raise ValueError(f"subset={subset} is out of range: {dataset.name} at {dataset.root} "
+                             f"has {len(dataset)} images")
+        dataset.take_first(subset)
+    return dataset
