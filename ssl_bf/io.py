@@ -12,8 +12,9 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import tempfile
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -82,11 +83,69 @@ def write_json_atomic(obj: Any, path: str) -> None:
     atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
+class UnreadableFileError(ValueError):
+    """A file that cannot be loaded safely; the message names the file and what is wrong."""
+
+
 def load_tensors(path: str, map_location: str | torch.device = "cpu") -> Any:
-    """Load a torch file with `weights_only=True` (no arbitrary code from the file)."""
+    """Load a torch file with `weights_only=True` (no arbitrary code from the file).
+
+    A missing file raises FileNotFoundError; an empty, corrupt or non-torch file, or one that holds
+    a Python object a weights-only load refuses, raises UnreadableFileError naming the file (and
+    the refused type). It never suggests an unrestricted load.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"file not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if os.path.getsize(path) == 0:
+        raise UnreadableFileError(f"{path} is empty (0 bytes): not a checkpoint")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        blocked = re.findall(r"GLOBAL ([\w.]+)", str(err))
+        if blocked:
+            raise UnreadableFileError(
+                f"{path} holds a Python object of type {blocked[0]}, which ssl-bf refuses to load "
+                f"(only tensors and plain containers are read from checkpoints; nothing in a file is "
+                f"ever executed)") from None
+        raise UnreadableFileError(f"{path} is not a torch checkpoint (corrupt or another format)") from None
+    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UnreadableFileError(f"{path} is not a torch checkpoint (corrupt, truncated or another "
+                                  f"format: {first})") from None
+
+
+class OutputError(ValueError):
+    """An output path that must not be written: a folder, a checkpoint, an input, unwritable."""
+
+
+def check_output(path: str, protected: Sequence[str] = (), what: str = "output") -> str:
+    """Refuse `path` as an output before any compute starts; returns it unchanged.
+
+    Refused: an existing folder; a training checkpoint (`.../checkpoints/*.pt`); any of the
+    `protected` input files (same file by path or inode); a folder that cannot be created or
+    written. The message names the option (`what`) and the path.
+    """
+    target = os.path.abspath(path)
+    if os.path.isdir(target):
+        raise OutputError(f"{what} {path} is a folder; give a file name")
+    for p in protected:
+        if p and os.path.exists(p) and (os.path.abspath(p) == target
+                                        or (os.path.exists(target) and os.path.samefile(p, target))):
+            raise OutputError(f"{what} {path} is this command's own input; write to another file")
+    if os.path.exists(target) and os.path.basename(os.path.dirname(target)) == "checkpoints" \
+            and target.endswith(".pt"):
+        raise OutputError(f"{what} {path} is a training checkpoint; refusing to overwrite it")
+    folder = os.path.dirname(target)
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OutputError(f"{what} {path}: {existing} is a file, so the folder cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {path}: the folder {existing} is not writable")
+    if os.path.exists(target) and not os.access(target, os.W_OK):
+        raise OutputError(f"{what} {path} exists and is not writable")
+    return path
 
 
 # ----------------------------------------------------------------------------------------------
