@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import json
+import math
 import os
 import pickle
 import re
@@ -79,8 +80,21 @@ def save_atomic(obj: Any, path: str) -> None:
     atomic_write_bytes(path, lambda f: torch.save(obj, f))
 
 
+def strict_json(obj: Any) -> Any:
+    """`obj` with every NaN/inf float replaced by None, so it serialises as strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(obj: Any, path: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+    """Strict JSON (NaN/inf written as null), atomically."""
+    text = json.dumps(strict_json(obj), indent=2, allow_nan=False)
+    atomic_write_bytes(path, lambda f: f.write((text + "\n").encode()))
 
 
 class UnreadableFileError(ValueError):
