@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from typing import Optional
 
-from .options import CLUSTERS, PRESET_ENV, LaunchError, make_options, parse_extra
+from ssl_bf.io import OutputError, check_output, strict_json, write_json_atomic
+
+from .options import CLUSTERS, PRESET_ENV, LaunchError, OneLineParser, make_options, one_line, parse_extra
 from .submission import COMMANDS, submit
 from .sweep import load_sweep_file, parse_sweep
 
@@ -18,12 +21,20 @@ examples:
   ssl-bf submit pretrain --sweep seed=0,1,2 --sweep batchformer.enabled=false,true \\
       --then evaluate -- --config configs/demo.yaml run.dir=runs/bf-sweep
   ssl-bf sweep-report runs/bf-sweep
-Everything after `--` goes to the subcommand unchanged. Options default to the cluster preset
-(--preset, or $SSL_BF_CLUSTER_PRESET), then to built-in defaults."""
+Everything after `--` goes to the subcommand unchanged (its arguments, and --then-args, are
+checked with the subcommand's own parser before anything is submitted). Options default to the
+cluster preset (--preset, or $SSL_BF_CLUSTER_PRESET), then to built-in defaults.
+An option the cluster does not use is refused, never silently dropped: --partition, --account,
+--qos, --constraint, --exclusive, --slurm-extra, --mem-gb, --cpus-per-task and --job-name are
+SLURM only; --cluster debug (in this process) also refuses --setup, --time, --signal-delay,
+--max-requeues and more than one task. A SLURM preset's values that --cluster local/debug does
+not use are named in the output.
+exit codes: 0 submitted (or dry run); 1 --wait: a job failed; 2 a bad option or input file,
+nothing submitted (one line on stderr names the option or file)."""
 
 
 def _submit_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="ssl-bf submit", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
         usage="ssl-bf submit {%s} [launcher options] -- [the subcommand's arguments]" % "|".join(COMMANDS),
         description="Run an ssl-bf subcommand as a SLURM job (submitit), or locally with the same job "
@@ -34,18 +45,18 @@ def _submit_parser() -> argparse.ArgumentParser:
                    "here) or debug (in this process); default: the preset's, else slurm")
     g.add_argument("--preset", help=f"cluster preset: a name in launch/clusters/ or a YAML path "
                    f"(default: ${PRESET_ENV})")
-    g.add_argument("--partition")
-    g.add_argument("--account")
-    g.add_argument("--qos")
-    g.add_argument("--constraint", help="node features, as sbatch --constraint")
+    g.add_argument("--partition", help="SLURM only")
+    g.add_argument("--account", help="SLURM only")
+    g.add_argument("--qos", help="SLURM only")
+    g.add_argument("--constraint", help="node features, as sbatch --constraint (SLURM only)")
     g = p.add_argument_group("resources")
     g.add_argument("--nodes", type=int)
     g.add_argument("--gpus-per-node", type=int, help="one task per GPU")
     g.add_argument("--tasks-per-node", type=int, help="default: --gpus-per-node, or 1 without GPUs")
-    g.add_argument("--cpus-per-task", type=int)
-    g.add_argument("--mem-gb", type=float, help="memory per node")
+    g.add_argument("--cpus-per-task", type=int, help="SLURM only")
+    g.add_argument("--mem-gb", type=float, help="memory per node (SLURM only)")
     g.add_argument("--time", type=int, metavar="MIN", help="time limit in minutes")
-    g.add_argument("--exclusive", action="store_true", default=None, help="whole nodes")
+    g.add_argument("--exclusive", action="store_true", default=None, help="whole nodes (SLURM only)")
     g.add_argument("--signal-delay", type=int, metavar="S",
                    help="seconds before the time limit at which the job checkpoints and requeues")
     g.add_argument("--max-requeues", type=int, help="time-outs after which the job is not requeued")
@@ -86,6 +97,10 @@ def submit_main(argv: list[str]) -> int:
     parser = _submit_parser()
     args = parser.parse_args(mine)
     try:
+        if args.json and args.json != "-":  # before anything is submitted: an input is never overwritten
+            inputs = [p for p in (*rest, args.sweep_file, args.preset) if p and os.path.isfile(p)]
+            check_output(args.json, protected=inputs, what="--json")
+        then_args = _split_then_args(args.then_args)
         opts = make_options(
             args.preset, cluster=args.cluster, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
             tasks_per_node=args.tasks_per_node, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
@@ -101,10 +116,9 @@ def submit_main(argv: list[str]) -> int:
             raise LaunchError(f"--sweep {twice[0]} is also an axis of {args.sweep_file}")
         sub = submit(args.command, rest, opts, sweep_axes={**axes, **given} or None,
                      sweep_variants=variants or None, variants_first=variants_first,
-                     then=args.then, dry_run=args.dry_run,
-                     then_args=shlex.split(args.then_args) if args.then_args else None)
-    except LaunchError as e:
-        print(f"ssl-bf submit: error: {e}", file=sys.stderr)
+                     then=args.then, dry_run=args.dry_run, then_args=then_args)
+    except (LaunchError, OutputError) as e:
+        print(f"ssl-bf submit: error: {one_line(e)}", file=sys.stderr)
         return 2
     print(sub.describe(), flush=True)
     record = {"cluster": sub.cluster, "command": sub.command, "folder": sub.folder, "run_dirs": sub.run_dirs,
@@ -114,13 +128,23 @@ def submit_main(argv: list[str]) -> int:
     if (args.wait or sub.cluster == "debug") and not sub.dry_run:  # debug jobs run when awaited
         rc = _wait(sub, record)
     if args.json:
-        text = json.dumps(record, indent=2, default=str)
+        record = json.loads(json.dumps(record, default=str))  # job results may hold paths and other objects
         if args.json == "-":
-            print(text)
+            print(json.dumps(strict_json(record), indent=2, allow_nan=False))
         else:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
+            write_json_atomic(record, args.json)
     return rc
+
+
+def _split_then_args(text: Optional[str]) -> Optional[list[str]]:
+    """--then-args as shell words (LaunchError when the quoting does not close)."""
+    if not text:
+        return None
+    try:
+        return shlex.split(text)
+    except ValueError as err:
+        raise LaunchError(f"--then-args {text!r} cannot be split into arguments ({err}): give them as one "
+                          f"shell-quoted string, e.g. --then-args='--linear none --subset 500'") from None
 
 
 def _wait(sub, record: dict) -> int:

@@ -1,11 +1,16 @@
 """Launcher options: dataclass, cluster presets (launch/clusters/*.yaml) and sbatch parameters."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
+import sys
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ssl_bf.io import OutputError, check_output
 from ssl_bf.yaml_io import did_you_mean, load_yaml_mapping
 
 CLUSTERS = ("slurm", "local", "debug")
@@ -15,6 +20,19 @@ PRESET_ENV = "SSL_BF_CLUSTER_PRESET"  # default preset name or path
 
 class LaunchError(ValueError):
     """A request that cannot be submitted; the message says why and what to change."""
+
+
+def one_line(message: object) -> str:
+    """An error message on one line (a YAML parser's message spans several)."""
+    return re.sub(r"\s*\n\s*", " ", str(message)).strip()
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (exit 2), naming the option."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 @dataclass
@@ -38,6 +56,7 @@ class LaunchOptions:
     setup: list = field(default_factory=list)  # shell lines run before srun (module load, ...)
     folder: Optional[str] = None  # submitit folder; default: RUN/submitit
     job_name: Optional[str] = None
+    ignored: list = field(default_factory=list, repr=False)  # preset values this cluster does not use (a note)
 
     @property
     def ntasks_per_node(self) -> int:
@@ -63,8 +82,8 @@ class LaunchOptions:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise LaunchError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-        if self.mem_gb is not None and self.mem_gb <= 0:
-            raise LaunchError(f"--mem-gb must be positive, got {self.mem_gb}")
+        if self.mem_gb is not None and not (math.isfinite(self.mem_gb) and self.mem_gb > 0):
+            raise LaunchError(f"--mem-gb must be a positive number of GB per node, got {self.mem_gb:g}")
         if self.gpus_per_node and self.tasks_per_node and self.tasks_per_node != self.gpus_per_node:
             raise LaunchError(f"one task per GPU: --tasks-per-node {self.tasks_per_node} does not match "
                               f"--gpus-per-node {self.gpus_per_node}")
@@ -78,40 +97,133 @@ class LaunchOptions:
         if self.cluster != "slurm" and self.nodes > 1:
             raise LaunchError(f"--cluster {self.cluster} runs on this machine only: --nodes must be 1 "
                               f"(got {self.nodes}); use --cluster slurm for multi-node runs")
+        if self.cluster == "debug" and self.ntasks_per_node > 1:
+            given = "--tasks-per-node" if self.tasks_per_node else "--gpus-per-node"
+            raise LaunchError(f"{given}: --cluster debug runs one task in this process, not "
+                              f"{self.ntasks_per_node}; use --cluster local for several tasks on this machine")
+        texts = {f"--{k.replace('_', '-')}": getattr(self, k)
+                 for k in ("partition", "account", "qos", "constraint", "job_name", "folder")}
+        texts.update({f"--slurm-extra {k}": f"{k}={v}" for k, v in self.slurm_extra.items()})
+        for name, text in texts.items():
+            if isinstance(text, str) and ("\n" in text or "\r" in text):
+                raise LaunchError(f"{name}: the value {text!r} contains a line break, which would end its "
+                                  f"#SBATCH line in the job script; give one line")
 
 
-_FIELDS = {f.name for f in dataclasses.fields(LaunchOptions)}
+# The options that only sbatch uses: a local or debug job would silently go without them.
+SLURM_ONLY = ("partition", "account", "qos", "constraint", "exclusive", "slurm_extra", "mem_gb", "cpus_per_task",
+              "job_name")
+# What each non-SLURM cluster does not use. `--cluster debug` runs the job in this process, at once:
+# no shell runs before it (setup), and no time limit, signal or requeue applies.
+IGNORED_BY = {"local": SLURM_ONLY, "debug": (*SLURM_ONLY, "setup", "time", "signal_delay", "max_requeues")}
 
 
-def resolve_preset(name: str) -> str:
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _given(value: Any) -> bool:
+    """An option value that asks for something (not None, not False, not empty)."""
+    return value is not None and value is not False and value != {} and value != []
+
+
+def _refuse_unused(cluster: str, given: dict, preset_values: dict, preset_path: Optional[str]) -> list[str]:
+    """LaunchError for an option the cluster would ignore when asked for explicitly (command line,
+    or a preset that itself names this cluster); returns the preset values ignored otherwise."""
+    unused = IGNORED_BY.get(cluster, ())
+    for name in unused:
+        if _given(given.get(name)):
+            if name in SLURM_ONLY:
+                raise LaunchError(f"{_flag(name)} is a SLURM (sbatch) option, which --cluster {cluster} does not "
+                                  f"use: drop it, or submit with --cluster slurm")
+            raise LaunchError(f"{_flag(name)}: --cluster debug runs the job in this process at once, so it has no "
+                              f"use for {_flag(name)}: drop it, or use --cluster local")
+    own = preset_values.get("cluster")
+    ignored = [name for name in unused if _given(preset_values.get(name)) and name not in given]
+    if ignored and own == cluster:
+        raise LaunchError(f"{preset_path}: '{ignored[0]}' is a SLURM option, but this preset runs on "
+                          f"cluster: {cluster}, which does not use it: remove it from the preset"
+                          if ignored[0] in SLURM_ONLY else
+                          f"{preset_path}: '{ignored[0]}' has no use on cluster: {cluster}: remove it from the preset")
+    return ignored
+
+
+_FIELDS = {f.name for f in dataclasses.fields(LaunchOptions)} - {"ignored"}
+
+
+def resolve_preset(name: str, from_env: bool = False) -> str:
     """A preset name (launch/clusters/NAME.yaml) or a path -> the YAML path."""
+    given = f"${PRESET_ENV}={name}" if from_env else f"--preset {name}"
     if os.path.isfile(name):
         return name
+    if os.path.isdir(name):
+        raise LaunchError(f"{given}: a folder; give a preset YAML file or a preset name")
     path = os.path.join(PRESET_DIR, f"{name}.yaml")
-    if os.path.isfile(path):
+    if name and os.sep not in name and os.path.isfile(path):
         return path
     known = sorted(f[:-5] for f in os.listdir(PRESET_DIR) if f.endswith(".yaml"))
-    raise LaunchError(f"unknown cluster preset '{name}': not a file, and not one of {known}")
+    raise LaunchError(f"{given}: unknown cluster preset '{name}': not a file, and not one of {known}")
 
 
-def load_preset(name: str) -> dict:
-    """The preset's option values (validated names), to layer under the command line."""
-    path = resolve_preset(name)
+_INT = ("nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task", "time", "signal_delay", "max_requeues",
+        "max_parallel")
+_TEXT = ("cluster", "partition", "account", "qos", "constraint", "folder", "job_name")
+_REQUIRED = ("cluster", "nodes", "gpus_per_node", "time", "signal_delay", "max_requeues", "exclusive")
+
+
+def _check_type(path: str, key: str, value: Any) -> Any:
+    """A preset value of the type its option takes (LaunchError naming the file and key)."""
+    def bad(kind: str) -> LaunchError:
+        return LaunchError(f"{path}: {key} must be {kind}, got {value!r}")
+
+    if value is None:
+        if key in _REQUIRED:
+            raise bad("a value (leave the key out for the default)")
+        return value
+    if key in _INT:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+    elif key == "mem_gb":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number of GB")
+    elif key in _TEXT:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise bad("a single value")
+        value = str(value)
+    elif key == "exclusive":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif key == "slurm_extra":
+        if not isinstance(value, dict) or any(isinstance(v, (dict, list)) for v in value.values()):
+            raise bad("a mapping of sbatch options to single values, e.g. {mail-type: END}")
+    elif key == "setup":
+        if not isinstance(value, list) or any(isinstance(v, (dict, list)) or v is None for v in value):
+            raise bad("a list of shell lines, e.g. [\"module load cuda\"]")
+    return value
+
+
+def load_preset(name: str, from_env: bool = False) -> dict:
+    """The preset's option values (validated names and types), to layer under the command line."""
+    path = resolve_preset(name, from_env)
     values = {}
     for key, value in load_yaml_mapping(path, "cluster preset", error=LaunchError).items():
         k = str(key).replace("-", "_")
         if k not in _FIELDS:
             raise LaunchError(f"{path}: unknown launcher option '{key}'{did_you_mean(k, sorted(_FIELDS))}")
-        values[k] = value
+        values[k] = _check_type(path, k, value)
     return values
 
 
 def make_options(preset: Optional[str], **given: Any) -> LaunchOptions:
     """Defaults <- preset <- explicit values (None means "not given")."""
     values: dict = {}
+    from_env = not preset
     preset = preset or os.environ.get(PRESET_ENV) or None
-    if preset:
-        values.update(load_preset(preset))
+    preset_values = load_preset(preset, from_env) if preset else {}
+    values.update(preset_values)
+    unknown = sorted(set(given) - _FIELDS)
+    if unknown:
+        raise LaunchError(f"unknown launcher option '{unknown[0]}'")
     for k, v in given.items():
         if v is None:
             continue
@@ -128,7 +240,22 @@ def make_options(preset: Optional[str], **given: Any) -> LaunchOptions:
     opts.slurm_extra = {str(k): v for k, v in (opts.slurm_extra or {}).items()}
     opts.setup = [str(s) for s in (opts.setup or [])]
     opts.check()
+    opts.ignored = _refuse_unused(opts.cluster, {k: v for k, v in given.items() if v is not None}, preset_values,
+                                  resolve_preset(preset, from_env) if preset else None)
     return opts
+
+
+def check_folder(path: str, what: str) -> str:
+    """Refuse an output folder before anything is submitted: an existing file, or a folder that
+    cannot be created or written (ssl_bf.io.check_output on a file in it). Returns `path`."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise LaunchError(f"{what} {path} is a file; give a folder")
+    probe = os.path.join(path, ".ssl-bf-write-check")  # a name no job writes: only the folder is checked
+    try:
+        check_output(probe, what=what)
+    except OutputError as err:
+        raise LaunchError(str(err).replace(probe, path)) from None
+    return path
 
 
 def parse_extra(items: list[str]) -> dict:

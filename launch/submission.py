@@ -19,7 +19,7 @@ from typing import Optional
 
 from .cluster_checks import check_request
 from .job import SubcommandChain, SubcommandJob
-from .options import LaunchError, LaunchOptions, sbatch_parameters
+from .options import LaunchError, LaunchOptions, check_folder, sbatch_parameters
 from .sweep import Sweep, expand, write_sweep
 
 COMMANDS = ("pretrain", "embed", "knn", "linear", "evaluate")
@@ -70,6 +70,32 @@ def pretrain_config(args: list[str]):
     except SystemExit:
         msg = err.getvalue().strip().splitlines()
         raise LaunchError(f"bad pretrain arguments: {msg[-1] if msg else shlex.join(args)}") from None
+
+
+def _subcommand_parser(command: str):
+    """The argument parser of `ssl-bf COMMAND` (an evaluation command)."""
+    from ssl_bf.eval import cli as eval_cli
+
+    return {"embed": eval_cli.embed_parser, "knn": eval_cli.knn_parser, "linear": eval_cli.linear_parser,
+            "evaluate": eval_cli.evaluate_parser}[command]()
+
+
+def check_subcommand_args(command: str, args: list[str], what: str = "") -> None:
+    """Parse the arguments a job will give `ssl-bf COMMAND` now, so a job never starts only to
+    fail on them (LaunchError with argparse's reason). `what` names the option they came from."""
+    err = io.StringIO()
+    where = f"{what}: " if what else ""
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            _subcommand_parser(command).parse_args(list(args))
+    except SystemExit as exc:  # argparse's usual way out (--help exits 0)
+        if exc.code in (0, None):
+            raise LaunchError(f"{what or f'the {command} arguments'} ask for help only: nothing to submit") from None
+        lines = err.getvalue().strip().splitlines()
+        reason = lines[-1].split("error: ", 1)[-1] if lines else shlex.join(args)
+        raise LaunchError(f"{where}`ssl-bf {command}` would refuse these arguments: {reason}") from None
+    except ValueError as exc:  # a parser that raises its errors instead of exiting
+        raise LaunchError(f"{where}`ssl-bf {command}` would refuse these arguments: {exc}") from None
 
 
 def guess_run_dir(command: str, args: list[str]) -> Optional[str]:
@@ -123,6 +149,8 @@ class Submission:
         where = f"{self.cluster}" + (f", partition {self.partition}" if self.partition else "")
         if self.dry_run:
             lines.append(f"dry run: nothing submitted ({what} on {where}, {self.shape})")
+            if self.note:
+                lines.append(self.note)
             lines.append("--- sbatch script ---")
             lines.append(self.script.rstrip())
             if self.eval_script:
@@ -240,6 +268,10 @@ def submit(command: str, args: list[str], opts: LaunchOptions, sweep_axes: Optio
                           f"(got {opts.nodes} node(s) x {opts.ntasks_per_node} task(s))")
     if "--print-config" in args or "-h" in args or "--help" in args:
         raise LaunchError("the subcommand's arguments ask for help/printing only: nothing to submit")
+    if command != "pretrain":
+        check_subcommand_args(command, args)
+    if then_args:
+        check_subcommand_args("evaluate", ["RUN", *then_args], what="--then-args")
 
     # Run folders (absolute: the job's working directory may differ) and per-job arguments.
     sweep: Optional[Sweep] = None
@@ -266,6 +298,7 @@ def submit(command: str, args: list[str], opts: LaunchOptions, sweep_axes: Optio
         folder = opts.folder or (os.path.join(run_dir, SUBMITIT_DIR, command) if run_dir
                                  else os.path.join(os.getcwd(), "ssl-bf-jobs", command))
     folder = os.path.abspath(folder)
+    check_folder(folder, "--folder" if opts.folder else "the submitit folder (default RUN/submitit; see --folder)")
 
     n = len(argvs)
     tasks = opts.ntasks_per_node if command in DISTRIBUTED_COMMANDS else 1
@@ -278,9 +311,11 @@ def submit(command: str, args: list[str], opts: LaunchOptions, sweep_axes: Optio
                                         gpus_per_node=min(opts.gpus_per_node, 1),
                                         dependency=("aftercorr:<ARRAY_ID>" if n > 1 else "afterok:<JOB_ID>"))
 
+    notes = ["then: `ssl-bf evaluate RUN` runs at the end of the same job"] if chained_in_job else []
+    if opts.ignored:
+        notes.append(f"--cluster {opts.cluster} does not use the preset's {', '.join(opts.ignored)}")
     sub = Submission(command=[command, *args], cluster=opts.cluster, folder=folder, run_dirs=run_dirs,
-                     sweep=sweep, dry_run=dry_run, shape=shape,
-                     note="then: `ssl-bf evaluate RUN` runs at the end of the same job" if chained_in_job else "")
+                     sweep=sweep, dry_run=dry_run, shape=shape, note="; ".join(notes))
     if opts.cluster == "slurm":
         sub.partition = check_request(opts, tasks, opts.nodes) or opts.partition
     if dry_run:

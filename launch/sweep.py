@@ -3,12 +3,12 @@ one run folder per element, recorded in the base folder's sweep.json (format: ss
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 from typing import Optional
 
 from ssl_bf.config import format_override_value
+from ssl_bf.io import write_json_atomic
 from ssl_bf.sweep_file import SWEEP_FILE, VARIANT_KEY, Element, Sweep
 from ssl_bf.yaml_io import load_yaml_mapping
 
@@ -42,6 +42,8 @@ def _scalar(value, where: str) -> str:
 
 
 def _read_sweep_yaml(path: str) -> dict:
+    if os.path.isdir(path):
+        raise LaunchError(f"--sweep-file {path} is a folder; give the sweep's YAML file")
     if not os.path.isfile(path):
         raise LaunchError(f"--sweep-file: no such file: {path}")
     data = load_yaml_mapping(path, "sweep file", error=LaunchError, unique_keys=True)
@@ -80,6 +82,8 @@ def load_sweep_file(path: str) -> tuple[dict[str, dict[str, str]], dict[str, lis
         variants[name] = {str(k): _scalar(v, f"{path}: variant '{name}', key '{k}'") for k, v in overrides.items()}
     axes: dict[str, list[str]] = {}
     for key, values in (data.get("axes") or {}).items():
+        if values is None or values == []:
+            raise LaunchError(f"{path}: axis '{key}' has no values (it needs distinct values, e.g. {key}: [0, 1, 2])")
         values = [_scalar(v, f"{path}: axis '{key}'") for v in (values if isinstance(values, list) else [values])]
         if str(key) == "run.dir":
             raise LaunchError(f"{path}: an axis over run.dir is not allowed: each element gets its own run folder")
@@ -128,12 +132,7 @@ def expand(axes: dict[str, list[str]], base_dir: str,
 
 
 def write_sweep(sweep: Sweep) -> str:
-    """BASE/sweep.json (atomically); returns its path."""
-    os.makedirs(sweep.base_dir, exist_ok=True)
+    """BASE/sweep.json (atomically, strict JSON); returns its path."""
     path = os.path.join(sweep.base_dir, SWEEP_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(sweep.to_json(), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json_atomic(sweep.to_json(), path)
     return path

@@ -3,6 +3,8 @@
 - `sweep_table`: `ssl-bf sweep-report`, the mean ± std table of results.json over a sweep
 - `run_report`: `ssl-bf report`, plots and report.md/report.json for a run or a folder of runs
 - `records`: finding a folder's runs, grouping them into variants, metrics.jsonl -> curves
+- `inputs`: sweep.json and results.json read and checked (a run that cannot be read is listed
+  with the reason, never dropped), output folders refused before any work, the exit codes
 - `plots`: the figures (matplotlib, Agg); `tsne`: the 2-D maps of test embeddings
 
 Layering: reads run folders and sweep.json through the core (`ssl_bf.sweep_file`,

@@ -6,17 +6,17 @@ metrics.jsonl holds step records (every train.log_every steps), epoch-end record
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Optional
 
 from ssl_bf.config import format_override_value
 from ssl_bf.metrics import read_metrics
-from ssl_bf.sweep_file import VARIANT_KEY, element_dirs, read_sweep
+from ssl_bf.sweep_file import VARIANT_KEY
 
 from . import ReportError
-from .sweep_table import SEED_KEYS, collect, differing_keys, flat_config
+from .inputs import RESULTS, NotRead, element_dirs, read_results, read_sweep_checked
+from .sweep_table import SEED_KEYS, differing_keys, flat_config, is_run
 
 # Train-set sizes, only to place the loss of a run that has not finished an epoch yet.
 TRAIN_SIZES = {"fashion-mnist": 60000, "cifar10": 50000, "cifar100": 50000}
@@ -31,6 +31,10 @@ class Run:
     config: dict = field(default_factory=dict)  # flat config.yaml
     records: list = field(default_factory=list)  # metrics.jsonl
     results: Optional[dict] = None
+    results_problem: Optional[str] = None  # why results is None (inputs.NOT_EVALUATED, or the file's fault)
+    unreadable: list = field(default_factory=list)  # "PATH: what is wrong" of the files that could not be read
+    expected: bool = False  # an element of sweep.json: a missing results.json is not normal
+    partial: list = field(default_factory=list)  # notes on records that were skipped
 
 
 @dataclass
@@ -45,39 +49,75 @@ class Variant:
 # ----------------------------------------------------------------------------------------------
 
 
-def _read_json(path: str) -> Optional[dict]:
+# Fields of a metrics record that the curves and times read as numbers.
+_NUMERIC_FIELDS = ("step", "epoch", "loss", "train_seconds", "knn_seconds", "knn_top1", "images_per_s", "world_size")
+
+
+def _read_records(run: Run) -> None:
+    """RUN/metrics.jsonl into run.records; an unreadable file goes into run.unreadable."""
+    path = os.path.join(run.run_dir, "metrics.jsonl")
     try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+        # a run may be mid-write, or killed mid-line more than once: skip every line that is not a record
+        records = read_metrics(path, skip_bad_lines=True)
+    except UnicodeDecodeError:
+        run.unreadable.append(f"{path}: not a metrics file (not UTF-8 text)")
+    except (OSError, ValueError) as err:
+        run.unreadable.append(f"{path}: cannot be read ({getattr(err, 'strerror', None) or err})")
+    except RecursionError:
+        run.unreadable.append(f"{path}: a record is nested too deeply")
+    else:
+        run.records = [r for r in records if _well_typed(r)]
+        if len(run.records) < len(records):
+            run.partial.append(f"{path}: {len(records) - len(run.records)} record(s) skipped (a non-numeric "
+                               f"value in one of {', '.join(_NUMERIC_FIELDS)})")
 
 
-def _is_run(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.yaml")) or os.path.isfile(os.path.join(path, "metrics.jsonl"))
+def _well_typed(record: dict) -> bool:
+    return all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+               for k, v in record.items() if k in _NUMERIC_FIELDS)
+
+
+def _read_run_results(run: Run) -> None:
+    run.results, run.results_problem, kind = read_results(run.run_dir)
+    if kind == "unreadable":
+        run.unreadable.append(run.results_problem)
+
+
+def not_read(runs: list[Run], not_started: list[str]) -> list[NotRead]:
+    """Every run (or sweep element) whose results or records could not be used, with the reason."""
+    out = [NotRead(name, "no run folder: not started", "not started", True) for name in not_started]
+    for r in runs:
+        if r.unreadable:
+            out.append(NotRead(r.name, "; ".join(r.unreadable), "unreadable", r.expected))
+        elif r.results is None:
+            out.append(NotRead(r.name, r.results_problem or "no results.json (not evaluated)", "missing",
+                               r.expected))
+    return out
 
 
 def find_runs(folder: str) -> tuple[list[str], list[Run], list[str]]:
-    """(swept keys, runs, sweep elements with no folder yet) of a run folder or a folder of runs."""
+    """(swept keys, runs, sweep elements with no folder yet) of a run folder or a folder of runs.
+
+    Each run has its config, records and results read; what could not be read is on the run
+    (`results_problem`, `unreadable`). A malformed sweep.json or config.yaml raises ReportError."""
     if not os.path.isdir(folder):
         raise ReportError(f"no such folder: {folder}")
-    if _is_run(folder):
+    if is_run(folder):
         name = os.path.basename(os.path.abspath(folder))
         runs, keys, not_started = [Run(name, folder, {})], [], []
     else:
-        sweep = read_sweep(folder)
+        sweep = read_sweep_checked(folder)
         runs, not_started = [], []
         if sweep is not None:
             keys = list(sweep.keys)
             for el, run_dir in element_dirs(sweep, folder):
                 if os.path.isdir(run_dir):
-                    runs.append(Run(el.name, run_dir, {k: str(v) for k, v in el.labels().items()}))
+                    runs.append(Run(el.name, run_dir, {k: str(v) for k, v in el.labels().items()}, expected=True))
                 else:
                     not_started.append(el.name)
         else:
-            for name in sorted(os.listdir(folder)):
-                if _is_run(os.path.join(folder, name)):
+            for name in sorted(os.listdir(folder)):  # the sub-folders `ssl-bf sweep-report` reads too
+                if is_run(os.path.join(folder, name)) or os.path.lexists(os.path.join(folder, name, RESULTS)):
                     runs.append(Run(name, os.path.join(folder, name), {}))
             configs = [flat_config(r.run_dir) for r in runs]
             keys = differing_keys(configs)
@@ -88,14 +128,8 @@ def find_runs(folder: str) -> tuple[list[str], list[Run], list[str]]:
                           + (f"; sweep elements not started: {', '.join(not_started)}" if not_started else "") + ")")
     for r in runs:
         r.config = flat_config(r.run_dir)
-        # a run may be mid-write, or killed mid-line more than once: skip every line that is not a record
-        r.records = read_metrics(os.path.join(r.run_dir, "metrics.jsonl"), skip_bad_lines=True)
-    if len(runs) == 1 and not keys:
-        runs[0].results = _read_json(os.path.join(runs[0].run_dir, "results.json"))
-    else:  # the same runs and numbers as `ssl-bf sweep-report`
-        by_name = {c["name"]: c["results"] for c in collect(folder)[1]}
-        for r in runs:
-            r.results = by_name.get(r.name)
+        _read_records(r)
+        _read_run_results(r)  # the same files and checks as `ssl-bf sweep-report`
     return keys, runs, not_started
 
 
@@ -206,9 +240,10 @@ def wall_times(run: Run) -> dict:
     epochs = epoch_records(run.records)
     train = sum(float(r.get("train_seconds") or 0) + float(r.get("knn_seconds") or 0)
                 for r in epochs + knn_records(run.records))
-    evaluated = (run.results or {}).get("evaluated") or {}
+    evaluated = (run.results or {}).get("evaluated")
+    seconds = evaluated.get("seconds") if isinstance(evaluated, dict) else None
     return {"train_seconds": round(train, 2) if epochs else None,
-            "eval_seconds": evaluated.get("seconds"),
+            "eval_seconds": seconds if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else None,
             "epochs_done": len({r.get("epoch") for r in epochs}),
             "epochs": run.config.get("train.epochs")}
 
@@ -221,14 +256,14 @@ def unfinished(run: Run) -> bool:
 
 def missing_parts(run: Run) -> list[str]:
     """What the report could not show for this run, in words."""
-    out = []
-    if not run.records:
+    out = list(run.unreadable) + list(run.partial)
+    if not run.records and not any("metrics.jsonl" in u for u in run.unreadable):
         out.append("no metrics.jsonl")
     if unfinished(run):
         done = len({r.get("epoch") for r in epoch_records(run.records)})
         out.append(f"training unfinished ({done}/{run.config.get('train.epochs')} epochs)")
-    if run.results is None:
-        out.append("no results.json (not evaluated)")
+    if run.results is None and run.results_problem not in run.unreadable:
+        out.append(run.results_problem or "no results.json (not evaluated)")
     if not os.path.isfile(os.path.join(run.run_dir, TEST_EMBEDDINGS)):
         out.append(f"no {TEST_EMBEDDINGS}")
     return out

@@ -11,7 +11,6 @@ report.md, report.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shlex
@@ -19,9 +18,13 @@ import sys
 import time
 from typing import Optional
 
+from ssl_bf.io import write_json_atomic
+
 from . import ReportError
+from .inputs import (EXIT_INPUT, EXIT_NOT_READ, NotRead, OneLineParser, check_folder_argument, check_output_folder,
+                     exit_codes_help, one_line, run_inputs, summary_line)
 from .records import (TEST_EMBEDDINGS, Run, Variant, find_runs, group_runs, knn_curve, loss_curve, mean_curve,
-                      missing_parts, step_records, steps_per_epoch, unfinished, wall_times)
+                      missing_parts, not_read, step_records, steps_per_epoch, unfinished, wall_times)
 from .sweep_table import aggregate
 
 # (metric path as sweep_table.numeric_leaves names it, column title, bar-chart label)
@@ -78,14 +81,23 @@ def _embedding_maps(variants: list[Variant], sample: int, perplexity: Optional[f
         if run is None:
             notes.append(f"{v.label}: no run with {TEST_EMBEDDINGS}")
             continue
+        path = os.path.join(run.run_dir, TEST_EMBEDDINGS)
         try:
-            emb = load_embeddings(os.path.join(run.run_dir, TEST_EMBEDDINGS))
+            emb = load_embeddings(path)
         except EmbeddingsError as err:
-            notes.append(f"{v.label}: {err}")
+            notes.append(f"{v.label}: no map: {err}")
+            continue
+        except (ValueError, OSError, RuntimeError, KeyError) as err:  # a file no reader recognises
+            notes.append(f"{v.label}: no map: {path} cannot be read ({type(err).__name__}: "
+                         f"{str(err).strip().splitlines()[0][:200] if str(err).strip() else 'corrupt'})")
             continue
         idx = sample_indices(len(emb), sample, TSNE_SEED)
         if len(idx) < MIN_MAP_POINTS:
             notes.append(f"{v.label}: only {len(idx)} test embeddings, too few for a map")
+            continue
+        if perplexity is not None and perplexity >= len(idx):
+            notes.append(f"{v.label}: no map: --perplexity {perplexity:g} needs more than {len(idx)} test points "
+                         f"({path} has {len(emb)})")
             continue
         if verbose:
             print(f"t-SNE of {len(idx)} test points: {run.name}", file=sys.stderr, flush=True)
@@ -159,6 +171,7 @@ def build_report(folder: str, out_dir: Optional[str] = None, *, tsne_sample: int
     tic = time.perf_counter()
     keys, runs, not_started = find_runs(folder)
     group_keys, variants = group_runs(keys, runs)
+    unread = not_read(runs, not_started)
     out_dir = out_dir or os.path.join(folder, "report")
     os.makedirs(out_dir, exist_ok=True)
     colors = dict(zip((v.label for v in variants), plots.variant_colors(len(variants))))
@@ -190,12 +203,13 @@ def build_report(folder: str, out_dir: Optional[str] = None, *, tsne_sample: int
                       "results": table[v.label]} for v in variants],
         "runs": [{"name": r.name, "variant": v.label, "params": r.params, **wall_times(r),
                   "missing": missing_parts(r)} for v in variants for r in v.runs],
-        "not_started": not_started, "images": images, "tsne": tsne_info, "notes": notes,
+        "not_started": not_started, "not_read": [n.to_json() for n in unread],
+        "images": images, "tsne": tsne_info, "notes": notes,
         "seconds": round(time.perf_counter() - tic, 2),
     }
-    markdown, data = to_markdown(report).encode(), (json.dumps(report, indent=2) + "\n").encode()
+    markdown = to_markdown(report).encode()
     plots.write_atomic(os.path.join(out_dir, FILES["markdown"]), lambda f: f.write(markdown))
-    plots.write_atomic(os.path.join(out_dir, FILES["json"]), lambda f: f.write(data))
+    write_json_atomic(report, os.path.join(out_dir, FILES["json"]))
     report["paths"] = {k: os.path.join(out_dir, name) for k, name in FILES.items()
                        if k in images or k in ("markdown", "json")}
     return report
@@ -226,6 +240,11 @@ def to_markdown(report: dict) -> str:
                  + (f"; mean ± sample std over {over}." if over else "; one run each, so no spread."))
     lines = [f"# Report: {os.path.basename(report['folder'].rstrip(os.sep))}", "",
              f"Made by `{report['command']}` on {report['time']}. {scope}", ""]
+    unread = report.get("not_read") or []
+    if unread:
+        total = len(report["runs"]) + len(report["not_started"])
+        lines += [f"**Not read, so left out of what follows ({len(unread)} of {total} run(s)):** "
+                  + "; ".join(f"`{n['name']}`: {n['problem']}" for n in unread) + ".", ""]
     metrics = [m for m in report["metrics"] if any(m in v["results"] for v in report["variants"])]
     lines += ["## Evaluation (results.json)", ""]
     if metrics:
@@ -276,37 +295,67 @@ def to_markdown(report: dict) -> str:
 
 
 def report_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ssl-bf report", description="Plots (loss and online k-NN curves, evaluation bars, t-SNE of the "
-        "test embeddings) and report.md/report.json for a run folder or a folder of runs (a sweep).")
+    p = OneLineParser(
+        prog="ssl-bf report", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=exit_codes_help(False),
+        description="Plots (loss and online k-NN curves, evaluation bars, t-SNE of the test embeddings) and "
+        "report.md/report.json for a run folder or a folder of runs (a sweep). Every run that could not be "
+        "read is listed with the file and the reason.")
     p.add_argument("folder", help="a run folder, a sweep folder (with sweep.json), or any folder of runs")
-    p.add_argument("--out", help="output folder (default: FOLDER/report)")
+    p.add_argument("--out", metavar="FOLDER", help="output folder (default: FOLDER/report)")
     p.add_argument("--tsne-sample", type=int, default=2000, metavar="N",
                    help="test points in the t-SNE map (default 2000)")
     p.add_argument("--no-tsne", action="store_true", help="skip the t-SNE map")
     p.add_argument("--perplexity", type=float, help="t-SNE perplexity (default: 30, less for small samples)")
     p.add_argument("--no-band", action="store_true", help="no min..max band around the mean curves")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="exit 0 even when a run of sweep.json has no readable results.json, or a run's "
+                        "results.json or metrics.jsonl cannot be read (they are still listed)")
     return p
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    if args.tsne_sample < 1:
+        raise ReportError("--tsne-sample must be at least 1 (use --no-tsne to skip the map)")
+    if args.perplexity is not None:
+        if not math.isfinite(args.perplexity) or args.perplexity <= 0:
+            raise ReportError(f"--perplexity must be a positive number, got {args.perplexity:g}")
+        if not args.no_tsne and args.perplexity >= args.tsne_sample:
+            raise ReportError(f"--perplexity {args.perplexity:g} must be below --tsne-sample {args.tsne_sample} "
+                              f"(t-SNE needs more points than the perplexity)")
+    check_folder_argument(args.folder)
+    check_output_folder(args.out or os.path.join(args.folder, "report"), tuple(FILES.values()),
+                        protected=run_inputs(args.folder),
+                        what="--out" if args.out else "the output folder (FOLDER/report; see --out)")
 
 
 def report_main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = report_parser().parse_args(argv)
-    if args.tsne_sample < 1:
-        print("ssl-bf report: error: --tsne-sample must be at least 1 (use --no-tsne to skip)", file=sys.stderr)
-        return 2
+    prog = "ssl-bf report"
     try:
+        _check_options(args)
         rep = build_report(args.folder, args.out, tsne_sample=args.tsne_sample, tsne=not args.no_tsne,
                            perplexity=args.perplexity, band=not args.no_band,
                            command=shlex.join(["ssl-bf", "report", *argv]), verbose=True)
     except ReportError as err:
-        print(f"ssl-bf report: error: {err}", file=sys.stderr)
-        return 2
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_INPUT
     for path in rep["paths"].values():
         print(f"wrote {path}")
     partial = [r["name"] for r in rep["runs"] if r["missing"]]
     if partial:
         print(f"missing or partial: {', '.join(partial)} (see report.md)")
+    for note in rep["notes"]:
+        print(f"note: {note}")
+    unread = [NotRead(**n) for n in rep["not_read"]]
+    if unread:
+        print(f"not read ({len(unread)} run(s); what could not be read is left out of the report):")
+        for n in unread:
+            print(f"  {n}")
+    if any(n.blocking for n in unread) and not args.allow_missing:
+        total = len(rep["runs"]) + len(rep["not_started"])
+        print(f"{prog}: error: {summary_line(unread, total, 'the report')}", file=sys.stderr)
+        return EXIT_NOT_READ
     return 0
 
 

@@ -1,7 +1,9 @@
 """`ssl-bf sweep-report`: mean ± std of every numeric result over the seeds of a sweep.
 
-The runs are the elements of FOLDER/sweep.json (ssl_bf/sweep_file.py), else the sub-folders with
-a results.json; `collect` and `aggregate` also give `ssl-bf report` its results table.
+The runs are the elements of FOLDER/sweep.json (ssl_bf/sweep_file.py, checked field by field in
+`inputs`), else the sub-folders with a results.json; `collect` and `aggregate` also give
+`ssl-bf report` its results table. A run whose results.json is missing or unreadable is listed with
+the reason (stdout, sweep-report.md, --json) and never silently left out; exit codes in `inputs`.
 """
 from __future__ import annotations
 
@@ -15,12 +17,15 @@ import sys
 from typing import Any, Iterator, Optional
 
 from ssl_bf.config import format_override_value
-from ssl_bf.sweep_file import element_dirs, read_sweep
+from ssl_bf.io import atomic_write_bytes, strict_json, write_json_atomic
 from ssl_bf.yaml_io import load_yaml_mapping
 
 from . import ReportError
+from .inputs import (EXIT_INPUT, EXIT_NO_RUNS, EXIT_NOT_READ, NotRead, OneLineParser, check_folder_argument,
+                     check_output_file, check_output_folder, element_dirs, exit_codes_help, one_line, read_results,
+                     read_sweep_checked, run_inputs, summary_line)
 
-RESULTS = "results.json"
+REPORT_FILES = ("sweep-report.md", "sweep-report.csv")
 SEED_KEYS = ("seed",)
 # Fields of a list entry that name it rather than measure it, e.g. {"k": 20, "temperature": 0.07}.
 _ID_FIELDS = {"k", "temperature", "t", "name", "protocol", "split", "features", "method", "mode", "layer"}
@@ -73,34 +78,48 @@ def flat_config(run_dir: str) -> dict:
     return out
 
 
-def collect(folder: str) -> tuple[list[str], list[dict], list[str]]:
-    """(swept keys, runs [{'name', 'params', 'results'}], missing run names) of a sweep folder.
+def collect(folder: str) -> tuple[list[str], list[dict], list[NotRead]]:
+    """(swept keys, runs [{'name', 'params', 'results'}], runs not read) of a sweep folder.
 
-    Uses FOLDER/sweep.json when `ssl-bf submit --sweep` wrote it; otherwise every sub-folder
-    with a results.json is a run and the swept keys are the config keys that differ.
+    Uses FOLDER/sweep.json when `ssl-bf submit --sweep` wrote it (checked: ReportError when it
+    is malformed); otherwise every sub-folder with a results.json, or that is a run
+    (config.yaml/metrics.jsonl), is a run and the swept keys are the config keys that differ.
+    A run whose results.json is missing or unreadable is in the third list with the reason,
+    never silently dropped.
     """
-    sweep = read_sweep(folder)
-    runs, missing = [], []
+    sweep = read_sweep_checked(folder)
+    runs: list[dict] = []
+    not_read: list[NotRead] = []
     if sweep is not None:
         keys = list(sweep.keys)
         for el, run_dir in element_dirs(sweep, folder):
-            res = _load_results(run_dir)
+            if not os.path.isdir(run_dir):
+                not_read.append(NotRead(el.name, f"no run folder ({run_dir}): not started", "not started", True))
+                continue
+            res, problem, kind = read_results(run_dir)
             if res is None:
-                missing.append(el.name)
+                not_read.append(NotRead(el.name, problem, kind, True))
             else:
                 runs.append({"name": el.name, "params": el.labels(), "results": res})
-        return keys, runs, missing
+        return keys, runs, not_read
     for name in sorted(os.listdir(folder)):
         run_dir = os.path.join(folder, name)
         if not os.path.isdir(run_dir):
             continue
-        res = _load_results(run_dir)
+        res, problem, kind = read_results(run_dir)
         if res is not None:
             runs.append({"name": name, "config": flat_config(run_dir), "results": res})
+        elif kind == "unreadable" or is_run(run_dir):
+            not_read.append(NotRead(name, problem, kind, False))
     keys = differing_keys([r["config"] for r in runs])
     for r in runs:
         r["params"] = {k: format_override_value(r["config"].get(k)) for k in keys}
-    return keys, runs, missing
+    return keys, runs, not_read
+
+
+def is_run(path: str) -> bool:
+    """A run folder: it has a config.yaml or a metrics.jsonl."""
+    return os.path.isfile(os.path.join(path, "config.yaml")) or os.path.isfile(os.path.join(path, "metrics.jsonl"))
 
 
 def differing_keys(configs: list[dict]) -> list[str]:
@@ -109,17 +128,6 @@ def differing_keys(configs: list[dict]) -> list[str]:
         return []
     return [k for k in sorted(set().union(*configs)) if k != "run.dir"
             and len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
-
-
-def _load_results(run_dir: str) -> Optional[dict]:
-    path = os.path.join(run_dir, RESULTS)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def aggregate(keys: list[str], runs: list[dict]) -> tuple[list[str], list[dict]]:
@@ -185,63 +193,94 @@ def to_csv(group_keys: list[str], rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def not_read_markdown(not_read: list[NotRead], total: int) -> str:
+    """The list of runs a report could not read, for a markdown file ('' when none)."""
+    if not not_read:
+        return ""
+    lines = [f"## Not read: {len(not_read)} of {total} run(s), left out of every number", ""]
+    lines += [f"- `{n.name}`: {n.problem}" for n in not_read]
+    return "\n".join(lines) + "\n"
+
+
 def sweep_report(folder: str, out_dir: Optional[str] = None) -> dict:
-    """Write FOLDER/sweep-report.md and .csv; return what was written and the table."""
-    keys, runs, missing = collect(folder)
+    """Write FOLDER/sweep-report.md and .csv; return what was written and the table.
+
+    'not_read' lists every run whose results could not be used, with the reason; they are also
+    in sweep-report.md. Nothing is written when no run has results."""
+    keys, runs, not_read = collect(folder)
     group_keys, rows = aggregate(keys, runs)
     md = to_markdown(group_keys, rows) if rows else ""
     out_dir = out_dir or folder
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {"markdown": os.path.join(out_dir, "sweep-report.md"), "csv": os.path.join(out_dir, "sweep-report.csv")}
+    paths = {"markdown": os.path.join(out_dir, REPORT_FILES[0]), "csv": os.path.join(out_dir, REPORT_FILES[1])}
+    total = len(runs) + len(not_read)
     if rows:
         grouping = f"grouped by {', '.join(group_keys)}" if group_keys else "all in one group"
         over = ", ".join(k for k in keys if k not in group_keys) or "nothing else varies"
-        header = f"# Sweep report: {os.path.abspath(folder)}\n\n{len(runs)} run(s) with results, " \
+        header = f"# Sweep report: {os.path.abspath(folder)}\n\n{len(runs)} of {total} run(s) with results, " \
                  f"{grouping}; mean ± sample std over: {over}.\n\n"
-        if missing:
-            header += f"Missing results.json: {', '.join(missing)}\n\n"
-        with open(paths["markdown"], "w") as f:
-            f.write(header + md)
-        with open(paths["csv"], "w") as f:
-            f.write(to_csv(group_keys, rows))
-    return {"keys": keys, "group_keys": group_keys, "runs": len(runs), "missing": missing, "rows": rows,
+        body = header + md + ("\n" + not_read_markdown(not_read, total) if not_read else "")
+        atomic_write_bytes(paths["markdown"], lambda f: f.write(body.encode()))
+        text = to_csv(group_keys, rows)
+        atomic_write_bytes(paths["csv"], lambda f: f.write(text.encode()))
+    return {"keys": keys, "group_keys": group_keys, "runs": len(runs), "total": total,
+            "missing": [n.name for n in not_read], "not_read": not_read, "rows": rows,
             "markdown": md, "paths": paths if rows else {}}
+
+
+def sweep_report_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog="ssl-bf sweep-report", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=exit_codes_help(True),
+        description="Aggregate RUN/results.json over a sweep into a mean ± std table (markdown + CSV), "
+                    "grouped by the swept keys except the seed. Every run that could not be read is listed "
+                    "with the file and the reason.")
+    p.add_argument("folder", help="the sweep's base folder (with sweep.json), or any folder of runs")
+    p.add_argument("--out", metavar="FOLDER",
+                   help="the folder to write sweep-report.md/.csv into (default: FOLDER)")
+    p.add_argument("--json", metavar="OUT", help="also write the table as JSON ('-' for stdout)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="exit 0 even when a run of sweep.json has no readable results.json (still listed)")
+    return p
 
 
 def sweep_report_main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(
-        prog="ssl-bf sweep-report",
-        description="Aggregate RUN/results.json over a sweep into a mean ± std table (markdown + CSV), "
-                    "grouped by the swept keys except the seed.")
-    p.add_argument("folder", help="the sweep's base folder (with sweep.json), or any folder of runs")
-    p.add_argument("--out", help="where to write sweep-report.md/.csv (default: FOLDER)")
-    p.add_argument("--json", metavar="OUT", help="also write the table as JSON ('-' for stdout)")
-    args = p.parse_args(argv)
-    if not os.path.isdir(args.folder):
-        print(f"ssl-bf sweep-report: error: no such folder: {args.folder}", file=sys.stderr)
-        return 2
+    args = sweep_report_parser().parse_args(argv)
+    prog = "ssl-bf sweep-report"
     try:
+        check_folder_argument(args.folder)
+        inputs = run_inputs(args.folder)
+        check_output_folder(args.out or args.folder, REPORT_FILES, protected=inputs,
+                            what="--out" if args.out else "the output folder (FOLDER; see --out)")
+        check_output_file(args.json, [*inputs, *(os.path.join(args.out or args.folder, n) for n in REPORT_FILES)],
+                          "--json")
         rep = sweep_report(args.folder, args.out)
     except ReportError as err:
-        print(f"ssl-bf sweep-report: error: {err}", file=sys.stderr)
-        return 2
-    if not rep["rows"]:
-        missing = f" (no results.json yet in: {', '.join(rep['missing'])})" if rep["missing"] else ""
-        print(f"ssl-bf sweep-report: error: no run with results.json under {args.folder}{missing}", file=sys.stderr)
-        return 1
-    print(rep["markdown"], end="")
-    if rep["missing"]:
-        print(f"missing results: {', '.join(rep['missing'])}")
-    print(f"wrote {rep['paths']['markdown']} and {rep['paths']['csv']}")
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_INPUT
+    not_read = rep["not_read"]
+    if rep["rows"]:
+        print(rep["markdown"], end="")
+    if not_read:
+        print(f"not read ({len(not_read)} of {rep['total']} runs, left out of the table):")
+        for n in not_read:
+            print(f"  {n}")
+    if rep["rows"]:
+        print(f"wrote {rep['paths']['markdown']} and {rep['paths']['csv']}")
     if args.json:
-        data = {k: rep[k] for k in ("keys", "group_keys", "runs", "missing", "rows")}
-        text = json.dumps(data, indent=2)
+        data = {k: rep[k] for k in ("keys", "group_keys", "runs", "total", "missing", "rows")}
+        data["not_read"] = [n.to_json() for n in not_read]
         if args.json == "-":
-            print(text)
+            print(json.dumps(strict_json(data), indent=2, allow_nan=False))
         else:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
+            write_json_atomic(data, args.json)
+    blocking = [n for n in not_read if n.blocking]
+    if blocking and not args.allow_missing:
+        print(f"{prog}: error: {summary_line(not_read, rep['total'], 'the table')}", file=sys.stderr)
+        return EXIT_NOT_READ
+    if not rep["rows"]:
+        print(f"{prog}: error: no run with results.json under {args.folder}"
+              + (f" ({len(not_read)} listed above)" if not_read else ""), file=sys.stderr)
+        return EXIT_NO_RUNS
     return 0
 
 

@@ -228,17 +228,27 @@ def test_sweep_report_mean_and_std_grouped_without_seed(tmp_path, capsys):
     _fake_sweep(base, {("false", "0"): _results(70, 80), ("false", "1"): _results(72, 82),
                        ("true", "0"): _results(75, 85), ("true", "1"): _results(77, 86),
                        ("true", "2"): None})
-    assert ssl_bf_main(["sweep-report", str(base), "--json", str(tmp_path / "r.json")]) == 0
+    # a run of sweep.json without results.json: the table is written, the run listed, and the exit code says so
+    assert ssl_bf_main(["sweep-report", str(base)]) == 3
+    captured = capsys.readouterr()
+    assert "batchformer.enabled=true__seed=2: no results.json (not evaluated)" in captured.out
+    assert "--allow-missing" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert ssl_bf_main(["sweep-report", str(base), "--allow-missing", "--json", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
     assert "batchformer.enabled=false" in out and "batchformer.enabled=true" in out
     assert "| knn[k=20,temperature=0.07].top1 | 71.00 ± 1.41 (n=2) | 76.00 ± 1.41 (n=2) |" in out
     assert "| linear.top1 | 81.00 ± 1.41 (n=2) | 85.50 ± 0.71 (n=2) |" in out
-    assert "missing results: batchformer.enabled=true__seed=2" in out
+    assert "batchformer.enabled=true__seed=2: no results.json (not evaluated)" in out
+    assert "- `batchformer.enabled=true__seed=2`: no results.json (not evaluated)" in \
+        (base / "sweep-report.md").read_text()
     with open(base / "sweep-report.csv", newline="") as f:
         table = list(csv.reader(f))
     assert table[0] == ["batchformer.enabled", "metric", "mean", "std", "n", "values"]
     assert ["true", "knn[k=200,temperature=0.07].top5", "85", "1.41421", "2", "84 86"] in table
-    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    table_json = json.loads((tmp_path / "r.json").read_text())
+    assert table_json["not_read"] == [{"name": "batchformer.enabled=true__seed=2", "kind": "missing", "expected": True,
+                                       "problem": "no results.json (not evaluated)"}]
+    rows = table_json["rows"]
     assert {r["metric"] for r in rows} >= {"linear.top1", "knn[k=20,temperature=0.07].top5"}
     assert not any("note" in r["metric"] or r["metric"].endswith(".ok") for r in rows)
 
@@ -256,3 +266,30 @@ def test_sweep_report_without_sweep_file_infers_the_keys(tmp_path):
 def test_sweep_report_on_an_empty_folder_fails_clearly(tmp_path, capsys):
     assert ssl_bf_main(["sweep-report", str(tmp_path)]) == 1
     assert "no run with results.json" in capsys.readouterr().err
+
+
+# --- options a cluster does not use ------------------------------------------------------------
+def test_a_slurm_preset_on_the_local_cluster_says_what_it_does_not_use(tmp_path, capsys, no_cluster):
+    rc = ssl_bf_main(["submit", "pretrain", "--preset", "example-gpu", "--cluster", "local", "--gpus-per-node", "0",
+                      "--dry-run", "--json", str(tmp_path / "sub.json"), "--", "--config", TINY,
+                      f"run.dir={tmp_path / 'r'}"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "--cluster local does not use the preset's exclusive, mem_gb, cpus_per_task" in out
+    record = json.loads((tmp_path / "sub.json").read_text())  # strict JSON, written atomically
+    assert record["dry_run"] is True and record["job_ids"] == []
+
+
+def test_the_local_cluster_keeps_the_options_it_uses(tmp_path, capsys, no_cluster):
+    rc = ssl_bf_main(["submit", "pretrain", "--cluster", "local", "--time", "30", "--signal-delay", "60",
+                      "--max-requeues", "2", "--setup", "export X=1", "--max-parallel", "1", "--sweep", "seed=0,1",
+                      "--dry-run", "--", "--config", TINY, f"run.dir={tmp_path / 'r'}"])
+    assert rc == 0, capsys.readouterr()
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_explicit_slurm_option_on_the_local_cluster_is_refused(tmp_path, capsys, no_cluster):
+    with pytest.raises(LaunchError, match="--partition is a SLURM"):
+        make_options(None, cluster="local", partition="gpu")
+    with pytest.raises(LaunchError, match=r"--mem-gb must be a positive number of GB per node, got nan"):
+        make_options(None, cluster="slurm", mem_gb=float("nan"))

@@ -182,3 +182,35 @@ def test_mean_curve_keeps_only_the_points_every_run_has():
     assert m["x"] == [1.0, 2.0] and m["mean"] == [11.0, 21.0] and m["n"] == 2
     assert m["low"] == [10.0, 20.0] and m["high"] == [12.0, 22.0]
     assert mean_curve([([], [])]) is None
+
+
+def test_report_lists_every_run_it_could_not_read(tmp_path, capsys):
+    """A sweep whose runs have a corrupt and a non-object results.json: the table averages the one
+    readable run (n=1), report.md/report.json/stdout name the other two with the file and the reason,
+    and the exit code is 3 (0 with --allow-missing)."""
+    from ssl_bf.cli import main
+    from ssl_bf.launch.sweep import expand, write_sweep
+
+    base = tmp_path / "sweep"
+    sweep = expand({"seed": ["0", "1", "2"]}, str(base))
+    for el, text in zip(sweep.elements, ['{"linear": {"top1": 61.5}}', '{"linear": {"top1": 6', '[61.5]']):
+        os.makedirs(el.run_dir)
+        with open(os.path.join(el.run_dir, "config.yaml"), "w") as f:
+            f.write(f"seed: {el.overrides['seed']}\n")
+        with open(os.path.join(el.run_dir, "results.json"), "w") as f:
+            f.write(text)
+    write_sweep(sweep)
+    out = tmp_path / "out"
+    assert main(["report", str(base), "--no-tsne", "--out", str(out)]) == 3
+    captured = capsys.readouterr()
+    assert len(captured.err.strip().splitlines()) == 1 and "--allow-missing" in captured.err
+    md, rep = _read_report(str(out))
+    bad, listed = base / "seed=1" / "results.json", base / "seed=2" / "results.json"
+    assert f"- `seed=1`: {bad}: not valid JSON" in md and f"- `seed=2`: {listed}: holds a JSON list" in md
+    assert f"seed=1: {bad}: not valid JSON" in captured.out
+    assert f"seed=2: {listed}: holds a JSON list, not a JSON object" in captured.out
+    assert [(n["name"], n["kind"]) for n in rep["not_read"]] == [("seed=1", "unreadable"), ("seed=2", "unreadable")]
+    (variant,) = rep["variants"]
+    assert variant["results"]["linear.top1"] == {"mean": 61.5, "std": None, "n": 1, "values": [61.5]}
+    assert main(["report", str(base), "--no-tsne", "--out", str(out), "--allow-missing"]) == 0
+    assert "seed=2" in capsys.readouterr().out
