@@ -3,15 +3,23 @@
 Each `*_main(argv)` parses its own arguments, prints a readable table, writes `--json OUT`
 atomically when asked, and returns an exit code: 0 success, 2 bad input, 3 a failed check.
 Heavy imports happen after parsing, so `--help` is instant.
+
+Bad input never gives a wrong number, never destroys work and never a traceback: every number is
+checked at parse time (`options.py`), every output path before any compute (`check_outputs`:
+never a folder, a training checkpoint or the command's own input), and every error is one line
+`ssl-bf CMD: error: ...` on stderr naming the option or file at fault, with exit code 2.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-EXIT_OK, EXIT_INPUT, EXIT_CHECK = 0, 2, 3
+from .options import (ArgumentError, Parser, check_outputs, device_name, nonneg_float, nonneg_int,
+                      open_fraction, positive_float, positive_int, same_file, seed, unique)
+
+EXIT_OK, EXIT_INPUT, EXIT_CHECK, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -35,17 +43,62 @@ def _write_json(obj: dict, path: Optional[str]) -> None:
         write_json_atomic(obj, path)
 
 
-def _fail(prog: str, err: BaseException, code: int = EXIT_INPUT) -> int:
-    print(f"{prog}: error: {err}", file=sys.stderr)
+def _fail(prog: str, err: "BaseException | str", code: int = EXIT_INPUT) -> int:
+    """Print the one error line `PROG: error: MESSAGE` on stderr; returns `code`."""
+    from .checkpoints import one_line
+
+    print(f"{prog}: error: {one_line(err, limit=1000)}", file=sys.stderr)
     return code
+
+
+def _note(prog: str, text: str) -> None:
+    print(f"{prog}: note: {text}", file=sys.stderr)
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:
     from ssl_bf.config import ConfigError
     from ssl_bf.data import DataError
 
-    # RuntimeError: an unreadable or mismatched checkpoint (torch.load, load_state_dict), no CUDA.
-    return (ValueError, FileNotFoundError, ConfigError, DataError, KeyError, RuntimeError)
+    # RuntimeError: a mismatched checkpoint (load_state_dict), no CUDA. OSError: a file that
+    # cannot be read or written (the message names it).
+    return (ValueError, OSError, ConfigError, DataError, KeyError, RuntimeError)
+
+
+def _run(prog: str, parser: Callable[[], argparse.ArgumentParser], body: Callable[[argparse.Namespace], int],
+         argv: Optional[list[str]]) -> int:
+    """Parse `argv` and run `body(args)`; a bad input becomes one error line and exit code 2."""
+    try:
+        args = parser().parse_args(argv)
+        return body(args)
+    except ArgumentError as err:
+        return _fail(prog, err)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _input_errors() as err:
+        return _fail(prog, err)
+
+
+def _unique(prog: str, option: str, values: Sequence) -> list:
+    """`values` without repeats (in order); a note names the option when some were dropped."""
+    kept, repeated = unique(values)
+    if repeated:
+        _note(prog, f"{option} lists {', '.join(map(str, repeated))} more than once; each value is used once")
+    return kept
+
+
+def _sidecar(checkpoint: Optional[str]) -> Optional[str]:
+    """The `ssl-bf export` sidecar JSON of an exported backbone (an input too)."""
+    import os
+
+    return os.path.splitext(checkpoint)[0] + ".json" if checkpoint else None
+
+
+def _check_device(device: str) -> None:
+    """Resolve `--device` now (CUDA asked for where there is none fails before any compute)."""
+    from ssl_bf.devices import resolve_device
+
+    resolve_device(device)
 
 
 def knn_table(results: list[dict]) -> str:
@@ -59,11 +112,12 @@ def knn_table(results: list[dict]) -> str:
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda[:N] (default auto)")
+    p.add_argument("--device", type=device_name, default="auto",
+                   help="auto (CUDA when available) | cpu | cuda[:N] (default auto)")
 
 
 def embed_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="ssl-bf embed",
         description="Extract features of one split with a checkpoint's frozen encoder (eval mode, eval "
         "transform, never BatchFormer) and write them as a safetensors embeddings file holding "
@@ -79,14 +133,14 @@ def embed_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file (.safetensors)")
     p.add_argument("--features", choices=["backbone", "projection"], default="backbone",
                    help="backbone output (default) or projector output")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     _add_device(p)
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored precision")
     p.add_argument("--normalize", action="store_true", help="store L2-normalised features")
-    p.add_argument("--image-size", type=int, help="eval crop size (default: the run's augment.image_size, "
-                   "else the native size; 224 for image folders)")
-    p.add_argument("--workers", type=int, default=4, help="DataLoader workers for image folders")
-    p.add_argument("--subset", type=int, help="embed only the first N images")
+    p.add_argument("--image-size", type=positive_int, help="eval crop size (default: the run's "
+                   "augment.image_size, else the native size; 224 for image folders)")
+    p.add_argument("--workers", type=nonneg_int, default=4, help="DataLoader workers for image folders")
+    p.add_argument("--subset", type=positive_int, help="embed only the first N images")
     p.add_argument("--no-paths", action="store_true", help="do not store image paths (folders)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", metavar="OUT", help="also write a summary as JSON")
@@ -106,12 +160,19 @@ def _leave_group(had_group: bool) -> None:
 
 def embed_main(argv: Optional[list[str]] = None) -> int:
     """`ssl-bf embed`; under torchrun every rank embeds a shard and rank 0 alone writes and prints."""
-    args = embed_parser().parse_args(argv)
-    prog = "ssl-bf embed"
+    return _run("ssl-bf embed", embed_parser, _embed_command, argv)
+
+
+def _embed_command(args: argparse.Namespace) -> int:
     from ssl_bf import distributed as dist_utils
 
     from .embed import embed
 
+    check_outputs([("--out", args.out), ("--json", args.json)], inputs=[args.checkpoint, _sidecar(args.checkpoint)])
+    if not args.out.lower().endswith(".safetensors"):
+        raise ArgumentError(f"--out {args.out}: embeddings are written as safetensors; give a file name "
+                            f"ending in .safetensors")
+    _check_device(args.device)
     tic = time.perf_counter()
     had_group = dist_utils.is_initialized()
     try:
@@ -119,8 +180,6 @@ def embed_main(argv: Optional[list[str]] = None) -> int:
                     batch_size=args.batch_size, device=args.device, dtype=args.dtype, normalize=args.normalize,
                     image_size=args.image_size, num_workers=args.workers, save_paths=not args.no_paths,
                     subset=args.subset, progress=not args.no_progress)
-    except _input_errors() as err:
-        return _fail(prog, err)
     finally:
         _leave_group(had_group)
     if emb is None:  # a rank other than 0: its rows went to rank 0
@@ -141,7 +200,7 @@ def embed_main(argv: Optional[list[str]] = None) -> int:
 
 
 def knn_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="ssl-bf knn",
         description="Weighted k-NN accuracy (cosine similarity, votes exp(s/T)) of test embeddings against "
         "train embeddings. One FAISS search for the largest k; every (k, T) pair is scored from it.",
@@ -152,15 +211,16 @@ def knn_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", required=True, help="test embeddings file")
     p.add_argument("--train-labels", help="labels file for .npy/.pth train features (default: found by name)")
     p.add_argument("--test-labels", help="labels file for .npy/.pth test features (default: found by name)")
-    p.add_argument("--k", type=int, nargs="+", default=[20, 200], help="neighbour counts (default 20 200)")
-    p.add_argument("--temperature", type=float, nargs="+", default=[0.07, 0.1],
-                   help="vote temperatures (default 0.07 0.1)")
+    p.add_argument("--k", type=positive_int, nargs="+", default=[20, 200],
+                   help="neighbour counts (default 20 200); a value given twice is scored once")
+    p.add_argument("--temperature", type=positive_float, nargs="+", default=[0.07, 0.1],
+                   help="vote temperatures, positive (default 0.07 0.1)")
     p.add_argument("--index", choices=["flat", "flat-fp16", "ivf", "hnsw"], default="flat",
                    help="flat: exact IndexFlatIP (default); flat-fp16: exact over float16 storage (half the "
                    "memory); ivf, hnsw: approximate, for millions of rows (recall against flat is reported)")
-    p.add_argument("--recall-sample", type=int, default=1000,
+    p.add_argument("--recall-sample", type=nonneg_int, default=1000,
                    help="queries used to measure recall of ivf/hnsw against exact search (0: skip)")
-    p.add_argument("--memory-budget", type=float, default=2.0, metavar="GB",
+    p.add_argument("--memory-budget", type=positive_float, default=2.0, metavar="GB",
                    help="working memory for search results and votes (default 2; the index is extra)")
     _add_device(p)
     p.add_argument("--no-progress", action="store_true")
@@ -169,28 +229,35 @@ def knn_parser() -> argparse.ArgumentParser:
 
 
 def knn_main(argv: Optional[list[str]] = None) -> int:
-    args = knn_parser().parse_args(argv)
-    prog = "ssl-bf knn"
+    return _run("ssl-bf knn", knn_parser, _knn_command, argv)
+
+
+def _check_train_test(args: argparse.Namespace, why: str) -> None:
+    if same_file(args.train, args.test):
+        raise ArgumentError(f"--test {args.test} is the --train file: {why}; give the test split's embeddings")
+
+
+def _knn_command(args: argparse.Namespace) -> int:
     from .formats import check_pair, load_embeddings
     from ssl_bf.knn import knn_evaluate
 
+    prog = "ssl-bf knn"
+    ks = _unique(prog, "--k", args.k)
+    temperatures = _unique(prog, "--temperature", args.temperature)
+    check_outputs([("--json", args.json)], inputs=[args.train, args.test, args.train_labels, args.test_labels])
+    _check_train_test(args, "every query would find itself as its nearest neighbour (an inflated accuracy)")
+    _check_device(args.device)
     tic = time.perf_counter()
-    try:
-        train = load_embeddings(args.train, args.train_labels)
-        test = load_embeddings(args.test, args.test_labels)
-        check_pair(train, test, args.k)
-        if any(t <= 0 for t in args.temperature):
-            raise ValueError(f"temperatures must be positive, got {args.temperature}")
-        out = knn_evaluate(train.embeddings, train.labels, test.embeddings, test.labels, args.k,
-                           args.temperature, num_classes=train.num_classes, index=args.index,
-                           memory_budget_gb=args.memory_budget, device=args.device,
-                           progress=not args.no_progress, recall_sample=args.recall_sample)
-    except _input_errors() as err:
-        return _fail(prog, err)
+    train = load_embeddings(args.train, args.train_labels)
+    test = load_embeddings(args.test, args.test_labels)
+    check_pair(train, test, ks)
+    out = knn_evaluate(train.embeddings, train.labels, test.embeddings, test.labels, ks, temperatures,
+                       num_classes=train.num_classes, index=args.index, memory_budget_gb=args.memory_budget,
+                       device=args.device, progress=not args.no_progress, recall_sample=args.recall_sample)
     print(f"k-NN: {len(train)} train x {len(test)} test rows, D={train.dim}, {out.num_classes} classes, "
           f"index {args.index}, search {out.search_seconds:.2f} s")
     if out.recall is not None:
-        print(f"recall@{max(args.k)} of {args.index} against exact search: {100 * out.recall:.2f}%")
+        print(f"recall@{max(ks)} of {args.index} against exact search: {100 * out.recall:.2f}%")
     print(knn_table(out.results))
     _write_json({"results": out.results, "train": args.train, "test": args.test, "index": args.index,
                  "recall": out.recall, "num_classes": out.num_classes, "train_rows": len(train),
@@ -205,7 +272,7 @@ def knn_main(argv: Optional[list[str]] = None) -> int:
 
 
 def linear_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="ssl-bf linear",
         description="Linear probe of a frozen encoder. mocov2: SGD lr 30, 100 epochs, steps at 60/80, batch "
         "256. mocov3: SGD lr 0.1 x batch/256, cosine, 90 epochs, batch 1024. Both train on augmented images "
@@ -228,21 +295,23 @@ def linear_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-labels", help="labels file for .npy/.pth test features")
     p.add_argument("--features", choices=["backbone", "projection"], default="backbone")
     p.add_argument("--bn-head", action="store_true", help="non-affine BatchNorm before the linear layer (MAE)")
-    p.add_argument("--epochs", type=int, help="override the protocol's epochs")
-    p.add_argument("--lr", type=float, help="mocov2/mocov3: override the (base) lr")
-    p.add_argument("--lrs", type=float, nargs="+", help="cached: learning rates to sweep "
+    p.add_argument("--epochs", type=positive_int, help="override the protocol's epochs")
+    p.add_argument("--lr", type=positive_float, help="mocov2/mocov3: override the (base) lr")
+    p.add_argument("--lrs", type=positive_float, nargs="+", help="cached: learning rates to sweep "
                    "(default 0.003 0.01 0.03 0.1 0.3 1 3 10)")
-    p.add_argument("--l2", type=float, nargs="+", help="logreg: L2 strengths to sweep (default 1e-2 1e-3 1e-4 1e-5)")
-    p.add_argument("--max-iter", type=int, default=100, help="logreg: L-BFGS iterations per fit (default 100)")
-    p.add_argument("--batch-size", type=int, help="override the protocol's batch size")
-    p.add_argument("--weight-decay", type=float, help="override the protocol's weight decay (0)")
-    p.add_argument("--val-fraction", type=float, default=0.1,
+    p.add_argument("--l2", type=positive_float, nargs="+",
+                   help="logreg: L2 strengths to sweep (default 1e-2 1e-3 1e-4 1e-5)")
+    p.add_argument("--max-iter", type=positive_int, default=100,
+                   help="logreg: L-BFGS iterations per fit (default 100)")
+    p.add_argument("--batch-size", type=positive_int, help="override the protocol's batch size")
+    p.add_argument("--weight-decay", type=nonneg_float, help="override the protocol's weight decay (0)")
+    p.add_argument("--val-fraction", type=open_fraction, default=0.1,
                    help="cached/logreg: held-out part of train used to choose the lr / L2 (default 0.1)")
     p.add_argument("--no-refit", action="store_true", help="cached/logreg: do not refit on all of train")
-    p.add_argument("--image-size", type=int, help="mocov2/mocov3: crop size (default: the run's)")
-    p.add_argument("--subset", type=int, help="use only the first N images of each split (smoke tests)")
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=positive_int, help="mocov2/mocov3: crop size (default: the run's)")
+    p.add_argument("--subset", type=positive_int, help="use only the first N images of each split (smoke tests)")
+    p.add_argument("--workers", type=nonneg_int, default=4)
+    p.add_argument("--seed", type=seed, default=0)
     _add_device(p)
     p.add_argument("--save-head", metavar="PATH", help="write the trained head (torch, weights_only-loadable)")
     p.add_argument("--no-progress", action="store_true")
@@ -251,23 +320,41 @@ def linear_parser() -> argparse.ArgumentParser:
 
 
 def linear_main(argv: Optional[list[str]] = None) -> int:
-    parser = linear_parser()
-    args = parser.parse_args(argv)
-    prog = "ssl-bf linear"
+    return _run("ssl-bf linear", linear_parser, _linear_command, argv)
+
+
+def _linear_command(args: argparse.Namespace) -> int:
     from .linear_common import save_head
     from .linear_images import BackboneChangedError
 
+    prog = "ssl-bf linear"
+    if args.protocol in ("mocov2", "mocov3") and not args.checkpoint:
+        raise ArgumentError(f"--protocol {args.protocol} needs --checkpoint")
+    if args.protocol in ("mocov2", "mocov3") and (args.train or args.test):
+        raise ArgumentError(f"--train/--test are embeddings files for --protocol cached or logreg; --protocol "
+                            f"{args.protocol} trains on augmented images (give --checkpoint and --data)")
+    if (args.train is None) != (args.test is None) and args.checkpoint:
+        raise ArgumentError("--train and --test go together: give both embeddings files, or neither to embed "
+                            "both splits with --checkpoint")
+    if args.protocol in ("cached", "logreg") and not (args.train and args.test) and not args.checkpoint:
+        raise ArgumentError(f"--protocol {args.protocol} needs --train and --test embeddings files, or --checkpoint")
+    if args.lrs:
+        args.lrs = _unique(prog, "--lrs", args.lrs)
+    if args.l2:
+        args.l2 = _unique(prog, "--l2", args.l2)
+    check_outputs([("--save-head", args.save_head), ("--json", args.json)],
+                  inputs=[args.checkpoint, _sidecar(args.checkpoint), args.train, args.test, args.train_labels,
+                          args.test_labels])
+    if args.train and args.test:
+        _check_train_test(args, "the probe would be scored on the rows it was trained on")
+    _check_device(args.device)
     try:
         if args.protocol in ("mocov2", "mocov3"):
-            if not args.checkpoint:
-                raise ValueError(f"--protocol {args.protocol} needs --checkpoint")
             result, classes = _linear_images(args)
         else:
             result, classes = _linear_cached(args)
     except BackboneChangedError as err:
         return _fail(prog, err, EXIT_CHECK)
-    except _input_errors() as err:
-        return _fail(prog, err)
     if args.save_head:
         save_head(args.save_head, result, classes)
     print(f"linear probe, protocol {result.protocol}" + (f" ({result.note})" if result.note else ""))
@@ -283,20 +370,20 @@ def linear_main(argv: Optional[list[str]] = None) -> int:
 
 
 def _linear_images(args):
-    from ssl_bf.checkpoint import load_encoder
     from ssl_bf.data import build_dataset
     from ssl_bf.devices import resolve_device
 
-    from .embed import eval_image_size, resolve_data
+    from .embed import check_channels, eval_image_size, load_embedding_encoder, resolve_data
     from .linear_common import recipe_for
     from .linear_images import probe_images
 
     dev = resolve_device(args.device)
-    model, cfg = load_encoder(args.checkpoint, features=args.features, device=dev)
+    model, cfg = load_embedding_encoder(args.checkpoint, features=args.features, device=dev)
     name, root = resolve_data(args.data, args.root) if args.data else (cfg.data.name, args.root or cfg.data.root)
     train_set, test_set = (build_dataset(name, root=root, split=split, load_size=cfg.data.load_size,
                                          subset=_fit_subset(args.subset, name, root, split))
                            for split in ("train", "test"))
+    check_channels(model, train_set, args.checkpoint)
     recipe = recipe_for(args.protocol, args.epochs, args.batch_size, args.lr, args.weight_decay)
     size = args.image_size or eval_image_size(cfg.augment.image_size, train_set)
     result = probe_images(model, train_set, test_set, recipe, size, args.protocol, args.bn_head, dev,
@@ -321,15 +408,16 @@ def _linear_cached(args):
     if args.train and args.test:
         train = load_embeddings(args.train, args.train_labels)
         test = load_embeddings(args.test, args.test_labels)
-    elif args.checkpoint:
-        from .embed import embed
+    else:  # embed both splits with the checkpoint (loaded once)
+        from ssl_bf.devices import resolve_device
 
+        from .embed import embed, load_embedding_encoder
+
+        encoder = load_embedding_encoder(args.checkpoint, features=args.features, device=resolve_device(args.device))
         train, test = (embed(args.checkpoint, args.data, split, None, features=args.features, root=args.root,
                              device=args.device, num_workers=args.workers, subset=args.subset,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, encoder=encoder)
                        for split in ("train", "test"))
-    else:
-        raise ValueError(f"--protocol {args.protocol} needs --train and --test embeddings files, or --checkpoint")
     check_pair(train, test)
     device = "cpu" if args.device == "auto" else args.device
     common = dict(num_classes=train.num_classes, val_fraction=args.val_fraction, refit=not args.no_refit,
@@ -349,29 +437,41 @@ def _linear_cached(args):
 # ----------------------------------------------------------------------------------------------
 
 
+def _probes(text: str) -> tuple[str, ...]:
+    """`--linear`: 'cached,logreg' | 'cached' | 'logreg' | 'none', checked at parse time."""
+    from .evaluate import parse_probes
+
+    try:
+        return parse_probes(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def evaluate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="ssl-bf evaluate",
         description="Evaluate a finished run: embed train and test with RUN/checkpoints/last.pt (data from "
         "RUN/config.yaml) into RUN/embeddings/, k-NN at (k=20, T=0.07) and (k=200, T=0.1), a cached "
         "linear probe and logistic regression. Sets the knn/linear/logreg/evaluated keys of "
         "RUN/results.json (other keys kept) and "
-        "appends the full record to RUN/evaluations.jsonl.")
+        "appends the full record to RUN/evaluations.jsonl. All or nothing: a failed evaluation "
+        "leaves RUN as it was.")
     p.add_argument("run", metavar="RUN", help="run folder")
     p.add_argument("--checkpoint", help="default RUN/checkpoints/last.pt")
     p.add_argument("--features", choices=["backbone", "projection"], default="backbone")
-    p.add_argument("--linear", default="cached,logreg", metavar="PROBES",
+    p.add_argument("--linear", type=_probes, default=("cached", "logreg"), metavar="PROBES",
                    help="linear probes on the embeddings: 'cached,logreg' (default), 'cached', 'logreg' "
                         "or 'none'")
     p.add_argument("--index", choices=["flat", "flat-fp16", "ivf", "hnsw"], default="flat")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
-    p.add_argument("--memory-budget", type=float, default=2.0, metavar="GB")
+    p.add_argument("--memory-budget", type=positive_float, default=2.0, metavar="GB")
     p.add_argument("--reuse-embeddings", action="store_true",
                    help="keep RUN/embeddings files already made from this checkpoint")
-    p.add_argument("--subset", type=int, help="embed only the first N images of each split (smoke tests)")
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--subset", type=positive_int,
+                   help="embed only the first N images of each split (smoke tests; at least 200, the largest k)")
+    p.add_argument("--workers", type=nonneg_int, default=4)
+    p.add_argument("--seed", type=seed, default=0)
     _add_device(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", metavar="OUT", help="also write the recorded entry as JSON")
@@ -379,12 +479,24 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
 
 def evaluate_main(argv: Optional[list[str]] = None) -> int:
-    args = evaluate_parser().parse_args(argv)
-    prog = "ssl-bf evaluate"
+    return _run("ssl-bf evaluate", evaluate_parser, _evaluate_command, argv)
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    import os
+
     from ssl_bf import distributed as dist_utils
 
-    from .evaluate import evaluate_run
+    from .evaluate import evaluate_run, run_paths
 
+    paths = run_paths(args.run)
+    if args.json:
+        own = [p for p in paths.values() if os.path.abspath(p) == os.path.abspath(args.json)]
+        if own:
+            raise ArgumentError(f"--json {args.json} is one of the run's own files, which evaluate keeps; "
+                                f"write the JSON elsewhere")
+    check_outputs([("--json", args.json)], inputs=[args.checkpoint, _sidecar(args.checkpoint), *paths.values()])
+    _check_device(args.device)
     had_group = dist_utils.is_initialized()
     try:
         entry = evaluate_run(args.run, args.checkpoint, features=args.features, device=args.device,
@@ -392,8 +504,6 @@ def evaluate_main(argv: Optional[list[str]] = None) -> int:
                              memory_budget_gb=args.memory_budget, linear=args.linear,
                              reuse_embeddings=args.reuse_embeddings, subset=args.subset,
                              num_workers=args.workers, seed=args.seed, progress=not args.no_progress)
-    except _input_errors() as err:
-        return _fail(prog, err)
     finally:
         _leave_group(had_group)
     if entry is None:  # a rank other than 0 of a torchrun job: it only helped extract

@@ -56,7 +56,8 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
           features: str = "backbone", root: Optional[str] = None, batch_size: int = 256,
           device: str = "auto", dtype: str = "float32", normalize: bool = False,
           image_size: Optional[int] = None, num_workers: int = 4, save_paths: bool = True,
-          subset: Optional[int] = None, progress: bool = True) -> Optional[Embeddings]:
+          subset: Optional[int] = None, progress: bool = True,
+          encoder: Optional[tuple[nn.Module, object]] = None) -> Optional[Embeddings]:
     """Extract features of one split with a checkpoint's encoder; write `out` when given.
 
     Args:
@@ -67,29 +68,32 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
         dtype: stored precision, float32 or float16.
         normalize: L2-normalise the stored features (k-NN normalises anyway).
         image_size: eval crop size; None: the run's `augment.image_size` or the native size.
+        encoder: `(module, config)` already loaded from `checkpoint` by `load_embedding_encoder`
+            (several splits, one load); None: loaded here.
     Returns:
         The embeddings (also written to `out` atomically, with metadata). Under torchrun
         (WORLD_SIZE > 1) the process group is joined (left for the caller to destroy); rank 0
         returns the embeddings of every rank, the other ranks return None.
+    Raises:
+        ValueError (CheckpointError, DataError's siblings...) naming the file or option at fault;
+        nothing is written then.
     """
     from ssl_bf import distributed as dist_utils
     from ssl_bf.augment import EvalTransform
-    from ssl_bf.checkpoint import load_encoder
     from ssl_bf.data import build_dataset
 
     dev = resolve_device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or dist_utils.is_initialized():  # torchrun
         dist_utils.init_distributed(dev)
-    model, cfg = load_encoder(checkpoint, features=features, device=dev)
+    model, cfg = encoder if encoder is not None else load_embedding_encoder(checkpoint, features, dev)
+    model = model.to(dev)
     if data is None:
         name, root = cfg.data.name, root or cfg.data.root
     else:
         name, root = resolve_data(data, root)
-    dataset = build_dataset(name, root=root, split=split, subset=subset, load_size=cfg.data.load_size)
-    in_channels = _in_channels(model)
-    if in_channels is not None and in_channels != dataset.num_channels:
-        raise ValueError(f"{checkpoint} expects {in_channels}-channel images but {name} "
-                         f"({dataset.root}) has {dataset.num_channels} channels")
+    dataset = build_dataset(name, root=root, split=split, load_size=cfg.data.load_size)
+    take_subset(dataset, subset, split)
+    check_channels(model, dataset, checkpoint)
     size = image_size or eval_image_size(cfg.augment.image_size, dataset)
     transform = EvalTransform(size, dataset.mean, dataset.std).to(dev)
     result = extract_features(model, dataset, transform, dev, batch_size=batch_size,
@@ -98,6 +102,10 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
     if result is None:  # another rank of a process group: rank 0 holds the rows and writes `out`
         return None
     feats, labels = result
+    bad = int((~torch.isfinite(feats).all(dim=1)).sum())
+    if bad:
+        raise ValueError(f"{checkpoint}: the encoder gives NaN or Inf features for {bad} of {len(feats)} "
+                         f"{split} images (a diverged checkpoint?); nothing written")
     if normalize:
         feats = torch.nn.functional.normalize(feats, dim=1)
     paths = [p for p, _ in dataset.samples] if save_paths and hasattr(dataset, "samples") else None
@@ -108,6 +116,35 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
     if out:
         write_embeddings(out, emb, dtype)
     return emb
+
+
+def load_embedding_encoder(checkpoint: str, features: str = "backbone",
+                           device: str | torch.device = "cpu") -> tuple[nn.Module, object]:
+    """The frozen encoder of a checkpoint and its config, the checkpoint checked first
+    (`ssl_bf.eval.checkpoints.load_checked_encoder`: CheckpointError naming the file)."""
+    from .checkpoints import load_checked_encoder
+
+    model, cfg, _ = load_checked_encoder(checkpoint, features=features, device=device)
+    return model, cfg
+
+
+def take_subset(dataset, subset: Optional[int], split: str) -> None:
+    """Keep the first `subset` images of `dataset`; more than it holds is an error naming --subset."""
+    if subset is None:
+        return
+    if subset < 1 or subset > len(dataset):
+        raise ValueError(f"--subset {subset} is out of range: the {split} split of {dataset.name} "
+                         f"({dataset.root}) has {len(dataset)} images; use 1 to {len(dataset)}")
+    dataset.take_first(subset)
+
+
+def check_channels(model: nn.Module, dataset, checkpoint: str) -> None:
+    """Refuse images whose channel count differs from what the encoder's first layer expects."""
+    in_channels = _in_channels(model)
+    if in_channels is not None and in_channels != dataset.num_channels:
+        raise ValueError(f"{checkpoint} expects {in_channels}-channel images but {dataset.name} "
+                         f"({dataset.root}) has {dataset.num_channels} channels; give --data with "
+                         f"{in_channels}-channel images")
 
 
 def _in_channels(model: nn.Module) -> Optional[int]:

@@ -8,10 +8,12 @@ Layout of a run folder: `RUN/config.yaml`, `RUN/checkpoints/last.pt`. Written he
   and keeps every other key (the sweep report reads the numbers from it);
 - `RUN/evaluations.jsonl`: one line per evaluation, full detail, never rewritten;
 - `RUN/linear_head.pt`, `RUN/logreg_head.pt`: the probes' heads.
-All writes are atomic.
+All or nothing: everything is checked before any compute and written to temporary names, moved
+into place only when the whole evaluation succeeded; a failed evaluate leaves RUN byte-identical.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -54,8 +56,13 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
                  index: str = "flat", memory_budget_gb: float = 2.0,
                  linear: "str | Sequence[str]" = "cached,logreg",
                  reuse_embeddings: bool = False, subset: Optional[int] = None, num_workers: int = 4,
-                 seed: int = 0, progress: bool = True) -> dict:
+                 seed: int = 0, progress: bool = True) -> Optional[dict]:
     """Evaluate a finished run; returns the entry that was recorded.
+
+    All or nothing: everything checkable is checked before any compute (the run folder, the
+    checkpoint, RUN/results.json, every file written, k against --subset); the embeddings,
+    heads and results are computed in memory and moved into place only when the whole
+    evaluation succeeded. A failure leaves RUN byte-identical.
 
     Args:
         run_dir: the run folder.
@@ -65,65 +72,76 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
         subset: embed only the first N images of each split (smoke tests).
     """
     from ssl_bf import distributed as dist_utils
-    from ssl_bf.checkpoint import load as load_checkpoint
     from ssl_bf.config import load_config
     from ssl_bf.devices import resolve_device
-    from ssl_bf.io import write_json_atomic
     from ssl_bf.knn import knn_evaluate
 
+    from .checkpoints import load_checked_encoder
     from .embed import embed
+    from .formats import check_pair
     from .linear_cached import probe_cached, probe_logreg
-    from .linear_common import save_head
 
     tic = time.perf_counter()
     probes = parse_probes(linear)
     paths = run_paths(run_dir)
     ckpt_path = checkpoint or paths["checkpoint"]
+    if os.path.isfile(run_dir):
+        raise ValueError(f"RUN {run_dir} is a file; give the run folder (the one holding checkpoints/)")
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"run folder not found: {run_dir}")
-    if not os.path.isfile(ckpt_path):
+    if not os.path.exists(ckpt_path):
         raise FileNotFoundError(f"checkpoint not found: {ckpt_path} (has the run finished an epoch?)")
-    ckpt = load_checkpoint(ckpt_path)
-    if os.path.isfile(paths["config"]):
-        data_cfg = load_config(paths["config"]).data
-    else:  # an older run folder: the checkpoint carries the config as well
-        from ssl_bf.config import from_dict
+    results = _read_results(paths["results"])
+    _check_run_outputs(paths, ckpt_path)
+    kmax = max(int(k) for k in ks)
+    if subset is not None and subset < kmax:
+        raise ValueError(f"--subset {subset} is smaller than k={kmax} of the k-NN evaluation (its train "
+                         f"bank would hold {subset} rows); use --subset {kmax} or more")
+    dev = resolve_device(device)
+    model, cfg, ckpt = load_checked_encoder(ckpt_path, features=features, device=dev,
+                                            what="--checkpoint" if checkpoint else "the run's checkpoint")
+    epoch, step = ckpt.get("epoch"), ckpt.get("step")
+    del ckpt
+    # an older run folder has no config.yaml: the checkpoint (or an export's sidecar) carries it too
+    data_cfg = load_config(paths["config"]).data if os.path.isfile(paths["config"]) else cfg.data
 
-        data_cfg = from_dict(ckpt["config"]).data
-
-    # decided before any rank writes a file, so every rank of a torchrun job takes the same path
+    # decided before any rank computes, so every rank of a torchrun job takes the same path
     reuse = {split: reuse_embeddings and _reusable(paths[split], ckpt_path, features) for split in ("train", "test")}
     splits: dict[str, Optional[Embeddings]] = {}
-    for split in ("train", "test"):
-        out = paths[split]
+    for split in ("train", "test"):  # in memory: written only once everything succeeded
         if reuse[split]:
-            splits[split] = load_embeddings(out)
+            splits[split] = load_embeddings(paths[split])
             continue
-        splits[split] = embed(ckpt_path, data_cfg.name, split, out, features=features, root=data_cfg.root,
-                              batch_size=batch_size, device=device, dtype=dtype, subset=subset,
-                              num_workers=num_workers, progress=progress)
+        splits[split] = embed(ckpt_path, data_cfg.name, split, None, features=features, root=data_cfg.root,
+                              batch_size=batch_size, device=str(dev), dtype=dtype, subset=subset,
+                              num_workers=num_workers, progress=progress, encoder=(model, cfg))
     if not dist_utils.is_main():  # torchrun: this rank's shards went to rank 0, which scores them
         return None
     train, test = splits["train"], splits["test"]
+    if kmax > len(train):
+        raise ValueError(f"k={kmax} of the k-NN evaluation is larger than the train set ({len(train)} rows "
+                         f"of {data_cfg.name}); nothing was written. Embed with `ssl-bf embed` and score "
+                         f"with `ssl-bf knn --k` values up to {len(train)}")
+    check_pair(train, test)
     knn = knn_evaluate(train.embeddings, train.labels, test.embeddings, test.labels, ks, temperatures,
                        num_classes=train.num_classes, index=index, memory_budget_gb=memory_budget_gb,
                        device=device, progress=progress)
     probe_results: dict[str, dict] = {}
+    heads = {}
     for name in probes:
         probe = probe_cached if name == "cached" else probe_logreg
         res = probe(train.embeddings, train.labels, test.embeddings, test.labels,
-                    num_classes=train.num_classes, seed=seed, device=resolve_device(device))
+                    num_classes=train.num_classes, seed=seed, device=dev)
         head = paths["head"] if name == "cached" else paths["logreg_head"]
-        save_head(head, res, train.classes)
+        heads[head] = res
         probe_results[RESULT_KEY[name]] = {**res.to_dict(), "head": head}
 
-    evaluated = {"checkpoint": os.path.abspath(ckpt_path), "epoch": ckpt.get("epoch"),
-                 "step": ckpt.get("step"), "features": features, "dataset": data_cfg.name,
+    evaluated = {"checkpoint": os.path.abspath(ckpt_path), "epoch": epoch,
+                 "step": step, "features": features, "dataset": data_cfg.name,
                  "train_rows": len(train), "test_rows": len(test), "dim": train.dim,
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.perf_counter() - tic, 2)}
     entry = {"knn": knn.results, "linear": probe_results.get("linear"), "logreg": probe_results.get("logreg"),
              "evaluated": evaluated}
-    results = _read_results(paths["results"])
     results.update({"knn": knn.results, "evaluated": evaluated})
     for name in LINEAR_PROBES:  # a probe not run now must not sit beside this checkpoint's k-NN
         key = RESULT_KEY[name]
@@ -131,9 +149,39 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
         if key in probe_results:
             res = probe_results[key]
             results[key] = {k: res[k] for k in ("protocol", "top1", "top5", "hyperparameters", "note") if k in res}
-    write_json_atomic(results, paths["results"])
+    _commit(paths, {s: e for s, e in splits.items() if not reuse[s]}, heads, train.classes, results, dtype)
     _append_line(paths["history"], entry)
     return entry
+
+
+def _check_run_outputs(paths: dict[str, str], checkpoint: str) -> None:
+    """Every file evaluate writes in RUN must be writable and not a folder; checked before any compute."""
+    from ssl_bf.io import check_output
+
+    for key in ("train", "test", "results", "history", "head", "logreg_head"):
+        path = paths[key]
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a folder, but evaluate writes a file there; move it away and rerun")
+        check_output(path, protected=[checkpoint], what="evaluate's output")
+
+
+def _commit(paths: dict[str, str], embeddings: dict[str, Embeddings], heads: dict, classes,
+            results: dict, dtype: str) -> None:
+    """Write the embeddings, heads and results.json to temporary names beside their targets, then
+    move them all into place; if any write fails, every temporary file is removed and RUN is as it was."""
+    from ssl_bf.io import atomic_path, write_json_atomic
+
+    from .formats import write_embeddings
+    from .linear_common import save_head
+
+    with contextlib.ExitStack() as stack:
+        for split, emb in embeddings.items():
+            write_embeddings(stack.enter_context(atomic_path(paths[split])), emb, dtype)
+        for head, res in heads.items():
+            save_head(stack.enter_context(atomic_path(head)), res, classes)
+        write_json_atomic(results, stack.enter_context(atomic_path(paths["results"])))
+    for split, emb in embeddings.items():
+        emb.path = paths[split]
 
 
 def _reusable(path: str, checkpoint: str, features: str) -> bool:
@@ -148,13 +196,17 @@ def _reusable(path: str, checkpoint: str, features: str) -> bool:
 
 
 def _read_results(path: str) -> dict:
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, but evaluate keeps its results in that file; move it away")
     if not os.path.isfile(path):
         return {}
     try:
         with open(path) as f:
             data = json.load(f)
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}); move it away and rerun") from None
+    except OSError as err:
+        raise ValueError(f"{path} cannot be read ({err.strerror}); fix its permissions or move it away") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a {type(data).__name__}, expected a JSON object; move it away")
     return data
@@ -162,7 +214,9 @@ def _read_results(path: str) -> dict:
 
 def _append_line(path: str, entry: dict) -> None:
     """Append one JSON line (a single write of a whole line; the file is only ever appended to)."""
-    line = json.dumps(entry, default=str) + "\n"
+    from ssl_bf.io import strict_json
+
+    line = json.dumps(strict_json(entry), default=str, allow_nan=False) + "\n"
     with open(path, "a") as f:
         f.write(line)
         f.flush()

@@ -109,7 +109,11 @@ def write_embeddings(path: str, emb: Embeddings, dtype: str = "float32") -> None
 
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be float32 or float16, not {dtype}")
-    tensors = {EMBEDDINGS_KEY: torch.from_numpy(np.ascontiguousarray(emb.embeddings)).to(getattr(torch, dtype)),
+    stored = torch.from_numpy(np.ascontiguousarray(emb.embeddings)).to(getattr(torch, dtype))
+    if dtype == "float16" and not torch.isfinite(stored).all():
+        raise EmbeddingsError(f"{path}: some features exceed the float16 range (|x| > 65504); "
+                              f"store them with --dtype float32")
+    tensors = {EMBEDDINGS_KEY: stored,
                LABELS_KEY: torch.from_numpy(np.ascontiguousarray(emb.labels, dtype=np.int64))}
     if emb.image_paths is not None:
         if any("\n" in p for p in emb.image_paths):
@@ -163,12 +167,13 @@ def load_embeddings(path: str, labels_path: Optional[str] = None, check: bool = 
             emb = _from_mapping(x, path)
         else:
             lpath = labels_path or find_labels_file(path)
-            emb = Embeddings(_float_matrix(x, path), _read_labels(lpath, path), {}, path)
+            x = _float_matrix(x, path)
+            emb = Embeddings(x, _read_labels(lpath, path, len(x)), {}, path)
     else:
         raise EmbeddingsError(f"{path}: unknown embeddings format '{ext}'; use .safetensors, "
                               f".npy (+ labels .npy), .npz or DINO .pth dumps")
     if labels_path and ext in (".safetensors", ".npz"):
-        emb.labels = _read_labels(labels_path, path)
+        emb.labels = _read_labels(labels_path, path, len(emb))
     if check:
         validate(emb)
     return emb
@@ -210,7 +215,10 @@ def _read_safetensors(path: str) -> Embeddings:
         raise EmbeddingsError(f"{path}: not a readable safetensors file ({err})") from None
     emb = Embeddings(_float_matrix(x, path), _int_labels(y, path), metadata, path)
     if blob is not None:
-        text = blob.numpy().tobytes().decode()
+        try:
+            text = blob.numpy().tobytes().decode()
+        except UnicodeDecodeError:
+            raise EmbeddingsError(f"{path}: its '{PATHS_KEY}' tensor is not UTF-8 text") from None
         emb.image_paths = text.split("\n")
     return emb
 
@@ -219,8 +227,8 @@ def _read_npz(path: str) -> Embeddings:
     try:
         with np.load(path, allow_pickle=False) as z:
             return _from_mapping({k: z[k] for k in z.files}, path)
-    except (OSError, ValueError) as err:
-        raise EmbeddingsError(f"{path}: not a readable .npz file ({err})") from None
+    except Exception as err:  # a parse boundary: zipfile, numpy and OS errors all mean "unreadable"
+        raise EmbeddingsError(f"{path}: not a readable .npz file ({_numpy_reason(err)})") from None
 
 
 def _from_mapping(d: dict, path: str) -> Embeddings:
@@ -233,20 +241,41 @@ def _from_mapping(d: dict, path: str) -> Embeddings:
 
 
 def _read_array(path: str):
+    """A .npy array (memory-mapped), or what a torch file holds, loaded weights-only."""
+    from ssl_bf.io import UnreadableFileError, load_tensors
+
     if os.path.getsize(path) == 0:
         raise EmbeddingsError(f"{path}: the file is empty (0 bytes)")
     try:
         if path.lower().endswith(".npy"):
             return np.load(path, allow_pickle=False, mmap_mode="r")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_tensors(path)
+    except UnreadableFileError as err:
+        raise EmbeddingsError(" ".join(str(err).split("\n"))) from None
     except Exception as err:  # a parse boundary: any failure means "unreadable file"
-        raise EmbeddingsError(f"{path}: cannot read it ({type(err).__name__}: {err})") from None
+        raise EmbeddingsError(f"{path}: cannot read it ({_numpy_reason(err)})") from None
 
 
-def _read_labels(labels_path: str, features_path: str) -> np.ndarray:
+def _numpy_reason(err: Exception) -> str:
+    """Why numpy could not read a file, on one line; never advice to load pickles unsafely."""
+    text = str(err)
+    if "pickle" in text.lower():
+        return "corrupt, or it holds Python objects, which ssl-bf never loads"
+    first = (text.strip().splitlines() or [""])[0][:200]
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def _read_labels(labels_path: str, features_path: str, rows: Optional[int] = None) -> np.ndarray:
+    """The labels file of `features_path`; with `rows`, it must hold that many labels."""
+    if os.path.isdir(labels_path):
+        raise EmbeddingsError(f"{labels_path} (labels for {features_path}) is a folder; name the labels file")
     if not os.path.isfile(labels_path):
         raise EmbeddingsError(f"{labels_path} (labels for {features_path}): no such file")
-    return _int_labels(_read_array(labels_path), labels_path)
+    labels = _int_labels(_read_array(labels_path), labels_path)
+    if rows is not None and len(labels) != rows:
+        raise EmbeddingsError(f"{labels_path} holds {len(labels)} labels but {features_path} has {rows} rows; "
+                              f"give the labels file that goes with it")
+    return labels
 
 
 def _float_matrix(x, path: str) -> np.ndarray:
@@ -316,7 +345,7 @@ def check_pair(train: Embeddings, test: Embeddings, ks: Sequence[int] = ()) -> N
             raise EmbeddingsError(f"k must be at least 1, got {k}")
         if k > len(train):
             raise EmbeddingsError(f"k={k} is larger than the train set: {train.path} has "
-                                  f"{len(train)} rows")
+                                  f"{len(train)} rows; use --k values up to {len(train)}")
     ct, cs = train.classes, test.classes
     if ct and cs and ct != cs:
         raise EmbeddingsError(f"class lists differ: {train.path} has {len(ct)} classes, "

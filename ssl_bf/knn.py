@@ -293,7 +293,8 @@ def knn_accuracy(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: Ar
         train_feats, test_feats: (N, D) and (Q, D) features, numpy or torch, any float dtype;
             they are L2-normalised here (cosine similarity), the inputs are not modified.
         train_labels, test_labels: (N,) and (Q,) integer labels, any values.
-        ks, temperatures: every combination is scored from one search for max(ks).
+        ks, temperatures: every combination is scored from one search for max(ks); a value
+            given twice is scored once.
         num_classes: C when known (labels then lie in [0, C)); None: the distinct train labels.
             A test label absent from the train set counts as an error.
         index: flat (exact, default) | flat-fp16 | ivf | hnsw (approximate).
@@ -301,7 +302,8 @@ def knn_accuracy(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: Ar
             N x D x 4 bytes for flat, is not counted).
         device: auto | cpu | cuda, for the FAISS index.
     Returns:
-        `[{"k", "temperature", "top1", "top5"}, ...]` in the order of `ks` x `temperatures`.
+        `[{"k", "temperature", "top1", "top5"}, ...]` in the order of `ks` x `temperatures`
+        (repeats dropped).
     """
     return knn_evaluate(train_feats, train_labels, test_feats, test_labels, ks, temperatures,
                         num_classes, index, memory_budget_gb, device, progress).results
@@ -330,12 +332,15 @@ def knn_evaluate(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: Ar
     Approximate indexes (ivf, hnsw) also report recall@max(k) against exact search on up to
     `recall_sample` queries (0: skip).
     """
-    ks = [int(k) for k in ks]
-    temperatures = [float(t) for t in temperatures]
+    # Repeats are scored once: a repeated (k, T) pair would otherwise add its hits twice.
+    ks = list(dict.fromkeys(int(k) for k in ks))
+    temperatures = list(dict.fromkeys(float(t) for t in temperatures))
     if not ks or not temperatures:
         raise ValueError("give at least one k and one temperature")
-    if any(t <= 0 for t in temperatures):
-        raise ValueError(f"temperatures must be positive, got {temperatures}")
+    if not all(math.isfinite(t) and t > 0 for t in temperatures):
+        raise ValueError(f"temperatures must be positive and finite, got {temperatures}")
+    if not (math.isfinite(memory_budget_gb) and memory_budget_gb > 0):
+        raise ValueError(f"the memory budget must be a positive number of GB, got {memory_budget_gb}")
     train = as_numpy(train_feats)
     test = as_numpy(test_feats)
     y_train = integer_labels(train_labels, "train labels")

@@ -96,8 +96,9 @@ class NotATensor:
 def test_pth_loading_is_weights_only(tmp_path):
     torch.save({"payload": NotATensor()}, tmp_path / "evilfeat.pth")
     torch.save(torch.zeros(1), tmp_path / "evillabels.pth")
-    with pytest.raises(EmbeddingsError, match="evilfeat.pth: cannot read it"):
+    with pytest.raises(EmbeddingsError, match="evilfeat.pth holds a Python object of type test_embed.NotATensor") as err:
         load_embeddings(str(tmp_path / "evilfeat.pth"))
+    assert "weights_only" not in str(err.value)  # never advice to load it unrestricted
 
 
 @pytest.mark.parametrize("make, fragment", [
@@ -262,3 +263,88 @@ def test_evaluate_missing_checkpoint(tmp_path, capsys):
     os.makedirs(tmp_path / "empty_run")
     assert evaluate_main([str(tmp_path / "empty_run"), "--no-progress"]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: checkpoints, outputs, and all-or-nothing evaluate
+# ----------------------------------------------------------------------------------------------
+
+
+def _digest(folder) -> dict:
+    out = {}
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = f.read()
+    return out
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda p: open(p, "wb").close(), "is empty"),
+    (lambda p: open(p, "w").write("not a checkpoint\n"), "is not a torch checkpoint"),
+    (lambda p: torch.save([1, 2], p), "holds a list"),
+    (lambda p: torch.save({"model": torch.zeros(2), "config": {}}, p), "its 'model' is a Tensor"),
+    (lambda p: torch.save({"weight": torch.zeros(2)}, p), "looks like an exported backbone"),
+    (lambda p: torch.save({"embeddings": torch.zeros(2, 2), "labels": torch.zeros(2)}, p), "holds embeddings"),
+])
+def test_read_checkpoint_refuses_what_is_not_one(tmp_path, make, fragment):
+    from ssl_bf.eval.checkpoints import CheckpointError, read_checkpoint
+
+    path = str(tmp_path / "c.pt")
+    make(path)
+    with pytest.raises(CheckpointError, match=fragment) as err:
+        read_checkpoint(path)
+    assert str(err.value).startswith(f"--checkpoint {path}") and "\n" not in str(err.value)
+    assert "weights_only=False" not in str(err.value)
+
+
+def test_embed_refuses_outputs_before_loading_anything(tmp_path, capsys, monkeypatch):
+    import ssl_bf.eval.embed as embed_mod
+    from ssl_bf.eval.cli import embed_main
+
+    run = make_run(tmp_path)
+    ckpt = os.path.join(run, "checkpoints", "last.pt")
+    before = _digest(run)
+    monkeypatch.setattr(embed_mod, "embed", lambda *a, **k: pytest.fail("embedded before checking outputs"))
+    base = ["--checkpoint", ckpt, "--split", "test", "--no-progress"]
+    for extra, option in ((["--out", ckpt], "--out"), (["--out", str(tmp_path)], "--out"),
+                          (["--out", str(tmp_path / "e.npy")], "--out"),
+                          (["--out", str(tmp_path / "e.safetensors"), "--json", ckpt], "--json"),
+                          (["--out", str(tmp_path / "e.safetensors"), "--json", str(tmp_path)], "--json")):
+        assert embed_main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and option in err, err
+    assert _digest(run) == before
+
+
+def test_failed_evaluate_leaves_the_run_byte_identical(tmp_path, capsys, monkeypatch):
+    """A failure at any point, even while the new files are being put in place, keeps RUN as it was."""
+    import ssl_bf.eval.linear_cached as cached
+    import ssl_bf.eval.linear_common as common
+    from ssl_bf.eval.cli import evaluate_main
+
+    _fashion_mnist_or_skip()
+    run = make_run(tmp_path)
+    argv = [run, "--subset", "200", "--linear", "cached", "--no-progress", "--device", "cpu"]
+    assert evaluate_main(argv) == 0
+    before = _digest(run)
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    for module, name in ((cached, "probe_cached"), (common, "save_head")):
+        with monkeypatch.context() as m:
+            m.setattr(module, name, boom)
+            assert evaluate_main(argv) == 2
+        assert "No space left" in capsys.readouterr().err
+        assert _digest(run) == before, name  # no new embeddings, heads or results, no temporary files
+    assert evaluate_main([*argv[:2], "199", *argv[3:]]) == 2  # k=200 cannot be scored on 199 rows
+    assert "--subset 199 is smaller than k=200" in capsys.readouterr().err
+    assert _digest(run) == before
+    with open(os.path.join(run, "results.json"), "w") as f:
+        f.write('{"knn": [1, 2')
+    before = _digest(run)
+    assert evaluate_main(argv) == 2
+    assert "results.json is not valid JSON" in capsys.readouterr().err
+    assert _digest(run) == before

@@ -276,7 +276,7 @@ def test_cli_bad_inputs(tmp_path, capsys):
 
     np.save(tmp_path / "x.npy", np.ones((6, 16), np.float32))
     np.save(tmp_path / "x_labels.npy", np.zeros(5, np.int64))
-    _expect_error(capsys, ["--train", tr, "--test", str(tmp_path / "x.npy")], "x.npy", "6 embeddings but 5 labels")
+    _expect_error(capsys, ["--train", tr, "--test", str(tmp_path / "x.npy")], "x_labels.npy holds 5 labels", "x.npy has 6 rows")
 
     nan = np.ones((6, 16), np.float32)
     nan[[1, 4]] = np.nan
@@ -295,7 +295,7 @@ def test_cli_bad_inputs(tmp_path, capsys):
 
     _expect_error(capsys, ["--train", tr, "--test", str(tmp_path / "missing.safetensors")], "missing.safetensors",
                   "no such file")
-    _expect_error(capsys, ["--train", tr, "--test", te, "--temperature", "0"], "temperatures must be positive")
+    _expect_error(capsys, ["--train", tr, "--test", te, "--temperature", "0"], "--temperature", "positive")
 
 
 @pytest.mark.slow
@@ -313,3 +313,70 @@ def test_fashion_mnist_raw_pixel_anchor():
     by = {(r["k"], r["temperature"]): r["top1"] for r in res}
     assert by[(20, 0.07)] == pytest.approx(84.6, abs=0.3)
     assert by[(200, 0.1)] == pytest.approx(78.9, abs=0.3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Repeated and non-finite settings (a repeated (k, T) pair used to add its hits twice: 126%)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_repeated_k_and_temperature_are_scored_once():
+    train, ty = blobs(300, 8, 3, noise=0.3)
+    test, sy = blobs(60, 8, 3, seed=2, noise=0.3)
+    once = knn_accuracy(train, ty, test, sy, ks=(5, 20), temperatures=(0.07,))
+    repeated = knn_accuracy(train, ty, test, sy, ks=(5, 20, 5), temperatures=(0.07, 0.07))
+    assert repeated == once
+    assert all(0 <= r["top1"] <= 100 and 0 <= r["top5"] <= 100 for r in repeated)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"temperatures": (float("nan"),)}, "temperatures must be positive and finite"),
+    ({"temperatures": (0.07, float("inf"))}, "temperatures must be positive and finite"),
+    ({"temperatures": (-0.1,)}, "temperatures must be positive and finite"),
+    ({"memory_budget_gb": float("nan")}, "memory budget"),
+    ({"memory_budget_gb": 0.0}, "memory budget"),
+])
+def test_non_finite_settings_are_refused(kwargs, fragment):
+    train, ty = blobs(50, 4, 2)
+    with pytest.raises(ValueError, match=fragment):
+        knn_accuracy(train, ty, train[:5], ty[:5], ks=(3,), **kwargs)
+
+
+def test_cli_repeated_values_give_one_row_each(tmp_path, capsys):
+    tr, te = _files(tmp_path)
+    single, repeated = tmp_path / "single.json", tmp_path / "repeated.json"
+    assert knn_main(["--train", tr, "--test", te, "--k", "10", "--temperature", "0.07", "--json", str(single),
+                     "--no-progress"]) == 0
+    capsys.readouterr()
+    assert knn_main(["--train", tr, "--test", te, "--k", "10", "10", "--temperature", "0.07", "0.07",
+                     "--json", str(repeated), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "--k lists 10 more than once" in err and "--temperature lists 0.07 more than once" in err
+    assert json.loads(repeated.read_text())["results"] == json.loads(single.read_text())["results"]
+
+
+@pytest.mark.parametrize("option, value", [("--temperature", "nan"), ("--temperature", "inf"), ("--k", "0"),
+                                           ("--memory-budget", "-1"), ("--device", "tpu"),
+                                           ("--recall-sample", "-1")])
+def test_cli_bad_numbers_refused_at_parse_time(tmp_path, capsys, monkeypatch, option, value):
+    import ssl_bf.eval.formats as formats
+
+    tr, te = _files(tmp_path)
+    monkeypatch.setattr(formats, "load_embeddings", lambda *a, **k: pytest.fail("loaded before parsing ended"))
+    assert knn_main(["--train", tr, "--test", te, option, value, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ssl-bf knn: error: argument " + option), err
+
+
+def test_cli_outputs_checked_before_any_compute(tmp_path, capsys, monkeypatch):
+    import ssl_bf.knn as knn
+
+    tr, te = _files(tmp_path)
+    before = open(tr, "rb").read()
+    monkeypatch.setattr(knn, "knn_evaluate", lambda *a, **k: pytest.fail("searched before checking --json"))
+    for target in (tr, str(tmp_path)):
+        assert knn_main(["--train", tr, "--test", te, "--json", target, "--no-progress"]) == 2
+        assert "--json" in capsys.readouterr().err
+    assert open(tr, "rb").read() == before
+    assert knn_main(["--train", tr, "--test", tr, "--no-progress"]) == 2  # itself as its own test set
+    assert "is the --train file" in capsys.readouterr().err

@@ -292,3 +292,74 @@ def test_cli_bad_requests(tmp_path, capsys):
     save_embeddings(te, np.ones((4, 5)), [0, 1, 0, 1])
     assert linear_main(["--protocol", "logreg", "--train", tr, "--test", te, "--no-progress"]) == 2
     assert "dimensions differ" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: refused at parse time or before any compute, never a number from a bad setting
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind, good, bad", [
+    ("positive_float", ["0.1", "1e-5", "30"], ["0", "-1", "nan", "inf", "-inf", "x"]),
+    ("nonneg_float", ["0", "1e-4"], ["-0.1", "nan", "inf"]),
+    ("positive_int", ["1", "256"], ["0", "-3", "2.5", "nan", "ten"]),
+    ("nonneg_int", ["0", "4"], ["-1", "1.0"]),
+    ("open_fraction", ["0.1", "0.5"], ["0", "1", "1.5", "nan"]),
+    ("seed", ["0", "123"], ["-1", str(2 ** 32)]),
+    ("device_name", ["auto", "cpu", "cuda", "cuda:1"], ["tpu", "cuda:", "cuda:-1", "CPU", "gpu"]),
+])
+def test_option_types(kind, good, bad):
+    import argparse
+
+    from ssl_bf.eval import options
+
+    check = getattr(options, kind)
+    for text in good:
+        check(text)
+    for text in bad:
+        with pytest.raises(argparse.ArgumentTypeError):
+            check(text)
+
+
+@pytest.mark.parametrize("extra", [["--lrs", "0"], ["--lrs", "0.1", "nan"], ["--l2", "0"], ["--max-iter", "0"],
+                                   ["--epochs", "0"], ["--weight-decay", "nan"], ["--val-fraction", "1"],
+                                   ["--batch-size", "0"], ["--seed", "-1"], ["--device", "tpu"]])
+def test_cli_bad_hyperparameters_refused(tmp_path, capsys, extra):
+    tr, te = str(tmp_path / "tr.safetensors"), str(tmp_path / "te.safetensors")
+    save_embeddings(tr, *overlapping(50, 0))
+    save_embeddings(te, *overlapping(20, 1))
+    assert linear_main(["--protocol", "cached", "--train", tr, "--test", te, *extra, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"argument {extra[0]}" in err, err
+
+
+def test_cli_outputs_checked_before_any_compute(tmp_path, capsys, monkeypatch):
+    import ssl_bf.eval.linear_cached as cached
+
+    tr, te = str(tmp_path / "tr.safetensors"), str(tmp_path / "te.safetensors")
+    save_embeddings(tr, *overlapping(50, 0))
+    save_embeddings(te, *overlapping(20, 1))
+    before = open(tr, "rb").read()
+    monkeypatch.setattr(cached, "probe_cached", lambda *a, **k: pytest.fail("trained before checking outputs"))
+    ckpt = tmp_path / "checkpoints" / "last.pt"
+    ckpt.parent.mkdir()
+    torch.save({"model": {}}, ckpt)
+    for option, target in (("--save-head", tr), ("--save-head", str(ckpt)), ("--json", str(tmp_path)),
+                           ("--json", te)):
+        assert linear_main(["--protocol", "cached", "--train", tr, "--test", te, option, target,
+                            "--no-progress"]) == 2
+        assert option in capsys.readouterr().err
+    assert open(tr, "rb").read() == before
+    assert linear_main(["--protocol", "cached", "--train", tr, "--test", tr, "--no-progress"]) == 2
+    assert "is the --train file" in capsys.readouterr().err
+
+
+def test_cli_repeated_lrs_swept_once(tmp_path, capsys):
+    tr, te = str(tmp_path / "tr.safetensors"), str(tmp_path / "te.safetensors")
+    save_embeddings(tr, *overlapping(200, 0))
+    save_embeddings(te, *overlapping(50, 1))
+    out = tmp_path / "lin.json"
+    assert linear_main(["--protocol", "cached", "--train", tr, "--test", te, "--epochs", "1", "--lrs", "0.1",
+                        "1", "0.1", "--json", str(out), "--no-progress"]) == 0
+    assert [s["lr"] for s in json.loads(out.read_text())["sweep"]] == [0.1, 1.0]
+    assert "--lrs lists 0.1 more than once" in capsys.readouterr().err

@@ -1,0 +1,576 @@
+"""Bad inputs of the evaluation commands `ssl-bf embed | knn | linear | evaluate` (run by
+tests/test_bad_inputs.py; the harness is tests/bad_inputs_harness.py).
+
+Every case exits 2 with one line naming the option or file at fault, and leaves the run, the
+embeddings files, the case's scratch folder and every checkpoint byte-identical: nothing is
+written. The exceptions are the duplicate k / temperature cases: they are scored once each and
+succeed (exit 0) with a note naming the option; they used to add their hits twice (126% top-1).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from bad_inputs_harness import Case
+
+# Every case watches: the run, both embeddings files and the case's scratch folder (so an output
+# written before the error shows up), plus whatever a case adds.
+WATCH = ("{run}", "{train}", "{test}", "{tmp}")
+NP = "--no-progress"
+TRAIN_TEST = ["--train", "{train}", "--test", "{test}"]
+KNN = ["knn", *TRAIN_TEST, NP]
+CACHED = ["linear", "--protocol", "cached", *TRAIN_TEST, "--epochs", "1", NP]
+LOGREG = ["linear", "--protocol", "logreg", *TRAIN_TEST, "--max-iter", "5", NP]
+EMBED = ["embed", "--checkpoint", "{ckpt}", "--split", "test", "--subset", "40", NP]
+EMBED_OUT = [*EMBED, "--out", "{tmp}/out.safetensors"]
+MOCOV2 = ["linear", "--protocol", "mocov2", "--checkpoint", "{ckpt}", "--subset", "40", "--epochs", "1", NP]
+
+
+def case(id: str, argv: list[str], says: tuple[str, ...], *, code: int = 2, watch: tuple[str, ...] = (),
+         **kw) -> Case:
+    return Case(id, list(argv), code=code, says=says, unchanged=WATCH + tuple(watch), **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# setups: (env, tmp) -> None, writing the case's bad files into its scratch folder
+# ----------------------------------------------------------------------------------------------
+
+
+def _save_embeddings(path, x, y, **meta):
+    from ssl_bf.eval.formats import save_embeddings
+
+    save_embeddings(path, x, y, **meta)
+
+
+def _raw_safetensors(path, x, y, **metadata):
+    """Write an embeddings file as is, unchecked (what another program might have written)."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"embeddings": torch.from_numpy(np.ascontiguousarray(x)),
+               "labels": torch.from_numpy(np.ascontiguousarray(y))}, path, metadata=metadata or None)
+
+
+def _emb(env, split="train"):
+    from ssl_bf.eval.formats import load_embeddings
+
+    return load_embeddings(env.paths("")[split])
+
+
+def dims_differ(env, tmp):
+    import numpy as np
+
+    _save_embeddings(os.path.join(tmp, "d7.safetensors"), np.ones((20, 7), np.float32), np.zeros(20))
+
+
+def npy_labels_short(env, tmp):
+    import numpy as np
+
+    e = _emb(env, "test")
+    np.save(os.path.join(tmp, "x.npy"), e.embeddings)
+    np.save(os.path.join(tmp, "x_labels.npy"), e.labels[:-1])
+
+
+def labels_file_short(env, tmp):
+    import numpy as np
+
+    np.save(os.path.join(tmp, "short.npy"), _emb(env, "train").labels[:-3])
+
+
+def labels_file(env, tmp):
+    import numpy as np
+
+    np.save(os.path.join(tmp, "l.npy"), _emb(env, "train").labels)
+
+
+def truncated_safetensors(env, tmp):
+    with open(env.paths("")["train"], "rb") as f:
+        blob = f.read()
+    with open(os.path.join(tmp, "cut.safetensors"), "wb") as f:
+        f.write(blob[: len(blob) // 2])
+
+
+def garbage_safetensors(env, tmp):
+    with open(os.path.join(tmp, "junk.safetensors"), "wb") as f:
+        f.write(os.urandom(2048))
+
+
+def safetensors_without_labels(env, tmp):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"embeddings": torch.ones(10, 4)}, os.path.join(tmp, "nolabels.safetensors"))
+
+
+def nan_embeddings(env, tmp):
+    e = _emb(env, "test")
+    x = e.embeddings.copy()
+    x[[3, 7]] = float("nan")
+    _raw_safetensors(os.path.join(tmp, "nan.safetensors"), x, e.labels)
+
+
+def float_labels(env, tmp):
+    import numpy as np
+
+    e = _emb(env, "test")
+    np.save(os.path.join(tmp, "f.npy"), e.embeddings)
+    np.save(os.path.join(tmp, "f_labels.npy"), e.labels + 0.5)
+
+
+def other_classes(env, tmp):
+    e = _emb(env, "test")
+    _save_embeddings(os.path.join(tmp, "other.safetensors"), e.embeddings, e.labels,
+                     classes=[f"c{i}" for i in range(10)])
+
+
+def labels_beyond_classes(env, tmp):
+    e = _emb(env, "test")
+    labels = e.labels.copy()
+    labels[0] = 12
+    _raw_safetensors(os.path.join(tmp, "beyond.safetensors"), e.embeddings, labels,
+                     classes=json.dumps([str(i) for i in range(10)]))
+
+
+def _ckpt(env):
+    import torch
+
+    return torch.load(env.ckpt, map_location="cpu", weights_only=True)
+
+
+def _save(obj, path):
+    import torch
+
+    torch.save(obj, path)
+
+
+def ckpt_missing_keys(env, tmp):
+    c = _ckpt(env)
+    keys = sorted(k for k in c["model"] if k.startswith("backbone."))
+    c["model"] = {k: v for k, v in c["model"].items() if k not in keys[: len(keys) // 2]}
+    _save(c, os.path.join(tmp, "partial.pt"))
+
+
+def ckpt_model_not_dict(env, tmp):
+    import torch
+
+    c = _ckpt(env)
+    c["model"] = torch.zeros(3)
+    _save(c, os.path.join(tmp, "flat.pt"))
+
+
+def ckpt_bad_config(env, tmp):
+    c = _ckpt(env)
+    c["config"] = {**c["config"], "method": "simclr"}
+    _save(c, os.path.join(tmp, "badcfg.pt"))
+
+
+def ckpt_wrong_shape(env, tmp):
+    import torch
+
+    c = _ckpt(env)
+    key = next(k for k, v in c["model"].items() if k.startswith("backbone.") and v.ndim == 4)
+    c["model"][key] = torch.zeros(*c["model"][key].shape[:-1], c["model"][key].shape[-1] + 2)
+    _save(c, os.path.join(tmp, "shape.pt"))
+
+
+def ckpt_nan_weights(env, tmp):
+    c = _ckpt(env)
+    for k, v in c["model"].items():
+        if k.startswith("backbone.") and v.is_floating_point() and v.ndim == 4:
+            v.fill_(float("nan"))
+    _save(c, os.path.join(tmp, "nan.pt"))
+
+
+def ckpt_a_list(env, tmp):
+    import torch
+
+    _save([torch.zeros(2)], os.path.join(tmp, "list.pt"))
+
+
+def backbone_without_sidecar(env, tmp):
+    from ssl_bf.checkpoint import backbone_state_dict
+
+    _save(backbone_state_dict(_ckpt(env)["model"]), os.path.join(tmp, "backbone.pt"))
+
+
+def backbone_broken_sidecar(env, tmp):
+    backbone_without_sidecar(env, tmp)
+    with open(os.path.join(tmp, "backbone.json"), "w") as f:
+        f.write('{"config": ')
+
+
+def exported_backbone(env, tmp):
+    from ssl_bf.checkpoint import export_backbone
+
+    export_backbone(env.ckpt, os.path.join(tmp, "backbone.pt"))
+
+
+def empty_image_folder(env, tmp):
+    os.makedirs(os.path.join(tmp, "imgs", "sub"))
+    with open(os.path.join(tmp, "imgs", "notes.txt"), "w") as f:
+        f.write("no images here\n")
+
+
+def rgb_image_folder(env, tmp):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("ant", "bee"):
+            folder = os.path.join(tmp, "rgb", split, cls)
+            os.makedirs(folder)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8), "RGB").save(
+                    os.path.join(folder, f"{i}.png"))
+
+
+def evaluated_run(env, tmp):
+    """{tmp}/run: a copy of the run as a finished evaluation leaves it (embeddings, results, history)."""
+    run = os.path.join(tmp, "run")
+    shutil.copytree(env.run, run)
+    os.makedirs(os.path.join(run, "embeddings"))
+    for split in ("train", "test"):
+        shutil.copy2(env.paths("")[split], os.path.join(run, "embeddings", f"{split}.safetensors"))
+    with open(os.path.join(run, "results.json"), "w") as f:
+        json.dump({"pretrain": {"loss": 5.0}, "knn": [{"k": 20, "temperature": 0.07, "top1": 50.0}]}, f)
+    with open(os.path.join(run, "evaluations.jsonl"), "w") as f:
+        f.write('{"knn": []}\n')
+
+
+def _evaluated_run_with(write):
+    def setup(env, tmp):
+        evaluated_run(env, tmp)
+        write(os.path.join(tmp, "run"))
+    return setup
+
+
+def _text(relpath, text):
+    def write(run):
+        path = os.path.join(run, relpath)
+        os.remove(path) if os.path.isfile(path) else None
+        with open(path, "w") as f:
+            f.write(text)
+    return write
+
+
+def _folder(relpath):
+    def write(run):
+        path = os.path.join(run, relpath)
+        if os.path.isfile(path):
+            os.remove(path)
+        os.makedirs(os.path.join(path, "inside"))
+        with open(os.path.join(path, "inside", "keep.txt"), "w") as f:
+            f.write("keep\n")
+    return write
+
+
+def run_without_checkpoint(env, tmp):
+    evaluated_run(env, tmp)
+    shutil.rmtree(os.path.join(tmp, "run", "checkpoints"))
+
+
+def run_with_missing_data(env, tmp):
+    import yaml
+
+    evaluated_run(env, tmp)
+    path = os.path.join(tmp, "run", "config.yaml")
+    with open(path) as f:
+        cfg = yaml.safe_load(f)
+    cfg["data"]["root"] = os.path.join(tmp, "no-such-data")
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+
+
+def run_ckpt_missing_keys(env, tmp):
+    evaluated_run(env, tmp)
+    ckpt_missing_keys(env, tmp)
+    shutil.move(os.path.join(tmp, "partial.pt"), os.path.join(tmp, "run", "checkpoints", "last.pt"))
+
+
+RUN = "{tmp}/run"
+EVAL = ["evaluate", RUN, "--subset", "300", "--device", "cpu", NP]
+
+
+# ----------------------------------------------------------------------------------------------
+# knn
+# ----------------------------------------------------------------------------------------------
+
+KNN_CASES = [
+    # defect 1: a repeated (k, T) pair added its hits twice (top-1 126%, 252%)
+    case("knn-duplicate-k", [*KNN, "--k", "5", "5", "--temperature", "0.1"], ("--k", "once"), code=0,
+         wrong_result=True),
+    case("knn-duplicate-k-and-temperature", [*KNN, "--k", "5", "20", "5", "--temperature", "0.07", "0.07"],
+         ("--k", "--temperature", "once"), code=0, wrong_result=True),
+    case("knn-duplicate-temperature", [*KNN, "--k", "5", "--temperature", "0.1", "0.10"],
+         ("--temperature", "once"), code=0, wrong_result=True),
+    # defect 2: numbers refused at parse time
+    case("knn-temperature-nan", [*KNN, "--temperature", "nan"], ("--temperature", "nan"), wrong_result=True),
+    case("knn-temperature-inf", [*KNN, "--temperature", "inf"], ("--temperature", "inf")),
+    case("knn-temperature-zero", [*KNN, "--temperature", "0"], ("--temperature", "positive")),
+    case("knn-temperature-negative", [*KNN, "--temperature", "0.07", "-0.1"], ("--temperature", "-0.1")),
+    case("knn-temperature-text", [*KNN, "--temperature", "warm"], ("--temperature", "warm")),
+    case("knn-k-zero", [*KNN, "--k", "0"], ("--k", "0")),
+    case("knn-k-negative", [*KNN, "--k", "20", "-5"], ("--k", "-5")),
+    case("knn-k-fraction", [*KNN, "--k", "2.5"], ("--k", "2.5")),
+    case("knn-k-larger-than-train", [*KNN, "--k", "5000"], ("k=5000", "{train}")),
+    case("knn-memory-budget-zero", [*KNN, "--memory-budget", "0"], ("--memory-budget",)),
+    case("knn-memory-budget-nan", [*KNN, "--memory-budget", "nan"], ("--memory-budget", "nan")),
+    case("knn-memory-budget-inf", [*KNN, "--memory-budget", "inf"], ("--memory-budget", "inf")),
+    case("knn-recall-sample-negative", [*KNN, "--index", "ivf", "--recall-sample", "-1"], ("--recall-sample",)),
+    case("knn-device-tpu", [*KNN, "--device", "tpu"], ("--device", "tpu")),
+    case("knn-device-bad-index", [*KNN, "--device", "cuda:one"], ("--device", "cuda:one")),
+    case("knn-index-unknown", [*KNN, "--index", "annoy"], ("--index", "annoy")),
+    # defect 3/4: outputs checked before any compute
+    case("knn-json-is-folder", [*KNN, "--k", "5", "--json", "{tmp}"], ("--json", "{tmp}")),
+    case("knn-json-onto-train-input", [*KNN, "--k", "5", "--json", "{train}"], ("--json", "{train}")),
+    case("knn-json-onto-labels-input", [*KNN, "--k", "5", "--train-labels", "{tmp}/l.npy", "--json", "{tmp}/l.npy"],
+         ("--json", "{tmp}/l.npy"), setup=labels_file),
+    case("knn-json-onto-checkpoint", [*KNN, "--k", "5", "--json", "{ckpt}"], ("--json", "{ckpt}")),
+    case("knn-json-under-a-file", [*KNN, "--k", "5", "--json", "{bad_text}/knn.json"], ("--json", "{bad_text}"),
+         watch=("{bad_text}",)),
+    # defect 6: unreadable or wrong files
+    case("knn-train-empty-file", [*KNN, "--train", "{bad_empty}"], ("{bad_empty}", "empty")),
+    case("knn-train-random-bytes", [*KNN, "--train", "{bad_random}"], ("{bad_random}",)),
+    case("knn-train-text-file", [*KNN, "--train", "{bad_text}"], ("{bad_text}",)),
+    case("knn-train-namespace-pickle", [*KNN, "--train", "{bad_namespace_pickle}"],
+         ("{bad_namespace_pickle}", "argparse.Namespace")),
+    case("knn-train-malicious-pickle", [*KNN, "--train", "{bad_malicious_pickle}"], ("{bad_malicious_pickle}",)),
+    case("knn-train-is-checkpoint", [*KNN, "--train", "{ckpt}"], ("{ckpt}",)),
+    case("knn-train-is-folder", [*KNN, "--train", "{tmp}"], ("{tmp}", "folder")),
+    case("knn-train-is-yaml", [*KNN, "--train", "{config}"], ("{config}", ".safetensors")),
+    case("knn-test-missing", [*KNN, "--test", "{tmp}/nope.safetensors"], ("{tmp}/nope.safetensors",)),
+    case("knn-test-truncated-safetensors", [*KNN, "--test", "{tmp}/cut.safetensors"],
+         ("{tmp}/cut.safetensors",), setup=truncated_safetensors),
+    case("knn-test-garbage-safetensors", [*KNN, "--test", "{tmp}/junk.safetensors"],
+         ("{tmp}/junk.safetensors",), setup=garbage_safetensors),
+    case("knn-test-without-labels", [*KNN, "--test", "{tmp}/nolabels.safetensors"],
+         ("{tmp}/nolabels.safetensors", "labels"), setup=safetensors_without_labels),
+    case("knn-test-dims-differ", [*KNN, "--test", "{tmp}/d7.safetensors"], ("{tmp}/d7.safetensors", "D=7"),
+         setup=dims_differ),
+    case("knn-test-labels-wrong-length", [*KNN, "--test", "{tmp}/x.npy"], ("{tmp}/x.npy", "labels"),
+         setup=npy_labels_short),
+    case("knn-train-labels-is-folder", [*KNN, "--train-labels", "{tmp}"], ("{tmp}", "folder")),
+    case("knn-train-labels-file-wrong-length", [*KNN, "--train-labels", "{tmp}/short.npy"],
+         ("{tmp}/short.npy",), setup=labels_file_short),
+    case("knn-test-nan-rows", [*KNN, "--test", "{tmp}/nan.safetensors"], ("{tmp}/nan.safetensors", "NaN"),
+         setup=nan_embeddings),
+    case("knn-test-fractional-labels", [*KNN, "--test", "{tmp}/f.npy"], ("{tmp}/f_labels.npy", "integers"),
+         setup=float_labels),
+    case("knn-test-other-class-list", [*KNN, "--test", "{tmp}/other.safetensors"],
+         ("{tmp}/other.safetensors", "class"), setup=other_classes),
+    case("knn-test-labels-beyond-classes", [*KNN, "--test", "{tmp}/beyond.safetensors"],
+         ("{tmp}/beyond.safetensors", "classes"), setup=labels_beyond_classes),
+    # scoring a set against itself finds every query as its own neighbour (an inflated number)
+    case("knn-train-and-test-same-file", ["knn", "--train", "{train}", "--test", "{train}", NP],
+         ("--test", "{train}"), wrong_result=True),
+    case("knn-temperature-nan-subprocess", [*KNN, "--temperature", "nan"], ("--temperature",),
+         subprocess=True, wrong_result=True),
+]
+
+# ----------------------------------------------------------------------------------------------
+# embed
+# ----------------------------------------------------------------------------------------------
+
+EMBED_CASES = [
+    case("embed-checkpoint-empty", [*EMBED_OUT[:2], "{bad_empty}", *EMBED_OUT[3:]], ("{bad_empty}",)),
+    case("embed-checkpoint-random-bytes", [*EMBED_OUT[:2], "{bad_random}", *EMBED_OUT[3:]], ("{bad_random}",)),
+    case("embed-checkpoint-text-file", [*EMBED_OUT[:2], "{bad_text}", *EMBED_OUT[3:]], ("{bad_text}",)),
+    case("embed-checkpoint-namespace-pickle", [*EMBED_OUT[:2], "{bad_namespace_pickle}", *EMBED_OUT[3:]],
+         ("{bad_namespace_pickle}", "argparse.Namespace")),
+    case("embed-checkpoint-malicious-pickle", [*EMBED_OUT[:2], "{bad_malicious_pickle}", *EMBED_OUT[3:]],
+         ("{bad_malicious_pickle}",)),
+    case("embed-checkpoint-missing", [*EMBED_OUT[:2], "{tmp}/none.pt", *EMBED_OUT[3:]], ("{tmp}/none.pt",)),
+    case("embed-checkpoint-is-folder", [*EMBED_OUT[:2], "{run}", *EMBED_OUT[3:]], ("--checkpoint", "{run}")),
+    case("embed-checkpoint-is-embeddings", [*EMBED_OUT[:2], "{train}", *EMBED_OUT[3:]], ("--checkpoint", "{train}")),
+    case("embed-checkpoint-is-a-list", [*EMBED_OUT[:2], "{tmp}/list.pt", *EMBED_OUT[3:]], ("{tmp}/list.pt",),
+         setup=ckpt_a_list),
+    case("embed-checkpoint-missing-keys", [*EMBED_OUT[:2], "{tmp}/partial.pt", *EMBED_OUT[3:]],
+         ("{tmp}/partial.pt",), setup=ckpt_missing_keys),
+    case("embed-checkpoint-model-not-a-dict", [*EMBED_OUT[:2], "{tmp}/flat.pt", *EMBED_OUT[3:]],
+         ("{tmp}/flat.pt", "model"), setup=ckpt_model_not_dict),
+    case("embed-checkpoint-bad-config", [*EMBED_OUT[:2], "{tmp}/badcfg.pt", *EMBED_OUT[3:]],
+         ("{tmp}/badcfg.pt", "simclr"), setup=ckpt_bad_config),
+    case("embed-checkpoint-wrong-shape", [*EMBED_OUT[:2], "{tmp}/shape.pt", *EMBED_OUT[3:]],
+         ("{tmp}/shape.pt", "shape"), setup=ckpt_wrong_shape),
+    case("embed-checkpoint-nan-weights", [*EMBED_OUT[:2], "{tmp}/nan.pt", *EMBED_OUT[3:]],
+         ("{tmp}/nan.pt", "NaN"), setup=ckpt_nan_weights),
+    case("embed-backbone-without-sidecar", [*EMBED_OUT[:2], "{tmp}/backbone.pt", *EMBED_OUT[3:]],
+         ("{tmp}/backbone.json",), setup=backbone_without_sidecar),
+    case("embed-backbone-broken-sidecar", [*EMBED_OUT[:2], "{tmp}/backbone.pt", *EMBED_OUT[3:]],
+         ("{tmp}/backbone.json",), setup=backbone_broken_sidecar),
+    case("embed-backbone-projection-features", [*EMBED_OUT[:2], "{tmp}/backbone.pt", *EMBED_OUT[3:],
+                                                "--features", "projection"],
+         ("--features", "{tmp}/backbone.pt"), setup=exported_backbone),
+    # defect 4: outputs
+    case("embed-out-onto-checkpoint", [*EMBED, "--out", "{ckpt}"], ("--out", "{ckpt}")),
+    case("embed-out-is-folder", [*EMBED, "--out", "{tmp}"], ("--out", "{tmp}")),
+    case("embed-out-onto-own-checkpoint-copy", [*EMBED[:2], "{tmp}/c.pt", *EMBED[3:], "--out", "{tmp}/c.pt"],
+         ("--out", "{tmp}/c.pt"), setup=lambda env, tmp: shutil.copy(env.ckpt, os.path.join(tmp, "c.pt"))),
+    case("embed-out-not-safetensors", [*EMBED, "--out", "{tmp}/emb.npy"], ("--out", ".safetensors")),
+    case("embed-out-under-a-file", [*EMBED, "--out", "{bad_text}/x.safetensors"], ("--out", "{bad_text}"),
+         watch=("{bad_text}",)),
+    case("embed-json-is-folder", [*EMBED_OUT, "--json", "{tmp}"], ("--json", "{tmp}")),
+    case("embed-json-onto-checkpoint", [*EMBED_OUT, "--json", "{ckpt}"], ("--json", "{ckpt}")),
+    case("embed-json-onto-backbone-sidecar", [*EMBED_OUT[:2], "{tmp}/backbone.pt", *EMBED_OUT[3:], "--json",
+                                              "{tmp}/backbone.json"], ("--json", "{tmp}/backbone.json"),
+         setup=exported_backbone),
+    case("embed-json-same-as-out", [*EMBED, "--out", "{tmp}/e.safetensors", "--json", "{tmp}/e.safetensors"],
+         ("--json", "--out")),
+    # defect 2: numbers and names at parse time
+    case("embed-batch-size-zero", [*EMBED_OUT, "--batch-size", "0"], ("--batch-size",)),
+    case("embed-batch-size-negative", [*EMBED_OUT, "--batch-size", "-8"], ("--batch-size", "-8")),
+    case("embed-subset-zero", [*EMBED_OUT, "--subset", "0"], ("--subset",)),
+    case("embed-subset-larger-than-split", [*EMBED_OUT, "--subset", "10000000"], ("--subset", "10000000")),
+    case("embed-workers-negative", [*EMBED_OUT, "--workers", "-1"], ("--workers", "-1")),
+    case("embed-image-size-zero", [*EMBED_OUT, "--image-size", "0"], ("--image-size",)),
+    case("embed-device-tpu", [*EMBED_OUT, "--device", "tpu"], ("--device", "tpu")),
+    case("embed-split-unknown", [*EMBED_OUT[:4], "val", *EMBED_OUT[5:]], ("--split", "val")),
+    case("embed-dtype-unknown", [*EMBED_OUT, "--dtype", "int8"], ("--dtype", "int8")),
+    # data
+    case("embed-data-folder-without-images", [*EMBED_OUT, "--data", "{tmp}/imgs"], ("{tmp}/imgs", "no images"),
+         setup=empty_image_folder),
+    case("embed-data-unknown-name", [*EMBED_OUT, "--data", "imagenet-22k"], ("--data", "imagenet-22k")),
+    case("embed-data-root-missing", [*EMBED_OUT, "--data", "cifar10", "--root", "{tmp}/nowhere"],
+         ("{tmp}/nowhere",)),
+    case("embed-data-wrong-channels", [*EMBED[:5], *EMBED[7:], "--out", "{tmp}/o.safetensors",
+                                       "--data", "{tmp}/rgb"], ("{tmp}/rgb", "channels"),
+         setup=rgb_image_folder),
+]
+
+# ----------------------------------------------------------------------------------------------
+# linear
+# ----------------------------------------------------------------------------------------------
+
+LINEAR_CASES = [
+    # defect 2: hyperparameters at parse time (some used to print a number from an untrained head)
+    case("linear-lrs-zero", [*CACHED, "--lrs", "0"], ("--lrs",), wrong_result=True),
+    case("linear-lrs-nan", [*CACHED, "--lrs", "0.1", "nan"], ("--lrs", "nan")),
+    case("linear-lrs-inf", [*CACHED, "--lrs", "inf"], ("--lrs", "inf")),
+    case("linear-lrs-negative", [*CACHED, "--lrs", "-1"], ("--lrs", "-1")),
+    case("linear-lr-zero", [*MOCOV2, "--lr", "0"], ("--lr",)),
+    case("linear-l2-nan", [*LOGREG, "--l2", "nan"], ("--l2", "nan")),
+    case("linear-l2-zero", [*LOGREG, "--l2", "0"], ("--l2",)),
+    case("linear-l2-negative", [*LOGREG, "--l2", "0.001", "-0.001"], ("--l2", "-0.001")),
+    case("linear-max-iter-zero", [*LOGREG[:-3], "--max-iter", "0", NP], ("--max-iter",), wrong_result=True),
+    case("linear-epochs-zero", [*CACHED[:-3], "--epochs", "0", NP], ("--epochs",)),
+    case("linear-batch-size-zero", [*CACHED, "--batch-size", "0"], ("--batch-size",)),
+    case("linear-weight-decay-negative", [*CACHED, "--weight-decay", "-0.1"], ("--weight-decay", "-0.1")),
+    case("linear-weight-decay-nan", [*CACHED, "--weight-decay", "nan"], ("--weight-decay", "nan")),
+    case("linear-val-fraction-one", [*CACHED, "--val-fraction", "1"], ("--val-fraction",)),
+    case("linear-val-fraction-zero", [*LOGREG, "--val-fraction", "0"], ("--val-fraction",)),
+    case("linear-seed-negative", [*CACHED, "--seed", "-3"], ("--seed", "-3")),
+    case("linear-subset-zero", [*MOCOV2, "--subset", "0"], ("--subset",)),
+    case("linear-workers-negative", [*MOCOV2, "--workers", "-2"], ("--workers", "-2")),
+    case("linear-image-size-zero", [*MOCOV2, "--image-size", "0"], ("--image-size",)),
+    case("linear-device-tpu", [*CACHED, "--device", "tpu"], ("--device", "tpu")),
+    case("linear-protocol-unknown", ["linear", "--protocol", "svm", *TRAIN_TEST, NP], ("--protocol", "svm")),
+    # defect 6: checkpoints
+    case("linear-checkpoint-empty", [*MOCOV2[:4], "{bad_empty}", *MOCOV2[5:]], ("{bad_empty}",)),
+    case("linear-checkpoint-random-bytes", ["linear", "--protocol", "mocov3", "--checkpoint", "{bad_random}", NP],
+         ("{bad_random}",)),
+    case("linear-checkpoint-text-file", [*MOCOV2[:4], "{bad_text}", *MOCOV2[5:]], ("{bad_text}",)),
+    case("linear-checkpoint-namespace-pickle", ["linear", "--protocol", "cached", "--checkpoint",
+                                                "{bad_namespace_pickle}", NP],
+         ("{bad_namespace_pickle}", "argparse.Namespace")),
+    case("linear-checkpoint-malicious-pickle", ["linear", "--protocol", "logreg", "--checkpoint",
+                                                "{bad_malicious_pickle}", NP], ("{bad_malicious_pickle}",)),
+    case("linear-checkpoint-is-embeddings", [*MOCOV2[:4], "{train}", *MOCOV2[5:]], ("--checkpoint", "{train}")),
+    case("linear-checkpoint-missing-keys", [*MOCOV2[:4], "{tmp}/partial.pt", *MOCOV2[5:]],
+         ("{tmp}/partial.pt",), setup=ckpt_missing_keys),
+    case("linear-checkpoint-missing", [*MOCOV2[:4], "{tmp}/nope.pt", *MOCOV2[5:]], ("{tmp}/nope.pt",)),
+    case("linear-data-wrong-channels", [*MOCOV2, "--data", "{tmp}/rgb"], ("{tmp}/rgb", "channels"),
+         setup=rgb_image_folder),
+    # defect 4: outputs
+    case("linear-save-head-onto-checkpoint", [*CACHED, "--save-head", "{ckpt}"], ("--save-head", "{ckpt}")),
+    case("linear-save-head-onto-train-input", [*CACHED, "--save-head", "{train}"], ("--save-head", "{train}")),
+    case("linear-save-head-onto-own-checkpoint", [*MOCOV2[:4], "{tmp}/c.pt", *MOCOV2[5:], "--save-head",
+                                                  "{tmp}/c.pt"], ("--save-head", "{tmp}/c.pt"),
+         setup=lambda env, tmp: shutil.copy(env.ckpt, os.path.join(tmp, "c.pt"))),
+    case("linear-save-head-is-folder", [*LOGREG, "--save-head", "{tmp}"], ("--save-head", "{tmp}")),
+    case("linear-json-onto-test-input", [*LOGREG, "--json", "{test}"], ("--json", "{test}")),
+    case("linear-json-is-folder", [*CACHED, "--json", "{tmp}"], ("--json", "{tmp}")),
+    case("linear-json-onto-checkpoint", [*CACHED, "--json", "{ckpt}"], ("--json", "{ckpt}")),
+    case("linear-json-same-as-save-head", [*CACHED, "--json", "{tmp}/h.pt", "--save-head", "{tmp}/h.pt"],
+         ("--json", "--save-head")),
+    # embeddings files
+    case("linear-test-dims-differ", [*CACHED, "--test", "{tmp}/d7.safetensors"], ("{tmp}/d7.safetensors", "D=7"),
+         setup=dims_differ),
+    case("linear-test-labels-wrong-length", [*LOGREG, "--test", "{tmp}/x.npy"], ("{tmp}/x.npy",),
+         setup=npy_labels_short),
+    case("linear-train-random-bytes", [*CACHED, "--train", "{bad_random}"], ("{bad_random}",)),
+    case("linear-train-nan-rows", [*LOGREG, "--train", "{tmp}/nan.safetensors"], ("{tmp}/nan.safetensors", "NaN"),
+         setup=nan_embeddings),
+    case("linear-train-only", ["linear", "--protocol", "cached", "--train", "{train}", NP], ("--test",)),
+    case("linear-test-only-with-checkpoint", ["linear", "--protocol", "logreg", "--checkpoint", "{ckpt}", "--test",
+                                              "{test}", NP], ("--train", "--test")),
+    case("linear-image-protocol-given-embeddings", [*MOCOV2, *TRAIN_TEST], ("--train", "mocov2")),
+    case("linear-train-and-test-same-file", ["linear", "--protocol", "logreg", "--train", "{test}", "--test",
+                                             "{test}", "--max-iter", "5", NP], ("--test", "{test}"),
+         wrong_result=True),
+]
+
+# ----------------------------------------------------------------------------------------------
+# evaluate
+# ----------------------------------------------------------------------------------------------
+
+EVALUATE_CASES = [
+    case("evaluate-run-missing", ["evaluate", "{tmp}/nope", NP], ("{tmp}/nope",)),
+    case("evaluate-run-is-a-file", ["evaluate", "{bad_text}", NP], ("{bad_text}",), watch=("{bad_text}",)),
+    case("evaluate-run-without-checkpoint", EVAL, ("{tmp}/run/checkpoints/last.pt",), setup=run_without_checkpoint),
+    case("evaluate-checkpoint-empty", [*EVAL, "--checkpoint", "{bad_empty}"], ("{bad_empty}",), setup=evaluated_run),
+    case("evaluate-checkpoint-random-bytes", [*EVAL, "--checkpoint", "{bad_random}"], ("{bad_random}",),
+         setup=evaluated_run),
+    case("evaluate-checkpoint-text-file", [*EVAL, "--checkpoint", "{bad_text}"], ("{bad_text}",),
+         setup=evaluated_run),
+    case("evaluate-checkpoint-namespace-pickle", [*EVAL, "--checkpoint", "{bad_namespace_pickle}"],
+         ("{bad_namespace_pickle}", "argparse.Namespace"), setup=evaluated_run),
+    case("evaluate-checkpoint-malicious-pickle", [*EVAL, "--checkpoint", "{bad_malicious_pickle}"],
+         ("{bad_malicious_pickle}",), setup=evaluated_run),
+    case("evaluate-checkpoint-is-embeddings", [*EVAL, "--checkpoint", "{train}"], ("--checkpoint", "{train}"),
+         setup=evaluated_run),
+    case("evaluate-checkpoint-missing-keys", EVAL, ("{tmp}/run/checkpoints/last.pt",), setup=run_ckpt_missing_keys),
+    # defect 5: a failed evaluate used to have overwritten RUN/embeddings/ already
+    case("evaluate-results-json-corrupt", EVAL, ("{tmp}/run/results.json", "JSON"),
+         setup=_evaluated_run_with(_text("results.json", '{"knn": [1, 2'))),
+    case("evaluate-results-json-a-list", EVAL, ("{tmp}/run/results.json", "object"),
+         setup=_evaluated_run_with(_text("results.json", "[1, 2, 3]\n"))),
+    case("evaluate-results-json-a-folder", EVAL, ("{tmp}/run/results.json", "folder"),
+         setup=_evaluated_run_with(_folder("results.json"))),
+    case("evaluate-history-a-folder", EVAL, ("{tmp}/run/evaluations.jsonl", "folder"),
+         setup=_evaluated_run_with(_folder("evaluations.jsonl"))),
+    case("evaluate-embeddings-path-a-folder", EVAL, ("{tmp}/run/embeddings/test.safetensors", "folder"),
+         setup=_evaluated_run_with(_folder("embeddings/test.safetensors"))),
+    case("evaluate-embeddings-folder-a-file", EVAL, ("{tmp}/run/embeddings",),
+         setup=_evaluated_run_with(lambda run: (shutil.rmtree(os.path.join(run, "embeddings")),
+                                                _text("embeddings", "not a folder\n")(run)))),
+    case("evaluate-projection-of-exported-backbone", [*EVAL, "--checkpoint", "{tmp}/backbone.pt", "--features",
+                                                      "projection"], ("--features", "{tmp}/backbone.pt"),
+         setup=lambda env, tmp: (evaluated_run(env, tmp), exported_backbone(env, tmp))),
+    case("evaluate-k-larger-than-subset", [*EVAL, "--subset", "100"], ("--subset", "200"), setup=evaluated_run),
+    case("evaluate-config-broken", EVAL, ("{tmp}/run/config.yaml",),
+         setup=_evaluated_run_with(_text("config.yaml", "method: [mocov2\n  seed: {\n"))),
+    case("evaluate-data-missing", EVAL, ("{tmp}/no-such-data",), setup=run_with_missing_data),
+    # defect 4: outputs
+    case("evaluate-json-onto-checkpoint", [*EVAL, "--json", "{tmp}/run/checkpoints/last.pt"],
+         ("--json", "{tmp}/run/checkpoints/last.pt"), setup=evaluated_run),
+    case("evaluate-json-onto-results", [*EVAL, "--json", "{tmp}/run/results.json"],
+         ("--json", "{tmp}/run/results.json"), setup=evaluated_run),
+    case("evaluate-json-onto-embeddings", [*EVAL, "--json", "{tmp}/run/embeddings/train.safetensors"],
+         ("--json", "{tmp}/run/embeddings/train.safetensors"), setup=evaluated_run),
+    case("evaluate-json-is-folder", [*EVAL, "--json", "{tmp}/run"], ("--json", "{tmp}/run"), setup=evaluated_run),
+    # defect 2: parse time
+    case("evaluate-batch-size-zero", [*EVAL, "--batch-size", "0"], ("--batch-size",), setup=evaluated_run),
+    case("evaluate-memory-budget-nan", [*EVAL, "--memory-budget", "nan"], ("--memory-budget",), setup=evaluated_run),
+    case("evaluate-subset-zero", [*EVAL, "--subset", "0"], ("--subset",), setup=evaluated_run),
+    case("evaluate-workers-negative", [*EVAL, "--workers", "-1"], ("--workers",), setup=evaluated_run),
+    case("evaluate-seed-negative", [*EVAL, "--seed", "-1"], ("--seed",), setup=evaluated_run),
+    case("evaluate-device-tpu", [*EVAL, "--device", "tpu"], ("--device", "tpu"), setup=evaluated_run),
+    case("evaluate-linear-unknown-probe", [*EVAL, "--linear", "cached,svm"], ("--linear", "svm"),
+         setup=evaluated_run),
+    case("evaluate-index-unknown", [*EVAL, "--index", "lsh"], ("--index", "lsh"), setup=evaluated_run),
+]
+
+CASES = KNN_CASES + EMBED_CASES + LINEAR_CASES + EVALUATE_CASES
