@@ -122,7 +122,7 @@ def load_tensors(path: str, map_location: str | torch.device = "cpu") -> Any:
                 f"(only tensors and plain containers are read from checkpoints; nothing in a file is "
                 f"ever executed)") from None
         raise UnreadableFileError(f"{path} is not a torch checkpoint (corrupt or another format)") from None
-    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, KeyError) as err:
+    except Exception as err:  # a decode boundary: whatever torch raises on a bad file
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise UnreadableFileError(f"{path} is not a torch checkpoint (corrupt, truncated or another "
                                   f"format: {first})") from None
@@ -148,7 +148,8 @@ def check_output(path: str, protected: Sequence[str] = (), what: str = "output")
             raise OutputError(f"{what} {path} is this command's own input; write to another file")
     if os.path.exists(target) and os.path.basename(os.path.dirname(target)) == "checkpoints" \
             and target.endswith(".pt"):
-        raise OutputError(f"{what} {path} is a training checkpoint; refusing to overwrite it")
+        raise OutputError(f"{what} {path} is a training checkpoint; refusing to overwrite it: write to "
+                          f"another file")
     folder = os.path.dirname(target)
     existing = folder
     while not os.path.exists(existing):
