@@ -14,19 +14,11 @@ from typing import Optional
 
 import torch
 
+from ssl_bf.cli_args import one_line
+
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the option, the file and the problem."""
-
-
-def one_line(err: BaseException | str, limit: int = 400) -> str:
-    """An error message on one line (torch's are often several), shortened to `limit` characters."""
-    if isinstance(err, KeyError) and err.args:  # str(KeyError) is the repr of its key
-        err = str(err.args[0])
-    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    if not text and isinstance(err, BaseException):
-        text = type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 _EXPECTED = "a training checkpoint (RUN/checkpoints/last.pt) or a backbone written by `ssl-bf export`"

@@ -16,8 +16,10 @@ import sys
 import time
 from typing import Callable, Optional, Sequence
 
-from .options import (ArgumentError, Parser, check_outputs, device_name, nonneg_float, nonneg_int,
-                      open_fraction, positive_float, positive_int, same_file, seed, unique)
+from ssl_bf.cli_args import (ArgumentError, Parser, device_name, nonneg_float, nonneg_int, one_line, open_fraction,
+                             positive_float, positive_int, seed, unique)
+
+from .options import check_outputs, same_file
 
 EXIT_OK, EXIT_INPUT, EXIT_CHECK, EXIT_INTERRUPTED = 0, 2, 3, 130
 
@@ -45,7 +47,6 @@ def _write_json(obj: dict, path: Optional[str]) -> None:
 
 def _fail(prog: str, err: "BaseException | str", code: int = EXIT_INPUT) -> int:
     """Print the one error line `PROG: error: MESSAGE` on stderr; returns `code`."""
-    from .checkpoints import one_line
 
     print(f"{prog}: error: {one_line(err, limit=1000)}", file=sys.stderr)
     return code

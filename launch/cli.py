@@ -8,9 +8,10 @@ import shlex
 import sys
 from typing import Optional
 
+from ssl_bf.cli_args import OneLineParser, one_line
 from ssl_bf.io import OutputError, check_output, strict_json, write_json_atomic
 
-from .options import CLUSTERS, PRESET_ENV, LaunchError, OneLineParser, make_options, one_line, parse_extra
+from .options import CLUSTERS, PRESET_ENV, LaunchError, make_options, parse_extra
 from .submission import COMMANDS, submit
 from .sweep import load_sweep_file, parse_sweep
 

@@ -1,12 +1,9 @@
 """Launcher options: dataclass, cluster presets (launch/clusters/*.yaml) and sbatch parameters."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-import sys
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -20,19 +17,6 @@ PRESET_ENV = "SSL_BF_CLUSTER_PRESET"  # default preset name or path
 
 class LaunchError(ValueError):
     """A request that cannot be submitted; the message says why and what to change."""
-
-
-def one_line(message: object) -> str:
-    """An error message on one line (a YAML parser's message spans several)."""
-    return re.sub(r"\s*\n\s*", " ", str(message)).strip()
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line on stderr (exit 2), naming the option."""
-
-    def error(self, message: str):
-        print(f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
 
 
 @dataclass

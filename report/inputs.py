@@ -8,11 +8,8 @@ which makes them exit `EXIT_NOT_READ` unless --allow-missing is given.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import re
-import sys
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -42,14 +39,6 @@ def exit_codes_help(sweep_report: bool) -> str:
         "     such run is listed with the file and the reason (--allow-missing makes this 0)"])
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line on stderr (exit 2), naming the option."""
-
-    def error(self, message: str):
-        print(f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(EXIT_INPUT)
-
-
 @dataclass
 class NotRead:
     """A run whose results (or records) a report could not use, and why."""
@@ -69,11 +58,6 @@ class NotRead:
 
     def to_json(self) -> dict:
         return {"name": self.name, "problem": self.problem, "kind": self.kind, "expected": self.expected}
-
-
-def one_line(message: object) -> str:
-    """An error message on one line (a YAML parser's message spans several)."""
-    return re.sub(r"\s*\n\s*", " ", str(message)).strip()
 
 
 def summary_line(not_read: Sequence[NotRead], total: int, what: str) -> str:

@@ -18,11 +18,12 @@ import sys
 import time
 from typing import Optional
 
+from ssl_bf.cli_args import OneLineParser, one_line
 from ssl_bf.io import write_json_atomic
 
 from . import ReportError
-from .inputs import (EXIT_INPUT, EXIT_NOT_READ, NotRead, OneLineParser, check_folder_argument, check_output_folder,
-                     exit_codes_help, one_line, run_inputs, summary_line)
+from .inputs import (EXIT_INPUT, EXIT_NOT_READ, NotRead, check_folder_argument, check_output_folder,
+                     exit_codes_help, run_inputs, summary_line)
 from .records import (TEST_EMBEDDINGS, Run, Variant, find_runs, group_runs, knn_curve, loss_curve, mean_curve,
                       missing_parts, not_read, step_records, steps_per_epoch, unfinished, wall_times)
 from .sweep_table import aggregate

@@ -16,13 +16,14 @@ import os
 import sys
 from typing import Any, Iterator, Optional
 
+from ssl_bf.cli_args import OneLineParser, one_line
 from ssl_bf.config import format_override_value
 from ssl_bf.io import atomic_write_bytes, strict_json, write_json_atomic
 from ssl_bf.yaml_io import load_yaml_mapping
 
 from . import ReportError
-from .inputs import (EXIT_INPUT, EXIT_NO_RUNS, EXIT_NOT_READ, NotRead, OneLineParser, check_folder_argument,
-                     check_output_file, check_output_folder, element_dirs, exit_codes_help, one_line, read_results,
+from .inputs import (EXIT_INPUT, EXIT_NO_RUNS, EXIT_NOT_READ, NotRead, check_folder_argument,
+                     check_output_file, check_output_folder, element_dirs, exit_codes_help, read_results,
                      read_sweep_checked, run_inputs, summary_line)
 
 REPORT_FILES = ("sweep-report.md", "sweep-report.csv")

@@ -311,7 +311,7 @@ def test_cli_bad_requests(tmp_path, capsys):
 def test_option_types(kind, good, bad):
     import argparse
 
-    from ssl_bf.eval import options
+    from ssl_bf import cli_args as options
 
     check = getattr(options, kind)
     for text in good:

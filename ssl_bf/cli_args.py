@@ -1,0 +1,129 @@
+"""Command-line argument helpers shared by every layer's commands (the one of each kind).
+
+- `argparse` `type=` functions (`positive_int`, `nonneg_int`, `positive_float`, `nonneg_float`,
+  `open_fraction`, `seed`, `device_name`): a bad value is refused at parse time with a message
+  naming the option, the value and what is expected. NaN and infinities are never accepted.
+- `Parser`: an ArgumentParser whose errors come back as `ArgumentError` (one line), so the command
+  prints `ssl-bf CMD: error: ...` and returns 2; `OneLineParser` prints that line and exits 2 itself.
+- `one_line`: any error message on one line, shortened.
+- `unique`: a list without repeats, in order, with the repeated values (for a note).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from typing import Iterable, TypeVar
+
+T = TypeVar("T")
+
+
+class ArgumentError(ValueError):
+    """A command-line argument that cannot be used; the message names the option."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise ArgumentError (one line) instead of printing the usage."""
+
+    def error(self, message: str):  # argparse's hook for every parse error
+        raise ArgumentError(f"{message} (see {self.prog} --help)")
+
+
+def _number(text: str, kind: type, what: str):
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"'{text}' is not {what}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got '{text}'")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (batch sizes, epochs, iterations, k, subsets, image sizes)."""
+    value = _number(text, int, "an integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    """An integer >= 0 (worker counts, sample sizes where 0 means off)."""
+    value = _number(text, int, "an integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    """A random seed: an integer in [0, 2**32)."""
+    value = _number(text, int, "an integer")
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (temperatures, learning rates, L2 strengths, memory budgets)."""
+    value = _number(text, float, "a number")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    """A finite number >= 0 (weight decay)."""
+    value = _number(text, float, "a number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive number, got {text}")
+    return value
+
+
+def open_fraction(text: str) -> float:
+    """A number strictly between 0 and 1 (held-out fractions)."""
+    value = _number(text, float, "a number")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
+    return value
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def device_name(text: str) -> str:
+    """auto | cpu | cuda | cuda:N (the names `ssl_bf.devices.resolve_device` takes)."""
+    if not _DEVICE.match(text):
+        raise argparse.ArgumentTypeError(f"unknown device '{text}'; use auto, cpu, cuda or cuda:N")
+    return text
+
+
+def unique(values: Iterable[T]) -> tuple[list[T], list[T]]:
+    """(values without repeats in their first order, the values that were repeated)."""
+    kept: list[T] = []
+    repeated: list[T] = []
+    for v in values:
+        if v in kept:
+            if v not in repeated:
+                repeated.append(v)
+        else:
+            kept.append(v)
+    return kept, repeated
+
+
+def one_line(err: BaseException | str, limit: int = 400) -> str:
+    """An error message on one line (torch's and YAML's often span several), shortened to `limit`."""
+    if isinstance(err, KeyError) and err.args:  # str(KeyError) is the repr of its key
+        err = str(err.args[0])
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    if not text and isinstance(err, BaseException):
+        text = type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (exit 2), naming the option."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {one_line(message, limit=1000)} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
