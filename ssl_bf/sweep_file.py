@@ -1,12 +1,11 @@
 """The sweep.json format: what `ssl-bf submit --sweep/--sweep-file` records in a sweep's base
 folder (the swept keys and one element per run folder), and what the reports read back.
 
-Written by ssl_bf.launch (`launch/sweep.py`: expand, write_sweep); read by ssl_bf.report.
+Written by ssl_bf.launch (`launch/sweep.py`: expand, write_sweep); read and checked by
+ssl_bf.report (`report/inputs.py`: read_sweep_checked, element_dirs).
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -37,21 +36,3 @@ class Sweep:
     def to_json(self) -> dict:
         return {"base_dir": self.base_dir, "keys": self.keys, "command": self.command,
                 "elements": [asdict(e) for e in self.elements]}
-
-
-def read_sweep(folder: str) -> Optional[Sweep]:
-    """FOLDER/sweep.json, or None when the folder has none."""
-    path = os.path.join(folder, SWEEP_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        data = json.load(f)
-    return Sweep(base_dir=data.get("base_dir", folder), keys=list(data.get("keys", [])),
-                 command=list(data.get("command", [])),
-                 elements=[Element(**e) for e in data.get("elements", [])])
-
-
-def element_dirs(sweep: Sweep, folder: str) -> list[tuple[Element, str]]:
-    """(element, its run folder): the recorded path, or FOLDER/NAME when the sweep was moved."""
-    return [(el, el.run_dir if os.path.isdir(el.run_dir) else os.path.join(folder, el.name))
-            for el in sweep.elements]
