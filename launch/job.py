@@ -20,6 +20,9 @@ import socket
 from typing import Any, Optional
 
 
+REQUEUE_LOCK_WAIT_S = 120.0  # how long a requeued pretrain waits for the run folder's lock
+
+
 class SubcommandJob:
     """`ssl-bf ARGV` as a checkpointable submitit callable (optionally followed by `then`).
 
@@ -151,7 +154,11 @@ def _run_pretrain(args: list[str]) -> dict:
 
     cfg = pretrain_config_from_args(args)
     trainer = Trainer(cfg)
-    summary = trainer.fit()
+    # A requeued attempt may start while the previous one's processes are still ending (the kernel
+    # drops their RUN/.lock as they exit): wait for it rather than fail. A first attempt that finds
+    # the folder locked is refused at once (another job trains there).
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+    summary = trainer.fit(lock_wait_s=REQUEUE_LOCK_WAIT_S if requeued else 0.0)
     digest = weights_digest(trainer.model)
     json_out = _option_value(args, "--json")
     if json_out and trainer.is_main:

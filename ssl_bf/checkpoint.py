@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from .io import load_tensors, save_atomic, write_json_atomic
+from .io import check_output, load_tensors, save_atomic, write_json_atomic
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -36,18 +36,72 @@ def backbone_state_dict(model_state: dict) -> dict:
     return {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
 
 
+class ExportError(ValueError):
+    """A checkpoint `ssl-bf export` cannot export (the message names the file and the fix)."""
+
+
+def _run_files(checkpoint_path: str) -> list[str]:
+    """The checkpoint and, when it lies in RUN/checkpoints/, its run's config and metrics: the files
+    an export must never overwrite."""
+    files = [checkpoint_path]
+    folder = os.path.dirname(os.path.abspath(checkpoint_path))
+    if os.path.basename(folder) == CHECKPOINT_DIR:
+        run = os.path.dirname(folder)
+        files += [os.path.join(run, "config.yaml"), os.path.join(run, "metrics.jsonl"), last_path(run)]
+    return files
+
+
+def _training_state(path: str) -> dict:
+    """The loaded training checkpoint at `path`, checked to hold what an export needs."""
+    if os.path.isdir(path):
+        raise ExportError(f"checkpoint {path} is a folder; give a training checkpoint (RUN/checkpoints/last.pt)")
+    ckpt = load(path)
+    if not isinstance(ckpt, dict):
+        raise ExportError(f"{path} holds a {type(ckpt).__name__}, not a training checkpoint; give "
+                          "RUN/checkpoints/last.pt")
+    if "model" not in ckpt and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()) \
+            and os.path.isfile(os.path.splitext(path)[0] + ".json"):
+        raise ExportError(f"{path} is an exported backbone already (written by `ssl-bf export`); give the "
+                          "training checkpoint it came from (RUN/checkpoints/last.pt)")
+    if not isinstance(ckpt.get("model"), dict):
+        what = "has no 'model' state dict" if "model" not in ckpt else "has a 'model' that is not a state dict"
+        raise ExportError(f"{path} is not a training checkpoint of ssl-bf pretrain (it {what}); give "
+                          "RUN/checkpoints/last.pt")
+    if not isinstance(ckpt.get("config"), dict):
+        raise ExportError(f"{path} has no 'config' (the run's settings, needed to rebuild the backbone); give a "
+                          "checkpoint written by ssl-bf pretrain")
+    return ckpt
+
+
 def export_backbone(checkpoint_path: str, out_path: str) -> dict:
     """Write the query backbone as a plain state dict (no BatchFormer, no heads).
 
-    A sidecar `OUT.json` records the backbone config so `load_backbone` can rebuild it.
+    A sidecar `OUT.json` records the backbone config so `load_backbone` can rebuild it. Both
+    outputs are checked before the checkpoint is read: never a folder, a training checkpoint, the
+    input or its run's files (ExportError / io.OutputError; FileNotFoundError or
+    io.UnreadableFileError for a checkpoint that cannot be read).
     """
-    ckpt = load(checkpoint_path)
+    sidecar = os.path.splitext(out_path)[0] + ".json"
+    if os.path.abspath(sidecar) == os.path.abspath(out_path):
+        raise ExportError(f"export OUT {out_path} ends in .json, the name of the config file written beside "
+                          "the weights; give a .pt name")
+    protected = _run_files(checkpoint_path)
+    check_output(out_path, protected=protected, what="export OUT")
+    check_output(sidecar, protected=protected, what="export OUT's config file")
+    ckpt = _training_state(checkpoint_path)
     state = backbone_state_dict(ckpt["model"])
-    save_atomic(state, out_path)
+    if not state:
+        raise ExportError(f"{checkpoint_path} holds no backbone weights ('backbone.*' in 'model'); give a "
+                          "checkpoint written by ssl-bf pretrain")
     meta = {"config": ckpt["config"], "source": os.path.abspath(checkpoint_path),
             "in_channels": ckpt.get("in_channels", 3), "image_size": ckpt.get("image_size", 224),
             "epoch": ckpt.get("epoch"), "step": ckpt.get("step")}
-    write_json_atomic(meta, os.path.splitext(out_path)[0] + ".json")
+    try:
+        save_atomic(state, out_path)
+        write_json_atomic(meta, sidecar)
+    except OSError as e:  # a place check_output cannot foresee (e.g. under /proc, a full disk)
+        raise ExportError(f"export OUT {out_path}: cannot write it ({e.strerror or e}); choose another "
+                          "place") from None
     return meta
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
@@ -170,15 +172,29 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
             return False
         raise ConfigError(f"{key}: expected true/false, got '{value}'")
-    if tp in (int, float, str):
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+        return str(value)
+    if tp in (int, float):
+        if isinstance(value, bool) or isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{key}: expected {tp.__name__}, got '{value}'")
         try:
-            if tp is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            if tp is int and isinstance(value, str):
-                return int(float(value)) if float(value).is_integer() else int(value)
-            return tp(value)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{key}: expected {tp.__name__}, got '{value}'") from None
+        if not math.isfinite(number):  # no config key gives NaN or inf a meaning
+            raise ConfigError(f"{key}: expected a finite {tp.__name__}, got '{value}' (NaN and inf mean nothing here)")
+        if tp is float:
+            return number
+        if isinstance(value, int):
+            return value
+        if not number.is_integer():
+            raise ConfigError(f"{key}: expected int (a whole number), got '{value}'")
+        try:
+            return int(value) if isinstance(value, str) else int(number)
+        except ValueError:  # '1e3', '64.0'
+            return int(number)
     raise ConfigError(f"{key}: unsupported type {tp}")
 
 
@@ -233,36 +249,124 @@ def format_override_value(value: Any) -> str:
     return "null" if value is None else str(value)
 
 
+def _key_type(key: str) -> Any:
+    """The annotated type of a dotted config key, or None when there is no such key."""
+    cls: Any = Config
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return None
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return None
+        cls = hints[part]
+    return cls
+
+
+def _is_text(tp: Any) -> bool:
+    return tp is str or (typing.get_origin(tp) is typing.Union and str in typing.get_args(tp))
+
+
 def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
-    """Defaults <- YAML preset <- key=value overrides."""
+    """Defaults <- YAML preset <- key=value overrides.
+
+    A text key (run.dir, data.root, train.device) takes an override's text as written (so
+    `run.dir=on` is the folder 'on', not true); every other value is read as YAML.
+    """
     cfg = Config()
     if path:
-        apply_dict(cfg, load_yaml_mapping(path, "config file", error=ConfigError))
+        apply_dict(cfg, load_yaml_mapping(path, "config file", error=ConfigError, unique_keys=True))
     for text in overrides:
         key, value = parse_override(text)
+        if _is_text(_key_type(key)):
+            value = text.split("=", 1)[1]
         _apply(cfg, key, value, key)
     validate(cfg)
     return cfg
 
 
+def _value(cfg: Config, key: str) -> Any:
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# Ranges of numeric keys, checked at load time: key -> (low, high, low inclusive, high inclusive,
+# what the value means when it needs saying). None: no bound on that side.
+_RANGES: dict[str, tuple[Optional[float], Optional[float], bool, bool, str]] = {
+    "train.base_lr": (0, None, False, True, "the peak lr is base_lr x global batch / 256"),
+    "moco.temperature": (0, None, False, True, "the InfoNCE logits are divided by it"),
+    "monitor.knn_temperature": (0, None, False, True, "the k-NN vote weights are exp(sim / T)"),
+    "train.weight_decay": (0, None, True, True, ""),
+    "batchformer.weight_decay": (0, None, True, True, "or null for the optimiser's"),
+    "batchformer.lr_scale": (0, None, True, True, "0 freezes BatchFormer"),
+    "train.sgd_momentum": (0, 1, True, False, ""),
+    "moco.momentum": (0, 1, True, True, "the key encoder's EMA coefficient"),
+    "batchformer.dropout": (0, 1, True, False, ""),
+    "train.warmup_epochs": (0, None, True, True, ""),
+    "train.time_budget_min": (0, None, True, True, "0: no budget"),
+    "augment.crop_scale_min": (0, 1, True, True, "0: the recipe's own"),
+    "augment.jitter_strength": (0, None, True, True, ""),
+    "train.epochs": (0, None, True, True, "0 saves the untrained network"),
+    "train.batch_size": (2, None, True, True, "per process"),
+    "train.log_every": (1, None, True, True, ""),
+    "train.checkpoint_every_steps": (0, None, True, True, "0: only at epoch ends"),
+    "train.max_steps": (0, None, True, True, "0: no limit"),
+    "batchformer.layers": (1, None, True, True, ""),
+    "batchformer.heads": (1, None, True, True, ""),
+    "batchformer.dim_feedforward": (0, None, True, True, "0: the feature dimension"),
+    "batchformer.recompose_groups": (1, None, True, True, ""),
+    "moco.dim": (1, None, True, True, ""),
+    "moco.hidden_dim": (0, None, True, True, "0: the backbone feature width"),
+    "moco.proj_layers": (1, None, True, True, ""),
+    "moco.pred_hidden_dim": (1, None, True, True, ""),
+    "moco.queue_size": (1, None, True, True, ""),
+    "moco.split_bn_groups": (1, None, True, True, "1 disables"),
+    "backbone.stem_stride": (1, None, True, True, ""),
+    "backbone.width": (1, None, True, True, ""),
+    "backbone.patch_size": (1, None, True, True, ""),
+    "augment.image_size": (0, None, True, True, "0: the dataset's native size"),
+    "data.subset": (1, None, True, True, "or null for all images"),
+    "data.num_workers": (0, None, True, True, ""),
+    "data.load_size": (1, None, True, True, ""),
+    "monitor.knn_every": (0, None, True, True, "0: never"),
+    "monitor.knn_k": (1, None, True, True, ""),
+    "monitor.bank_subset": (1, None, True, True, "or null for the whole train split"),
+    "monitor.query_subset": (1, None, True, True, "or null for the whole test split"),
+}
+
+
+def _range_text(low, high, low_in, high_in) -> str:
+    if high is None:
+        if low == 0 and not low_in:
+            return "positive"
+        return f"at least {low:g}" if low_in else f"greater than {low:g}"
+    return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def _check_ranges(cfg: Config) -> None:
+    for key, (low, high, low_in, high_in, note) in _RANGES.items():
+        value = _value(cfg, key)
+        if value is None:  # an Optional key left unset
+            continue
+        ok = math.isfinite(value) and (low is None or (value >= low if low_in else value > low)) \
+            and (high is None or (value <= high if high_in else value < high))
+        if not ok:
+            hint = f" ({note})" if note else ""
+            raise ConfigError(f"{key} must be {_range_text(low, high, low_in, high_in)}{hint}, got {value}; "
+                              f"fix it with {key}=...")
+
+
 def validate(cfg: Config) -> None:
-    """Cross-field checks that types alone cannot express."""
+    """Ranges and cross-field checks that types alone cannot express."""
     if cfg.backbone.name.startswith("vit") and cfg.method == "mocov2" and cfg.moco.split_bn_groups > 1:
         cfg.moco.split_bn_groups = 1  # a ViT has no BatchNorm to split
-    if cfg.train.batch_size < 2:
-        raise ConfigError("train.batch_size must be at least 2")
-    if cfg.train.epochs < 0:
-        raise ConfigError(f"train.epochs must be at least 0 (0 saves the untrained network), got {cfg.train.epochs}")
-    positive = {"train.log_every": cfg.train.log_every,
-                "batchformer.layers": cfg.batchformer.layers, "batchformer.heads": cfg.batchformer.heads,
-                "batchformer.recompose_groups": cfg.batchformer.recompose_groups,
-                "moco.split_bn_groups": cfg.moco.split_bn_groups, "monitor.knn_k": cfg.monitor.knn_k}
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key} must be at least 1, got {value}")
-    for key in ("bank_subset", "query_subset"):
-        if getattr(cfg.monitor, key) is not None and getattr(cfg.monitor, key) < 1:
-            raise ConfigError(f"monitor.{key} must be a positive number of images or null")
+    _check_ranges(cfg)
+    if not cfg.run.dir.strip():
+        raise ConfigError("run.dir is empty; give the run folder, e.g. run.dir=runs/my-run")
+    if cfg.train.device not in ("auto", "cpu", "cuda") and not (
+            cfg.train.device.startswith("cuda:") and cfg.train.device[5:].isdigit()):
+        raise ConfigError(f"train.device: '{cfg.train.device}' is not one of auto, cpu, cuda, cuda:N")
     if cfg.monitor.knn_every and cfg.monitor.bank_subset is not None and cfg.monitor.bank_subset < cfg.monitor.knn_k:
         raise ConfigError(f"monitor.bank_subset ({cfg.monitor.bank_subset}) is smaller than monitor.knn_k "
                           f"({cfg.monitor.knn_k}): the k-NN needs at least k bank images")
@@ -294,6 +398,93 @@ def to_dict(cfg: Config) -> dict:
 
 def from_dict(values: dict) -> Config:
     return apply_dict(Config(), values)
+
+
+# --- what a run folder remembers -----------------------------------------------------------------
+# A run folder is one run: the settings that define it are fixed by its first start, and a resume
+# (`ssl-bf pretrain` on a folder that holds RUN/checkpoints/last.pt) must give the same values;
+# `resume_differences` lists those it changes. Every key of the schema is in exactly one set
+# (tests/test_config.py checks it), so a new key must be classified to exist.
+
+# The model, the data it sees, the loss and the optimiser's trajectory.
+RUN_DEFINING = frozenset({
+    "method", "seed",
+    "backbone.name", "backbone.stem", "backbone.stem_stride", "backbone.width", "backbone.patch_size",
+    "backbone.freeze_patch_embed",
+    "batchformer.enabled", "batchformer.position", "batchformer.layers", "batchformer.heads",
+    "batchformer.dim_feedforward", "batchformer.dropout", "batchformer.lr_scale", "batchformer.weight_decay",
+    "batchformer.key_branch", "batchformer.recompose_groups", "batchformer.enqueue_both", "batchformer.scope",
+    "moco.dim", "moco.hidden_dim", "moco.proj_layers", "moco.pred_hidden_dim", "moco.queue_size",
+    "moco.temperature", "moco.momentum", "moco.split_bn_groups", "moco.shuffle_keys",
+    "augment.recipe", "augment.image_size", "augment.crop_scale_min", "augment.jitter_strength", "augment.blur",
+    "data.name", "data.root", "data.subset",
+    "train.batch_size", "train.optimizer", "train.base_lr", "train.weight_decay", "train.sgd_momentum",
+    "train.warmup_epochs",
+})
+
+# How the run is executed, logged, checkpointed, stopped and monitored: free to change on resume.
+# (data.load_size is the image-folder size of the k-NN monitor's evaluation images only.)
+RESUME_SAFE = frozenset({
+    "train.amp", "train.channels_last", "train.log_every", "train.checkpoint_every_steps", "train.max_steps",
+    "train.time_budget_min", "train.device", "train.process_group",
+    "data.num_workers", "data.load_size",
+    "monitor.knn_every", "monitor.knn_at_start", "monitor.full_sets", "monitor.knn_k", "monitor.knn_temperature",
+    "monitor.bank_subset", "monitor.query_subset",
+    "run.dir", "run.tensorboard", "run.progress",
+})
+
+# May grow on resume, never shrink. The lr cosine (and MoCo-v3's momentum schedule) is a function
+# of (step, epochs x steps per epoch): with more epochs the remaining steps follow the cosine of the
+# NEW total from the resume step on (the lr jumps up from the old curve to the new one there; the
+# steps already trained are not redone), exactly as if the run had been started with the new total
+# and that part of the curve skipped.
+EXTEND_ONLY = frozenset({"train.epochs"})
+
+
+def all_keys() -> list[str]:
+    """Every config key, dotted ('train.batch_size'), in schema order."""
+    return _all_keys(Config)
+
+
+def flatten(values: dict, prefix: str = "") -> dict:
+    """{'train': {'epochs': 3}} -> {'train.epochs': 3}."""
+    flat = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            flat.update(flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def _same(key: str, saved: Any, given: Any) -> bool:
+    if key == "data.root" and isinstance(saved, str) and isinstance(given, str):
+        return os.path.normpath(os.path.expanduser(saved)) == os.path.normpath(os.path.expanduser(given))
+    return saved == given
+
+
+def resume_differences(saved: dict, cfg: Config) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, given value) for every run-defining setting that `cfg` changes from the
+    `saved` config (a checkpoint's nested dict), and train.epochs when it shrinks. A key the saved
+    config lacks (written before the key existed) counts at its default."""
+    flat_saved, defaults, given = flatten(saved), flatten(to_dict(Config())), flatten(to_dict(cfg))
+    diffs = []
+    for key in all_keys():
+        if key not in RUN_DEFINING and key not in EXTEND_ONLY:
+            continue
+        old = flat_saved.get(key, defaults[key])
+        try:
+            old = _coerce(old, _key_type(key), key)
+        except ConfigError:
+            pass  # compared as stored: it differs from any valid value
+        new = given[key]
+        if key in EXTEND_ONLY:
+            if isinstance(old, (int, float)) and not isinstance(old, bool) and new >= old:
+                continue
+        elif _same(key, old, new):
+            continue
+        diffs.append((key, old, new))
+    return diffs
 
 
 def save_config(cfg: Config, path: str) -> None:

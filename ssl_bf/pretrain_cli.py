@@ -28,35 +28,80 @@ def pretrain_config_from_args(argv: list[str]):
     return load_config(args.config, args.overrides)
 
 
+def _fail(prog: str, message: str, code: int = 2) -> int:
+    print(f"{prog}: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    return code
+
+
 def pretrain_main(argv: list[str]) -> int:
+    """`ssl-bf pretrain`; every refusal is one line on stderr and exit 2 (3: the loss became NaN;
+    130 / 143: stopped by Ctrl-C / SIGTERM after saving a checkpoint)."""
+    try:
+        return _pretrain(argv)
+    except KeyboardInterrupt:  # before training started, or a second Ctrl-C
+        return _interrupted(argv)
+
+
+def _interrupted(argv: list[str]) -> int:
+    import os
+    from .checkpoint import last_path
+    try:
+        from .config import load_config
+        args = pretrain_parser().parse_intermixed_args(argv)
+        run_dir = load_config(args.config, args.overrides).run.dir
+    except Exception:  # noqa: BLE001 - only for the message
+        run_dir = None
+    saved = last_path(run_dir) if run_dir else None
+    where = (f"the last checkpoint is {saved}: run the same command to resume from it"
+             if saved and os.path.isfile(saved) else "no checkpoint was written")
+    return _fail("ssl-bf pretrain", f"interrupted (Ctrl-C) before a checkpoint could be saved; {where}", 130)
+
+
+def _pretrain(argv: list[str]) -> int:
+    import os
+    import shlex
+    import signal
+
     import yaml
-    from .io import write_json_atomic
+    from .checkpoint import last_path
     from .config import ConfigError, load_config, to_dict
     from .data import DataError
-    from .train import NonFiniteLossError, RunFolderError, pretrain
+    from .io import OutputError, check_output, write_json_atomic
+    from .train import NonFiniteLossError, RunFolderError, TrainingInterrupted, pretrain
 
+    prog = "ssl-bf pretrain"
     args = pretrain_parser().parse_intermixed_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
-        print(f"ssl-bf pretrain: config error: {e}", file=sys.stderr)
-        return 2
+        return _fail(prog, f"config error: {e}")
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
+    if args.json:
+        run = cfg.run.dir
+        try:
+            check_output(args.json, protected=[args.config, last_path(run), os.path.join(run, "config.yaml"),
+                                               os.path.join(run, "metrics.jsonl")], what="--json")
+        except OutputError as e:
+            return _fail(prog, str(e))
     try:
         summary = pretrain(cfg)
+    except ConfigError as e:
+        return _fail(prog, f"config error: {e}")
     except DataError as e:
-        print(f"ssl-bf pretrain: data error: {e}", file=sys.stderr)
-        return 2
+        return _fail(prog, f"data error: {e}")
     except NonFiniteLossError as e:
-        print(f"ssl-bf pretrain: {e}", file=sys.stderr)
-        return 3
+        return _fail(prog, str(e), 3)
     except RunFolderError as e:
-        print(f"ssl-bf pretrain: {e}", file=sys.stderr)
-        return 2
+        return _fail(prog, str(e))
+    except TrainingInterrupted as stop:
+        name = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}.get(stop.signum, f"signal {stop.signum}")
+        saved = (f"checkpoint saved to {stop.path}" if stop.path else
+                 f"no checkpoint saved (the last one on disk is kept: {last_path(cfg.run.dir)})")
+        return _fail(prog, f"stopped by {name} at step {stop.step} ({stop.where}); {saved}. "
+                           f"Resume with the same command: ssl-bf pretrain {shlex.join(argv)}", 128 + stop.signum)
     if summary.get("knn_top1") is None:  # e.g. the run had already finished: report its last figure
-        import os
         from .metrics import read_metrics
         done = [r["knn_top1"] for r in read_metrics(os.path.join(cfg.run.dir, "metrics.jsonl"))
                 if r.get("knn_top1") is not None and r.get("event") in (None, "knn")]
@@ -66,17 +111,27 @@ def pretrain_main(argv: list[str]) -> int:
               f"backbone features): {summary['knn_top1']:.2f}%")
     print(f"run folder: {cfg.run.dir}")
     if args.json:
-        write_json_atomic(summary, args.json)
+        try:
+            write_json_atomic(summary, args.json)
+        except OSError as e:
+            return _fail(prog, f"--json {args.json}: cannot write the summary ({e.strerror or e}); the run "
+                               f"itself is saved in {cfg.run.dir}")
     return 0
 
 
 def export_main(argv: list[str]) -> int:
-    from .checkpoint import export_backbone
+    from .checkpoint import ExportError, export_backbone
+    from .io import OutputError, UnreadableFileError
+
     p = argparse.ArgumentParser(prog="ssl-bf export", description="Write the query backbone as a plain "
                                 "state dict (no BatchFormer, no heads) plus OUT.json with its config.")
     p.add_argument("checkpoint", help="RUN/checkpoints/last.pt")
-    p.add_argument("out", help="output .pt file")
+    p.add_argument("out", help="output .pt file (OUT.json is written beside it)")
     args = p.parse_args(argv)
-    meta = export_backbone(args.checkpoint, args.out)
+    prog = "ssl-bf export"
+    try:
+        meta = export_backbone(args.checkpoint, args.out)
+    except (ExportError, OutputError, UnreadableFileError, FileNotFoundError) as e:
+        return _fail(prog, str(e))
     print(f"wrote {args.out} (backbone {meta['config']['backbone']['name']}, epoch {meta['epoch']})")
     return 0

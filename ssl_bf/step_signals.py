@@ -1,4 +1,5 @@
-"""Keep preemption handlers (SIGUSR2/SIGTERM) out of the middle of a training step.
+"""Keep preemption handlers (SIGUSR2/SIGTERM) out of the middle of a training step, and turn
+Ctrl-C / SIGTERM outside SLURM into a stop at a step boundary (`StopSignals`).
 
 A signal may be delivered to any thread (OpenMP, gloo, tqdm), and Python then runs the
 handler in the main thread between two bytecodes, possibly halfway through an optimiser
@@ -8,6 +9,7 @@ when the step ends, so a checkpoint written by it always holds a consistent stat
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -38,7 +40,7 @@ class StepSignalGuard:
 
     def uninstall(self) -> None:
         for sig, handler in self.originals.items():
-            if signal.getsignal(sig) is self._handle:
+            if signal.getsignal(sig) == self._handle:  # bound methods: equal, never identical
                 signal.signal(sig, handler)
         self.originals.clear()
 
@@ -63,3 +65,50 @@ class StepSignalGuard:
         while self.pending:
             signum, frame = self.pending.pop(0)
             self.originals[signum](signum, frame)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM outside SLURM: a request to stop at the next step boundary.
+
+    The first signal only records itself (`requested`); the trainer checks it between steps, saves a
+    checkpoint and stops (exit 130 / 143 with one line). A second signal stops at once, without a
+    checkpoint: SIGINT raises KeyboardInterrupt, SIGTERM gets its default action.
+
+    Installed only over the interpreter's defaults (Python's KeyboardInterrupt for SIGINT, SIG_DFL
+    for SIGTERM) and only outside a SLURM job: inside one, submitit (or the batch script) owns the
+    signals and the preemption path (SIGUSR2 -> checkpoint -> requeue) stays as it is; an ignored
+    signal (nohup) stays ignored.
+    """
+
+    def __init__(self) -> None:
+        self.requested: Optional[int] = None
+        self.previous: dict[int, Callable | int] = {}
+
+    def install(self) -> "StopSignals":
+        if threading.current_thread() is not threading.main_thread() or os.environ.get("SLURM_JOB_ID"):
+            return self
+        for sig in STOP_SIGNALS:
+            current = signal.getsignal(sig)
+            default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            if current is default:
+                self.previous[sig] = current
+                signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for sig, handler in self.previous.items():
+            if signal.getsignal(sig) == self._handle:  # bound methods: equal, never identical
+                signal.signal(sig, handler)
+        self.previous.clear()
+
+    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self.requested is None:
+            self.requested = signum
+            return
+        self.uninstall()  # the second one: stop now
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signum)

@@ -3,7 +3,13 @@
 Resume is exact on CPU: the batch order of an epoch is a function of (seed, epoch), and the
 checkpoint holds the model, optimiser, queue, RNG states and the position in the epoch.
 Preemption handlers (SIGUSR2/SIGTERM) are deferred to the end of a step (step_signals.py), so a
-SLURM handler that calls `save_checkpoint()` always sees the state between two steps.
+SLURM handler that calls `save_checkpoint()` always sees the state between two steps. Outside
+SLURM, Ctrl-C and SIGTERM stop a one-process run at the next step boundary with a checkpoint
+(`TrainingInterrupted`).
+
+A run folder belongs to one trainer at a time (RUN/.lock, run_lock.py) and remembers the settings
+that define its run: the checkpoint's config is compared with the given one before anything in
+the folder is written (config.RUN_DEFINING / RESUME_SAFE / EXTEND_ONLY).
 """
 from __future__ import annotations
 
@@ -20,17 +26,18 @@ from torch.nn.parallel import DistributedDataParallel
 from . import checkpoint as ckpt_io
 from . import distributed as dist_utils
 from .augment import EvalTransform, build_two_views, recipe_crop_scale
-from .config import Config, save_config, to_dict
+from .config import Config, ConfigError, format_override_value, resume_differences, save_config, to_dict
 from .data import TwoCropFolder, build_dataset
 from .devices import resolve_device
 from .features import extract_features
-from .io import save_atomic
+from .io import UnreadableFileError, save_atomic
 from .metrics import MetricsLogger, truncate_metrics
 from .moco import build_model
 from .norm import plan_normalisation
 from .optim import build_optimizer, set_lr
 from .schedule import cosine_momentum, warmup_cosine
-from .step_signals import StepSignalGuard
+from .run_lock import RunLock, RunLockError
+from .step_signals import StepSignalGuard, StopSignals
 from .step_stats import StepStats
 
 FOLDER_TRAIN_SIZE = 224  # image folders without augment.image_size: the standard 224 px crops
@@ -49,6 +56,49 @@ class RunFolderError(RuntimeError):
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C or SIGTERM stopped the run at a step boundary; `path` is the checkpoint it saved."""
+
+    def __init__(self, signum: int, path: Optional[str], step: int, where: str):
+        super().__init__(f"stopped by signal {signum} at step {step} ({where})")
+        self.signum, self.path, self.step, self.where = signum, path, step, where
+
+
+# What a resumable checkpoint must hold (and the type of each entry).
+_CHECKPOINT_KEYS = {"model": dict, "optimizer": dict, "config": dict, "epoch": int, "step": int,
+                    "step_in_epoch": int, "rng": dict}
+
+
+def _move_aside(path: str) -> str:
+    return (f"Move it aside (mv {path} {path}.bad) to start this run over from step 0, or put back a "
+            f"good copy")
+
+
+def check_run_dir(run_dir: str) -> None:
+    """Refuse a run.dir that is a file, lies under a file or in a folder this process cannot write
+    (read-only: nothing is created)."""
+    target = os.path.abspath(run_dir)
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise RunFolderError(f"run.dir {run_dir} is a file, not a folder; give a folder (a new one starts a "
+                             "new run)")
+    existing = target
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise RunFolderError(f"run.dir {run_dir}: {existing} is a file, so the folder cannot be created; "
+                             "choose another run.dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunFolderError(f"run.dir {run_dir}: {existing} is not writable; choose another run.dir")
+
+
+def _stat_key(path: str) -> Optional[tuple]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def epoch_batches(n: int, global_batch: int, epoch: int, seed: int) -> torch.Tensor:
@@ -83,15 +133,31 @@ class Trainer:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.device = resolve_device(cfg.train.device)
+        try:
+            self.device = resolve_device(cfg.train.device)
+        except (ValueError, RuntimeError) as e:
+            raise ConfigError(f"train.device: {e}; set train.device=auto or cpu") from None
         self.distributed = dist_utils.init_distributed(self.device, force=cfg.train.process_group == "always")
         self.is_main = dist_utils.is_main()
         self.world = dist_utils.world_size()
         self.run_dir = cfg.run.dir
+        self._lock = RunLock(self.run_dir)
+        # Read-only checks of the run folder before the (slow) set-up; fit() repeats the checkpoint
+        # check under the lock, should another process have written it meanwhile.
+        check_run_dir(self.run_dir)
+        self._checked: tuple[Optional[tuple], Optional[dict]] = self._read_checkpoint()
         self._seed_everything(cfg.seed + dist_utils.rank())
 
         d, a = cfg.data, cfg.augment
-        self.train_set = build_dataset(d.name, d.root, "train", d.subset, d.load_size)
+        if d.root is not None and os.path.exists(os.path.expanduser(d.root)) \
+                and not os.path.isdir(os.path.expanduser(d.root)):
+            raise ConfigError(f"data.root {d.root} is a file; give the folder that holds the {d.name} data")
+        try:
+            self.train_set = build_dataset(d.name, d.root, "train", d.subset, d.load_size)
+        except ValueError as e:  # a subset larger than the data
+            key = "data.subset" if "subset" in str(e) else "data"
+            raise ConfigError(f"{key}: {e}; lower {key} (null: every image)" if key == "data.subset"
+                              else f"{key}: {e}") from None
         # Image folders: workers decode and cut both crops from the whole image; tensor datasets
         # go to the device whole and kornia crops there.
         self.crops_in_workers = not hasattr(self.train_set, "get_batch")
@@ -121,14 +187,14 @@ class Trainer:
         self.global_batch = cfg.train.batch_size * self.world
         self.steps_per_epoch = len(self.train_set) // self.global_batch
         if self.steps_per_epoch == 0:
-            raise ValueError(f"the train set ({len(self.train_set)} images) is smaller than one global "
-                             f"batch ({self.global_batch})")
+            raise ConfigError(f"the train set ({len(self.train_set)} images) is smaller than one global "
+                              f"batch ({self.global_batch}); lower train.batch_size")
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         enqueued = self.global_batch * (2 if cfg.batchformer.enabled and cfg.batchformer.enqueue_both
                                         and cfg.batchformer.key_branch != "pre_only" else 1)
         if cfg.method == "mocov2" and cfg.moco.queue_size % enqueued:
-            raise ValueError(f"moco.queue_size ({cfg.moco.queue_size}) must be a multiple of the keys enqueued "
-                             f"per step ({enqueued} = batch x processes x key streams)")
+            raise ConfigError(f"moco.queue_size ({cfg.moco.queue_size}) must be a multiple of the keys enqueued "
+                              f"per step ({enqueued} = batch x processes x key streams)")
         self.peak_lr = cfg.train.base_lr * self.global_batch / 256
         self.optimizer = build_optimizer(self.model, cfg, self.peak_lr)
         self.epoch, self.step, self.step_in_epoch = 0, 0, 0
@@ -136,7 +202,8 @@ class Trainer:
         self.stats = StepStats(self.device)
         self._epoch_losses: list[float] = []
         self._saved_step: Optional[int] = None
-        self.logger = MetricsLogger(self.run_dir, self.is_main, cfg.run.tensorboard)
+        self._stop = StopSignals()  # installed by fit() for one-process runs
+        self.logger: Optional[MetricsLogger] = None  # opened by fit(), after the run folder checks
 
     # --- set-up helpers ------------------------------------------------------------------
     @staticmethod
@@ -169,19 +236,68 @@ class Trainer:
         self._saved_step = self.step
         return path
 
-    def _resume(self) -> Optional[int]:
-        path = ckpt_io.find_latest(self.run_dir)
-        if path is None:
-            return None
-        state = ckpt_io.load(path, map_location="cpu")  # RNG states must stay on the CPU
+    def _read_checkpoint(self) -> tuple[Optional[tuple], Optional[dict]]:
+        """(file identity, state) of RUN/checkpoints/last.pt after every check a resume needs, or
+        (None, None) when there is none. Raises RunFolderError (one line: the file and the fix)."""
+        path = ckpt_io.last_path(self.run_dir)
+        if os.path.isdir(path):
+            raise RunFolderError(f"{path} is a folder, not a checkpoint. {_move_aside(path)}")
+        if not os.path.lexists(path):
+            return None, None
+        key = _stat_key(path)
+        try:
+            state = ckpt_io.load(path, map_location="cpu")  # RNG states must stay on the CPU
+        except UnreadableFileError as e:
+            raise RunFolderError(f"cannot resume: {e}. {_move_aside(path)}") from None
+        except OSError as e:
+            raise RunFolderError(f"cannot resume: cannot read {path} ({e.strerror or e}). {_move_aside(path)}") from None
+        self._check_checkpoint(state, path)
+        return key, state
+
+    def _check_checkpoint(self, state, path: str) -> None:
+        if not isinstance(state, dict):
+            raise RunFolderError(f"cannot resume: {path} holds a {type(state).__name__}, not a training "
+                                 f"checkpoint. {_move_aside(path)}")
+        wrong = [k for k, t in _CHECKPOINT_KEYS.items() if not isinstance(state.get(k), t)
+                 or (t is int and isinstance(state.get(k), bool))]
+        if wrong:
+            what = "lacks" if all(k not in state for k in wrong) else "has no valid"
+            raise RunFolderError(f"cannot resume: {path} is not a training checkpoint of ssl-bf pretrain (it "
+                                 f"{what} {', '.join(repr(k) for k in wrong)}; the saved config is what "
+                                 f"a resume is checked against). {_move_aside(path)}")
+        if state["step"] and self.cfg.train.epochs == 0:
+            raise RunFolderError(f"{self.run_dir} holds a trained checkpoint (step {state['step']}); train.epochs=0 "
+                                 "saves an untrained network: use a fresh run.dir")
+        diffs = resume_differences(state["config"], self.cfg)
+        if diffs:
+            listed = "; ".join(f"{k}: {format_override_value(old)} -> {format_override_value(new)}"
+                               for k, old, new in diffs)
+            shrink = any(k == "train.epochs" for k, *_ in diffs)
+            raise RunFolderError(
+                f"{self.run_dir} holds a run with other settings ({listed}). These settings define the run "
+                f"(saved in {path}), so it cannot resume with them changed"
+                f"{' (train.epochs may grow, not shrink: stop early with train.max_steps)' if shrink else ''}: "
+                f"run again with the saved values, or start a new run with another run.dir "
+                f"(e.g. run.dir={self.run_dir.rstrip('/')}-2)")
         saved_world = state.get("world_size", 1)
         if saved_world != self.world:
-            raise RuntimeError(
+            raise RunFolderError(
                 f"{path} was written by a run with {saved_world} processes; this one has {self.world}. "
                 "The global batch, lr schedule and epoch position would all shift: resume with the same "
-                "number of processes, or start a new run folder.")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+                "number of processes, or start a new run with another run.dir.")
+
+    def _resume(self, state: Optional[dict]) -> Optional[int]:
+        """Load a checked checkpoint state (or None: a fresh run) into the model and optimiser."""
+        if state is None:
+            return None
+        path = ckpt_io.last_path(self.run_dir)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise RunFolderError(f"cannot resume: {path} does not fit the model of its own config ({first}). "
+                                 f"{_move_aside(path)}") from None
         self.epoch, self.step, self.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
         if self.world == 1:
             _set_rng_state(state["rng"], self.device)  # exact resume
@@ -190,6 +306,36 @@ class Trainer:
         self.last_loss = state.get("loss", float("nan"))
         self._saved_step = self.step
         return self.step
+
+    def _claim_run_folder(self, lock_wait_s: float) -> None:
+        """Create the run folder and take its lock (rank 0 alone), before anything in it is
+        written; every rank learns the outcome, so a refused rank 0 never leaves the others waiting
+        in a collective."""
+        problem = ""
+        if self.is_main:
+            try:
+                os.makedirs(self.run_dir, exist_ok=True)
+                self._lock.acquire(wait_s=lock_wait_s)
+            except RunLockError as e:
+                problem = str(e)
+            except OSError as e:
+                problem = (f"run.dir {self.run_dir}: cannot create the folder ({e.strerror or e}); choose "
+                           "another run.dir")
+        if self.distributed:
+            flag = torch.tensor([1.0 if problem else 0.0], device=self.device)
+            dist_utils.broadcast_(flag, src=0)
+            if flag.item() and not problem:
+                problem = f"rank 0 could not take the run folder {self.run_dir} (its message says why)"
+        if problem:
+            raise RunFolderError(problem)
+
+    def _checked_state(self) -> Optional[dict]:
+        """The checkpoint state checked in __init__, re-read (and re-checked) if the file changed."""
+        key, state = self._checked
+        self._checked = (None, None)
+        if _stat_key(ckpt_io.last_path(self.run_dir)) != key or (key is None) != (state is None):
+            key, state = self._read_checkpoint()
+        return state
 
     # --- data ----------------------------------------------------------------------------
     def _batches(self, epoch: int, start: int) -> Iterator:
@@ -222,8 +368,7 @@ class Trainer:
         if self.device.type == "cuda" and self.cfg.train.channels_last:
             x1 = x1.contiguous(memory_format=torch.channels_last)
             x2 = x2.contiguous(memory_format=torch.channels_last)
-        lr = warmup_cosine(self.step, self.total_steps,
-                           int(self.cfg.train.warmup_epochs * self.steps_per_epoch), self.peak_lr)
+        lr = self._lr_at(self.step)
         set_lr(self.optimizer, lr)
         momentum = self.cfg.moco.momentum
         if self.cfg.method == "mocov3":
@@ -258,41 +403,78 @@ class Trainer:
             self.logger.log(record)
         return result.records, result.over_budget
 
-    def fit(self) -> dict:
-        """Train (resuming from RUN/checkpoints/last.pt if present) and return a summary."""
+    def fit(self, lock_wait_s: float = 0.0) -> dict:
+        """Train (resuming from RUN/checkpoints/last.pt if present) and return a summary.
+
+        The run folder's lock is held from before the first write to the end; `lock_wait_s`: how
+        long to wait for another holder (a requeued job whose previous attempt is still ending)."""
+        self._claim_run_folder(lock_wait_s)
+        try:
+            return self._fit()
+        finally:
+            self._lock.release()
+
+    def _fit(self) -> dict:
         global _CURRENT
-        _CURRENT = self
-        os.makedirs(self.run_dir, exist_ok=True)
-        resumed = self._resume()
-        if resumed and self.cfg.train.epochs == 0:
-            raise RunFolderError(f"{self.run_dir} holds a trained checkpoint (step {resumed}); train.epochs=0 "
-                                 "saves an untrained network: use a fresh run.dir")
+        state = self._checked_state()
+        resumed = self._resume(state)
+        epochs_before = state["config"].get("train", {}).get("epochs") if state is not None else None
+        del state
         if self.is_main:  # after the checks: a refused run leaves the folder's config as it was
             save_config(self.cfg, os.path.join(self.run_dir, "config.yaml"))
         if self.is_main and resumed is not None:
-            truncate_metrics(self.logger.path, resumed)
-        self.logger.log({"event": "start", "step": self.step, "epoch": self.epoch,
-                         "resumed_from_step": resumed,
-                         "requeue_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
-                         "world_size": self.world, "device": str(self.device), "peak_lr": self.peak_lr,
-                         "normalisation": self.norm.description,
-                         "crops": "in DataLoader workers (whole image)" if self.crops_in_workers else "on the device"})
+            truncate_metrics(os.path.join(self.run_dir, "metrics.jsonl"), resumed)
+        self.logger = MetricsLogger(self.run_dir, self.is_main, self.cfg.run.tensorboard)
+        _CURRENT = self  # a SLURM checkpoint() from here on saves this (fully loaded) state
+        start = {"event": "start", "step": self.step, "epoch": self.epoch, "resumed_from_step": resumed,
+                 "requeue_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+                 "world_size": self.world, "device": str(self.device), "peak_lr": self.peak_lr,
+                 "normalisation": self.norm.description,
+                 "crops": "in DataLoader workers (whole image)" if self.crops_in_workers else "on the device"}
+        extended = resumed is not None and isinstance(epochs_before, int) and epochs_before != self.cfg.train.epochs
+        if extended:  # the lr cosine now runs over the new total from this step on
+            start.update(epochs_extended_from=epochs_before, schedule_total_steps=self.total_steps)
+        self.logger.log(start)
+        if self.is_main and extended:
+            print(f"train.epochs {epochs_before} -> {self.cfg.train.epochs}: the lr schedule now runs over "
+                  f"{self.total_steps} steps; from step {self.step} the lr is {self._lr_at(self.step):.4g}", flush=True)
         if self.is_main and self.cfg.run.progress:
             print(f"{self.world} process(es) on {self.device}; normalisation: {self.norm.description}", flush=True)
-        if resumed is None and self.cfg.monitor.knn_at_start:
-            init_top1 = self.knn_monitor(full=self.cfg.monitor.full_sets)
-            self.logger.log({"event": "knn_init", "step": 0, "knn_top1": init_top1})
-            if self.is_main:
-                print(f"random-init k-NN top-1: {init_top1:.2f}", flush=True)
+        if self.world == 1:  # DDP: torchrun owns the signals (a peer's collective would block the stop)
+            self._stop = StopSignals().install()
         started, summary = time.time(), {}
-        self._signals = StepSignalGuard().install()
         try:
-            summary = self._loop(started)
+            if resumed is None and self.cfg.monitor.knn_at_start:
+                init_top1 = self.knn_monitor(full=self.cfg.monitor.full_sets)
+                self.logger.log({"event": "knn_init", "step": 0, "knn_top1": init_top1})
+                if self.is_main:
+                    print(f"random-init k-NN top-1: {init_top1:.2f}", flush=True)
+            self._signals = StepSignalGuard().install()
+            try:
+                summary = self._loop(started)
+            finally:
+                self._signals.uninstall()
         finally:
-            self._signals.uninstall()
+            self._stop.uninstall()
             self.logger.close()
             _CURRENT = None
         return summary
+
+    def _lr_at(self, step: int) -> float:
+        return warmup_cosine(step, self.total_steps, int(self.cfg.train.warmup_epochs * self.steps_per_epoch),
+                             self.peak_lr)
+
+    def _stop_if_asked(self, started: float) -> None:
+        """At a step boundary: after Ctrl-C / SIGTERM, log what is pending, save and stop."""
+        signum = self._stop.requested
+        if signum is None:
+            return
+        self._sync(started)  # the pending step lines, and the NaN check (a NaN state is never saved)
+        path = self.save_checkpoint()
+        epochs = self.cfg.train.epochs
+        where = (f"epoch {self.epoch + 1} of {epochs}, step {self.step_in_epoch} of {self.steps_per_epoch}"
+                 if self.step_in_epoch else f"end of epoch {self.epoch} of {epochs}")
+        raise TrainingInterrupted(signum, path, self.step, where)
 
     def _loop(self, started: float) -> dict:
         from tqdm import tqdm
@@ -303,6 +485,7 @@ class Trainer:
             return self._summary(knn_top1)
         if cfg.train.max_steps and self.step >= cfg.train.max_steps:
             return self._summary(knn_top1, stopped_early=True)
+        self._stop_if_asked(started)
         while self.epoch < cfg.train.epochs:
             self.model.train()
             bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, disable=not (
@@ -317,6 +500,9 @@ class Trainer:
                     self.stats.add(self.step, self.epoch, lr, out, log=self.step % cfg.train.log_every == 0)
                 seen += cfg.train.batch_size * self.world
                 bar.update(1)
+                if self._stop.requested is not None:
+                    bar.close()
+                    self._stop_if_asked(started)
                 save = bool(cfg.train.checkpoint_every_steps) and self.step % cfg.train.checkpoint_every_steps == 0
                 enough = bool(cfg.train.max_steps) and self.step >= cfg.train.max_steps
                 if not (self.step % cfg.train.log_every == 0 or save or enough):
@@ -346,6 +532,8 @@ class Trainer:
             if over_budget and not final:
                 self.save_checkpoint()
                 return self._summary(knn_top1, stopped_early=True)
+            if not final:  # before the k-NN check (the epoch's checkpoint included); a finished run just ends
+                self._stop_if_asked(started)
             if cfg.monitor.knn_every and (self.epoch % cfg.monitor.knn_every == 0 or final):
                 t_knn = time.time()
                 knn_top1 = self.knn_monitor(full=final and cfg.monitor.full_sets)
@@ -355,6 +543,8 @@ class Trainer:
             if self.is_main:
                 print(msg, flush=True)
             self.save_checkpoint()
+            if not final:
+                self._stop_if_asked(started)
         return self._summary(knn_top1)
 
     def _summary(self, knn_top1: Optional[float], stopped_early: bool = False) -> dict:

@@ -44,15 +44,21 @@ def load_yaml_mapping(path: str, what: str, *, error: type[Exception] = YamlFile
     'K' is given twice") or holds something other than a mapping ("PATH: the top level of a WHAT
     must be a mapping, got list").
     """
+    if os.path.isdir(path):
+        raise error(f"{what} {path} is a folder; give the YAML file")
     if not os.path.isfile(path):
         raise error(f"{what} not found: {path}")
-    with open(path) as f:
-        try:
+    try:
+        with open(path, encoding="utf-8") as f:
             data = yaml.load(f, Loader=_UniqueKeyLoader if unique_keys else yaml.SafeLoader)
-        except _DuplicateKey as e:
-            raise error(f"{path}: {e}") from None
-        except yaml.YAMLError as e:
-            raise error(f"{path}: not valid YAML ({e})") from None
+    except _DuplicateKey as e:
+        raise error(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a text file (not UTF-8); give the YAML {what}") from None
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror or e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

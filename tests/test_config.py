@@ -1,4 +1,6 @@
 """Typed config: presets, overrides, errors that help."""
+import re
+
 import pytest
 import yaml
 
@@ -78,3 +80,44 @@ def test_a_monitor_bank_smaller_than_k_is_refused_at_load_time():
 
     with pytest.raises(ConfigError, match="bank_subset \\(16\\) is smaller than monitor.knn_k \\(20\\)"):
         load_config(None, ["monitor.knn_every=1", "monitor.bank_subset=16"])
+
+
+def test_every_config_key_is_classified_for_resume():
+    """A run folder compares its checkpoint's config with the given one: each key must say whether
+    it defines the run (a change is refused), may change freely, or may only grow."""
+    from ssl_bf.config import EXTEND_ONLY, RESUME_SAFE, RUN_DEFINING, all_keys
+
+    keys = set(all_keys())
+    sets = {"RUN_DEFINING": RUN_DEFINING, "RESUME_SAFE": RESUME_SAFE, "EXTEND_ONLY": EXTEND_ONLY}
+    unclassified = keys - RUN_DEFINING - RESUME_SAFE - EXTEND_ONLY
+    assert not unclassified, f"classify these keys in ssl_bf/config.py: {sorted(unclassified)}"
+    for name, members in sets.items():
+        assert members <= keys, f"{name} names keys that do not exist: {sorted(members - keys)}"
+    assert not (RUN_DEFINING & RESUME_SAFE) and not (RUN_DEFINING & EXTEND_ONLY) and not (RESUME_SAFE & EXTEND_ONLY)
+    for key in ("method", "seed", "train.batch_size", "train.base_lr", "moco.temperature", "data.subset",
+                "augment.recipe", "batchformer.enabled", "backbone.width"):
+        assert key in RUN_DEFINING, key
+
+
+def test_resume_differences_list_every_changed_run_setting():
+    from ssl_bf.config import resume_differences, to_dict
+
+    saved = to_dict(load_config(TINY))
+    assert resume_differences(saved, load_config(TINY, ["train.epochs=5", "train.log_every=7", "run.dir=x"])) == []
+    diffs = resume_differences(saved, load_config(TINY, ["train.batch_size=128", "seed=2", "train.epochs=1"]))
+    assert diffs == [("seed", 0, 2), ("train.epochs", 2, 1), ("train.batch_size", 64, 128)]
+    del saved["batchformer"]["scope"]  # a config saved before the key existed: compared at its default
+    assert resume_differences(saved, load_config(TINY)) == []
+
+
+def test_numbers_must_be_finite_and_in_range():
+    for override, words in [("train.base_lr=nan", "finite"), ("train.base_lr=-1", "positive"),
+                            ("moco.temperature=0", "positive"), ("train.epochs=true", "expected int"),
+                            ("batchformer.dropout=1", "[0, 1)"), ("moco.momentum=2", "[0, 1]"),
+                            ("train.weight_decay=-1", "at least 0"), ("train.batch_size=1", "at least 2")]:
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            load_config(TINY, [override])
+    # text keys take the override as written
+    assert load_config(TINY, ["run.dir=on", "data.root=1e3"]).run.dir == "on"
+    assert load_config(TINY, ["data.root=1e3"]).data.root == "1e3"
+    assert load_config(TINY, ["data.root=null"]).data.root is None

@@ -43,3 +43,18 @@ def test_default_handlers_are_left_alone():
         assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL and not guard.originals
     finally:
         signal.signal(signal.SIGUSR2, old)
+
+
+def test_uninstall_puts_the_original_handler_back():
+    """A guard left installed after a run would wrap the next run's handlers with an emptied table
+    (a KeyError in the SLURM handler of the second job of a chain)."""
+    def handler(s, f):
+        return None
+    old = signal.signal(signal.SIGUSR2, handler)
+    try:
+        guard = StepSignalGuard((signal.SIGUSR2,)).install()
+        assert signal.getsignal(signal.SIGUSR2) is not handler
+        guard.uninstall()
+        assert signal.getsignal(signal.SIGUSR2) is handler
+    finally:
+        signal.signal(signal.SIGUSR2, old)

@@ -28,6 +28,11 @@ def tiny(run_dir, *overrides: str) -> list[str]:
     return ["--config", TINY, f"run.dir={run_dir}", "train.log_every=1", *overrides]
 
 
+def lock_holder(run_dir) -> dict:
+    """The note in RUN/.lock of the trainer holding it (pid, host, started, slurm_job_id)."""
+    return json.loads((Path(run_dir) / ".lock").read_text() or "{}")
+
+
 def model_state(run_dir) -> dict:
     return checkpoint.load(checkpoint.last_path(str(run_dir)))["model"]
 
@@ -95,6 +100,7 @@ def test_preempted_run_requeues_and_matches_uninterrupted(tmp_path, cancel_on_ex
 
     wait_for(lambda: any(r.get("step", 0) >= 3 and "loss" in r for r in metrics(tmp_path / "preempted")),
              timeout=90, what="the run to pass step 3")
+    assert lock_holder(tmp_path / "preempted")["slurm_job_id"] == job.job_id  # the job holds RUN/.lock
     job._interrupt()  # SIGTERM + USR2, as a preemption: checkpoint() saves, the job requeues
     result = wait_job(job, timeout=150)[0]
     wait_job(ref.jobs[0], timeout=60)
@@ -106,6 +112,8 @@ def test_preempted_run_requeues_and_matches_uninterrupted(tmp_path, cancel_on_ex
     assert second["requeue_count"] == 1
     assert "preempted at step" in Path(str(job.paths.stdout)).read_text(), logs(job)
     assert result["summary"]["step"] == 80
+    # The requeued attempt took the run folder's lock (it trained to the end) and released it.
+    assert (tmp_path / "preempted" / ".lock").read_text() == ""
 
     a, b = model_state(tmp_path / "preempted"), model_state(tmp_path / "reference")
     assert a.keys() == b.keys()
@@ -124,6 +132,8 @@ def test_plain_scontrol_requeue_resumes_from_latest_checkpoint(tmp_path, cancel_
     cancel_on_exit.append(job)
     wait_for(lambda: checkpoint.find_latest(str(run)) and checkpoint.load(
         checkpoint.last_path(str(run)))["step"] >= 8, timeout=90, what="a checkpoint at step >= 8")
+    first_holder = lock_holder(run)
+    assert first_holder["slurm_job_id"] == job.job_id  # the first attempt holds RUN/.lock
 
     # No signal to the job's handler: SLURM kills and reruns the ORIGINAL pickle.
     subprocess.run(["scontrol", "requeue", job.job_id], check=True, timeout=20)
@@ -136,6 +146,11 @@ def test_plain_scontrol_requeue_resumes_from_latest_checkpoint(tmp_path, cancel_
     assert second["resumed_from_step"] % 4 == 0  # a periodic checkpoint
     assert second["requeue_count"] == 1
     assert result["summary"]["step"] == 160
+    # SLURM killed the first attempt without a clean-up; the kernel dropped its lock, so the requeued
+    # attempt took it (it trained to the end) without waiting out the requeue grace period, and
+    # released it when done.
+    assert "waiting up to" not in logs(job, lines=200) and "is in use" not in logs(job, lines=200), logs(job)
+    assert (run / ".lock").read_text() == ""
 
 
 # (e) ---------------------------------------------------------------------------------------------
