@@ -14,7 +14,7 @@ import argparse
 import math
 import re
 import sys
-from typing import Iterable, TypeVar
+from typing import Callable, Iterable, TypeVar
 
 T = TypeVar("T")
 
@@ -40,52 +40,29 @@ def _number(text: str, kind: type, what: str):
     return value
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1 (batch sizes, epochs, iterations, k, subsets, image sizes)."""
-    value = _number(text, int, "an integer")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
+def _bounded(kind: type, what: str, ok: Callable[[float], bool], must: str, doc: str) -> Callable[[str], float]:
+    """An argparse `type=` function: a finite `kind` for which `ok(value)` holds."""
+    def parse(text: str):
+        value = _number(text, kind, what)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must {must}, got {text}")
+        return value
+    parse.__doc__ = doc
+    return parse
 
 
-def nonneg_int(text: str) -> int:
-    """An integer >= 0 (worker counts, sample sizes where 0 means off)."""
-    value = _number(text, int, "an integer")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def seed(text: str) -> int:
-    """A random seed: an integer in [0, 2**32)."""
-    value = _number(text, int, "an integer")
-    if not 0 <= value < 2 ** 32:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0 (temperatures, learning rates, L2 strengths, memory budgets)."""
-    value = _number(text, float, "a number")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def nonneg_float(text: str) -> float:
-    """A finite number >= 0 (weight decay)."""
-    value = _number(text, float, "a number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive number, got {text}")
-    return value
-
-
-def open_fraction(text: str) -> float:
-    """A number strictly between 0 and 1 (held-out fractions)."""
-    value = _number(text, float, "a number")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
-    return value
+positive_int = _bounded(int, "an integer", lambda v: v >= 1, "be at least 1",
+                        "An integer >= 1 (batch sizes, epochs, iterations, k, subsets, image sizes).")
+nonneg_int = _bounded(int, "an integer", lambda v: v >= 0, "be 0 or more",
+                      "An integer >= 0 (worker counts, sample sizes where 0 means off).")
+seed = _bounded(int, "an integer", lambda v: 0 <= v < 2 ** 32, "be an integer in [0, 2**32)",
+                "A random seed: an integer in [0, 2**32).")
+positive_float = _bounded(float, "a number", lambda v: v > 0, "be a positive number",
+                          "A finite number > 0 (temperatures, learning rates, L2 strengths, memory budgets).")
+nonneg_float = _bounded(float, "a number", lambda v: v >= 0, "be 0 or a positive number",
+                        "A finite number >= 0 (weight decay).")
+open_fraction = _bounded(float, "a number", lambda v: 0 < v < 1, "lie strictly between 0 and 1",
+                         "A number strictly between 0 and 1 (held-out fractions).")
 
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
