@@ -15,7 +15,7 @@ import os
 import pickle
 import re
 import tempfile
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -128,6 +128,19 @@ def load_tensors(path: str, map_location: str | torch.device = "cpu") -> Any:
                                   f"format: {first})") from None
 
 
+def folder_problem(folder: str) -> Optional[str]:
+    """Why `folder` could not be created or written (its nearest existing ancestor is a file or is
+    not writable), or None. Reads only; nothing is created."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is a file, so the folder cannot be created"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"the folder {existing} is not writable"
+    return None
+
+
 class OutputError(ValueError):
     """An output path that must not be written: a folder, a checkpoint, an input, unwritable."""
 
@@ -150,14 +163,9 @@ def check_output(path: str, protected: Sequence[str] = (), what: str = "output")
             and target.endswith(".pt"):
         raise OutputError(f"{what} {path} is a training checkpoint; refusing to overwrite it: write to "
                           f"another file")
-    folder = os.path.dirname(target)
-    existing = folder
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise OutputError(f"{what} {path}: {existing} is a file, so the folder cannot be created")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"{what} {path}: the folder {existing} is not writable")
+    problem = folder_problem(os.path.dirname(target))
+    if problem:
+        raise OutputError(f"{what} {path}: {problem}")
     if os.path.exists(target) and not os.access(target, os.W_OK):
         raise OutputError(f"{what} {path} exists and is not writable")
     return path

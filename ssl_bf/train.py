@@ -30,7 +30,7 @@ from .config import Config, ConfigError, format_override_value, resume_differenc
 from .data import TwoCropFolder, build_dataset
 from .devices import resolve_device
 from .features import extract_features
-from .io import UnreadableFileError, save_atomic
+from .io import UnreadableFileError, folder_problem, save_atomic
 from .metrics import MetricsLogger, truncate_metrics
 from .moco import build_model
 from .norm import plan_normalisation
@@ -83,14 +83,9 @@ def check_run_dir(run_dir: str) -> None:
     if os.path.exists(target) and not os.path.isdir(target):
         raise RunFolderError(f"run.dir {run_dir} is a file, not a folder; give a folder (a new one starts a "
                              "new run)")
-    existing = target
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise RunFolderError(f"run.dir {run_dir}: {existing} is a file, so the folder cannot be created; "
-                             "choose another run.dir")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise RunFolderError(f"run.dir {run_dir}: {existing} is not writable; choose another run.dir")
+    problem = folder_problem(target)
+    if problem:
+        raise RunFolderError(f"run.dir {run_dir}: {problem}; choose another run.dir")
 
 
 def _stat_key(path: str) -> Optional[tuple]:
