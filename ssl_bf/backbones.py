@@ -1,6 +1,7 @@
 """Backbones: torchvision ResNets with a small-image stem and a width option."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Optional
 
@@ -62,26 +63,41 @@ def resnet(name: str = "resnet18", stem: str = "imagenet", width: int = 64, in_c
     return net
 
 
-# name -> (layers, heads, hidden dim, MLP dim)
-_VITS = {"vit_small": (12, 6, 384, 1536), "vit_tiny": (6, 3, 192, 768)}
+@dataclass(frozen=True)
+class ViTShape:
+    """A ViT's size: blocks, attention heads, token width and MLP width."""
+    layers: int
+    heads: int
+    dim: int
+    mlp_dim: int
+
+
+VIT_SHAPES = {"vit_small": ViTShape(12, 6, 384, 1536), "vit_tiny": ViTShape(6, 3, 192, 768)}
 
 
 class ViTBackbone(nn.Module):
-    """torchvision's VisionTransformer returning the class token: (N, C, H, W) -> (N, D)."""
+    """torchvision's VisionTransformer returning the class token: (N, C, H, W) -> (N, D).
 
-    def __init__(self, name: str, image_size: int, patch_size: int, in_channels: int = 3,
+    `shape` is a preset name (`VIT_SHAPES`) or an explicit `ViTShape` (checkpoints read from
+    other projects give their own depth, width and head count)."""
+
+    def __init__(self, shape: "str | ViTShape", image_size: int, patch_size: int, in_channels: int = 3,
                  freeze_patch_embed: bool = False):
         super().__init__()
-        if name not in _VITS:
-            raise ValueError(f"unknown ViT '{name}'; choose from {sorted(_VITS)}")
+        if isinstance(shape, str):
+            if shape not in VIT_SHAPES:
+                raise ValueError(f"unknown ViT '{shape}'; choose from {sorted(VIT_SHAPES)}")
+            shape = VIT_SHAPES[shape]
         if image_size % patch_size:
             raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch_size}")
-        layers, heads, dim, mlp_dim = _VITS[name]
-        self.vit = VisionTransformer(image_size, patch_size, layers, heads, dim, mlp_dim)
+        if shape.dim % shape.heads:
+            raise ValueError(f"ViT width {shape.dim} is not a multiple of its {shape.heads} heads")
+        self.shape = shape
+        self.vit = VisionTransformer(image_size, patch_size, shape.layers, shape.heads, shape.dim, shape.mlp_dim)
         if in_channels != 3:
-            self.vit.conv_proj = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
+            self.vit.conv_proj = nn.Conv2d(in_channels, shape.dim, patch_size, stride=patch_size)
         self.vit.heads = nn.Identity()
-        self.feature_dim = dim
+        self.feature_dim = shape.dim
         if freeze_patch_embed:  # MoCo-v3: a random, fixed patch projection stabilises training
             for p in self.vit.conv_proj.parameters():
                 p.requires_grad_(False)
