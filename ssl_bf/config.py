@@ -42,7 +42,10 @@ class BatchFormerConfig:
     #   same_batch: keys pass the same BatchFormer in the same batch order, all four stream pairs
     #               (the reference code's behaviour; leaks batch context into the positive pair)
     #   recomposed: keys pass BatchFormer in re-shuffled groups, all four stream pairs
-    key_branch: Literal["pre_only", "same_batch", "recomposed"] = "pre_only"
+    #   context_matched (MoCo-v2): keys pass BatchFormer as a batch, and every queued negative of
+    #               the BatchFormer key stream passes it as one extra member of that same batch,
+    #               so positive and negatives share the batch context; all four stream pairs
+    key_branch: Literal["pre_only", "same_batch", "recomposed", "context_matched"] = "pre_only"
     recompose_groups: int = 4
     enqueue_both: bool = False  # MoCo-v2: also enqueue the BatchFormer key stream
     scope: Literal["local", "global"] = "local"  # attend over the rank's batch or the global batch
@@ -385,6 +388,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"train.batch_size ({cfg.train.batch_size}) must be divisible by moco.split_bn_groups "
             f"({cfg.moco.split_bn_groups})")
+    if cfg.batchformer.enabled and cfg.batchformer.key_branch == "context_matched":
+        if cfg.method != "mocov2":
+            raise ConfigError("batchformer.key_branch=context_matched is MoCo-v2's (it treats the queue); MoCo-v3's "
+                              "in-batch negatives already share the batch context: use same_batch")
+        if cfg.batchformer.position != "projection":
+            raise ConfigError("batchformer.key_branch=context_matched needs batchformer.position=projection "
+                              "(the queue holds projected keys, so only they can pass BatchFormer)")
+        if cfg.batchformer.enqueue_both:
+            raise ConfigError("batchformer.enqueue_both does not combine with key_branch=context_matched "
+                              "(its queue holds plain keys; BatchFormer is applied to them at every step)")
     if cfg.batchformer.enabled and cfg.batchformer.key_branch == "recomposed" \
             and cfg.train.batch_size % cfg.batchformer.recompose_groups:
         raise ConfigError("train.batch_size must be divisible by batchformer.recompose_groups")

@@ -19,7 +19,7 @@ from torch import nn
 
 from . import distributed as dist_utils
 from .backbones import build_backbone
-from .batchformer import BatchFormer, transform_recomposed
+from .batchformer import BatchFormer, transform_recomposed, transform_with_context
 from .config import Config
 from .heads import mlp
 from .losses import info_nce_in_batch, info_nce_queue
@@ -148,8 +148,8 @@ class MoCoBase(nn.Module):
         """L2-normalised float key streams of view `x`: [k_pre] or [k_pre, k_bf]."""
         raise NotImplementedError
 
-    def pair_loss(self, q: torch.Tensor, k: torch.Tensor) -> PairTerm:
-        """The loss of one query stream (N, D) against one key stream."""
+    def pair_loss(self, q: torch.Tensor, k: torch.Tensor, key_stream: int = 0) -> PairTerm:
+        """The loss of one query stream (N, D) against key stream number `key_stream` (0: plain)."""
         raise NotImplementedError
 
     # --- the step -----------------------------------------------------------------------
@@ -175,7 +175,7 @@ class MoCoBase(nn.Module):
             k = {i: self.key_streams(views[i]) for i in key_views}
         loss, plain = [], []
         for qi, ki in directions:
-            terms = [self.pair_loss(qs, ks) for qs in q[qi] for ks in k[ki]]
+            terms = [self.pair_loss(qs, ks, s) for qs in q[qi] for s, ks in enumerate(k[ki])]
             loss.append(torch.stack([t.loss for t in terms]).mean())
             plain.append(terms[0])
         t = self.cfg.moco.temperature
@@ -195,15 +195,21 @@ class MoCoV2(MoCoBase):
         k, d = cfg.moco.queue_size, cfg.moco.dim
         self.register_buffer("queue", F.normalize(torch.randn(k, d), dim=1))  # (K, D)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        self._negatives: Optional[torch.Tensor] = None
+        if self._context_matched():  # the queued keys before L2 norm: what BatchFormer takes as input
+            self.register_buffer("feature_queue", self.queue.clone())  # (K, D)
+        self._negatives: list[torch.Tensor] = []  # per key stream, this step's (K, D) negatives
+
+    def _context_matched(self) -> bool:
+        return self.cfg.batchformer.enabled and self.cfg.batchformer.key_branch == "context_matched"
 
     @staticmethod
     def build_projector(cfg: Config, feature_dim: int) -> nn.Module:
         return mlp(feature_dim, cfg.moco.hidden_dim or feature_dim, cfg.moco.dim)  # 2 layers, no BN
 
     @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """Write `keys` (B, D) at the pointer, wrapping; B must divide the queue size."""
+    def enqueue(self, keys: torch.Tensor, features: Optional[torch.Tensor] = None) -> None:
+        """Write `keys` (B, D) at the pointer, wrapping; B must divide the queue size. `features`
+        (B, D), the same keys before L2 norm, go to `feature_queue` at the same rows."""
         keys = dist_utils.gather_rows(keys)  # (B * world, D)
         b, k = keys.shape[0], self.queue.shape[0]
         if k % b:
@@ -211,6 +217,8 @@ class MoCoV2(MoCoBase):
         # the pointer stays on the device: no host sync per step
         rows = (self.queue_ptr + torch.arange(b, device=self.queue.device)) % k  # (B,)
         self.queue.index_copy_(0, rows, keys.to(self.queue.dtype))
+        if features is not None:
+            self.feature_queue.index_copy_(0, rows, dist_utils.gather_rows(features).to(self.feature_queue.dtype))
         self.queue_ptr.add_(b).remainder_(k)
 
     @torch.no_grad()
@@ -229,15 +237,39 @@ class MoCoV2(MoCoBase):
         before these keys enter it (the reference enqueues after the loss)."""
         h_k, z_k = self.momentum_keys(x)
         streams = [F.normalize(z_k, dim=1).float()]
-        if self.uses_key_bf():
+        negatives = self.queue.clone()  # (K, D): the in-place enqueue must not reach autograd
+        self._negatives = [negatives]
+        if self.uses_key_bf() and self._context_matched():
+            bf_keys, bf_negatives = self.context_matched_keys(z_k)  # (N, D), (K, D)
+            streams.append(F.normalize(bf_keys, dim=1).float())
+            self._negatives.append(F.normalize(bf_negatives, dim=1).float())
+        elif self.uses_key_bf():
             streams.append(F.normalize(self.key_bf_stream(h_k, z_k), dim=1).float())
-        self._negatives = self.queue.clone()  # (K, D): the in-place enqueue must not reach autograd
-        self.enqueue(torch.cat(streams) if self.cfg.batchformer.enqueue_both else streams[0])
+            self._negatives.append(negatives)
+        if self._context_matched():
+            self.enqueue(streams[0], z_k)
+        else:
+            self.enqueue(torch.cat(streams) if self.cfg.batchformer.enqueue_both else streams[0])
         return streams
 
-    def pair_loss(self, q: torch.Tensor, k: torch.Tensor) -> PairTerm:
+    @torch.no_grad()
+    def context_matched_keys(self, z_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`context_matched`: the BatchFormer key stream and its own negatives, both in this batch's
+        context. Keys pass BatchFormer as a batch (N, D); every queued key passes it as one extra
+        member of that same batch, with the same live weights (K, D). Positive and negatives then
+        carry the same batch context, so it cancels in the softmax, as MoCo-v3's in-batch
+        negatives do (docs/batchformer.md)."""
+        context = z_k
+        gather = self._bf_gather()
+        rows = slice(None)
+        if gather is not None:
+            context, rows = gather(z_k)  # (M, D), this rank's rows
+        bf_context, bf_queue = transform_with_context(self.batchformer, context, self.feature_queue)
+        return bf_context[rows], bf_queue
+
+    def pair_loss(self, q: torch.Tensor, k: torch.Tensor, key_stream: int = 0) -> PairTerm:
         t = self.cfg.moco.temperature
-        loss, logits = info_nce_queue(q, k, self._negatives, t)  # logits (N, 1 + K)
+        loss, logits = info_nce_queue(q, k, self._negatives[key_stream], t)  # logits (N, 1 + K)
         logits = logits.detach()
         return PairTerm(loss, logits[:, 0].mean() * t, logits[:, 1:].mean() * t)
 
@@ -271,7 +303,7 @@ class MoCoV3(MoCoBase):
             streams.append(self.key_bf_stream(h_k, z_k))
         return [dist_utils.gather_rows(F.normalize(k, dim=1).float()) for k in streams]
 
-    def pair_loss(self, q: torch.Tensor, k: torch.Tensor) -> PairTerm:
+    def pair_loss(self, q: torch.Tensor, k: torch.Tensor, key_stream: int = 0) -> PairTerm:
         n, offset = q.shape[0], dist_utils.rank() * q.shape[0]
         with torch.no_grad():
             sims = q @ k.t()  # (N, W*N)

@@ -49,8 +49,8 @@ def leak(model, views, images) -> float:
     """max over directions and BatchFormer-query terms of (margin - plain margin), one forward."""
     terms, score = [], model.pair_loss
 
-    def recorded(q, k):
-        term = score(q, k)
+    def recorded(*args):
+        term = score(*args)
         terms.append(term)
         return term
 
@@ -70,7 +70,7 @@ def leak(model, views, images) -> float:
 
 
 @pytest.mark.parametrize("branch,expected", [("pre_only", "free"), ("same_batch", "shortcut"),
-                                             ("recomposed", "shortcut")])
+                                             ("recomposed", "shortcut"), ("context_matched", "free")])
 def test_mocov2_leak_by_key_branch(data, branch, expected):
     model, views = _trained(data, V2, branch)
     value = leak(model, views, data.images[-64:])
@@ -102,3 +102,50 @@ def test_the_measure_trips_when_pre_only_is_fed_same_batch_batchformer_keys(data
     model, views = _trained(data, V2, "pre_only", rewire=same_batch_keys)
     assert model.cfg.batchformer.key_branch == "pre_only"
     assert leak(model, views, data.images[-64:]) > SHORTCUT
+
+
+def _ddp_leak_worker(rank: int, port: int, out_dir: str, scope: str) -> None:
+    """One of two gloo processes: train MoCo-v3 + BatchFormer (`same_batch`, `scope`) with DDP on
+    this rank's half of each 128-image batch, then measure the leak on the pairs the loss scores."""
+    import os
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="env://")
+    data = build_dataset("fashion-mnist", subset=4096)
+    torch.manual_seed(0)
+    cfg = tiny_config(None, "batchformer.enabled=true", "batchformer.key_branch=same_batch",
+                      f"batchformer.scope={scope}", *V3)
+    model = build_model(cfg, 1).train()
+    ddp = DistributedDataParallel(model)
+    torch.manual_seed(1 + rank)  # each rank draws its own augmentations
+    views = build_two_views("mocov2", 28, 1, data.mean, data.std)
+    opt = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9)
+    for step in range(20):
+        start = step * 128 + rank * 64
+        loss = ddp(*views(data.images[start:start + 64]))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    value = leak(model, views, data.images[-128:][rank * 64:(rank + 1) * 64])
+    torch.save(torch.tensor(value), os.path.join(out_dir, f"leak{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("scope", ["global", "local"])
+def test_mocov3_same_batch_is_leak_free_under_two_process_ddp(tmp_path, scope):
+    """Under DDP the in-batch negatives come from every rank. With `global` scope all of them share
+    the query's BatchFormer context; with `local` scope only this rank's do (docs/batchformer.md)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_leak_worker, args=(port, str(tmp_path), scope), nprocs=2, join=True)
+    values = [torch.load(tmp_path / f"leak{r}.pt", weights_only=True).item() for r in range(2)]
+    assert max(abs(v) for v in values) < LEAK_FREE, values  # measured: |leak| < 0.011 in both scopes
