@@ -99,3 +99,26 @@ def test_eval_path_never_contains_batchformer(tmp_path):
     with torch.no_grad():
         assert torch.equal(encoder(x), with_bf)
     assert not any("batchformer" in k for k in encoder.state_dict())
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_context_attention_treats_each_row_as_one_more_batch_member(layers):
+    """transform_with_context: the context's output is BF(context); with one layer each row's output
+    is BF(cat([context, row]))[-1]; rows never see each other (chunking changes nothing)."""
+    from ssl_bf.batchformer import transform_with_context
+
+    torch.manual_seed(0)
+    bf = BatchFormer(32, layers, 4, 0, 0.5).eval()
+    context, rows = torch.randn(16, 32), torch.randn(7, 32)
+    ctx_out, rows_out = transform_with_context(bf, context, rows)
+    assert torch.allclose(ctx_out, bf.transform(context), atol=1e-6)
+    _, chunked = transform_with_context(bf, context, rows, chunk=3)
+    assert torch.allclose(chunked, rows_out, atol=1e-6)
+    _, alone = transform_with_context(bf, context, rows[4:5])
+    assert torch.allclose(alone, rows_out[4:5], atol=1e-6)
+    if layers == 1:
+        for r in range(rows.shape[0]):
+            expected = bf.transform(torch.cat([context, rows[r:r + 1]]))[-1]
+            assert torch.allclose(rows_out[r], expected, atol=1e-5)
+    _, other = transform_with_context(bf, context + 1.0, rows)  # the context matters
+    assert (other - rows_out).abs().max() > 1e-2

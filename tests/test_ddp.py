@@ -53,7 +53,8 @@ def _worker(rank: int, port: int, out_dir: str, bf: str) -> None:
     bf_module = BatchFormer(16, dropout=0.0).train()
     global_out = bf_module.transform(feats[mine], dist_utils.gather_rows_with_grad)
     local_out = bf_module.transform(feats[mine])
-    torch.save({"grads": _grads(model), "queue": model.queue.clone(), "restored": restore(shuffled), "rows": rows,
+    torch.save({"grads": _grads(model), "queue": model.queue.clone(),
+                "feature_queue": getattr(model, "feature_queue", model.queue).clone(), "restored": restore(shuffled), "rows": rows,
                 "shuffled": shuffled, "global": global_out.detach(), "local": local_out.detach()},
                os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
@@ -62,11 +63,13 @@ def _worker(rank: int, port: int, out_dir: str, bf: str) -> None:
 def _bf_overrides(bf: str) -> tuple:
     if bf == "off":
         return ()
+    if bf == "global-context-matched":
+        return ("batchformer.enabled=true", "batchformer.scope=global", "batchformer.key_branch=context_matched")
     return ("batchformer.enabled=true", "batchformer.scope=global")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bf", ["off", "global"])
+@pytest.mark.parametrize("bf", ["off", "global", "global-context-matched"])
 def test_two_process_gradients_equal_one_process_on_the_global_batch(tmp_path, bf):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path), bf), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
@@ -86,6 +89,9 @@ def test_two_process_gradients_equal_one_process_on_the_global_batch(tmp_path, b
         for r in range(2):
             assert torch.allclose(ranks[r]["grads"][name], g, rtol=1e-4, atol=1e-6), (name, r)
     assert torch.equal(ranks[0]["queue"], model.queue) and torch.equal(ranks[1]["queue"], model.queue)
+    if bf == "global-context-matched":
+        for r in range(2):
+            assert torch.allclose(ranks[r]["feature_queue"], model.feature_queue, atol=1e-6)
 
     for r in range(2):
         assert torch.equal(ranks[r]["restored"], ranks[r]["rows"])

@@ -89,11 +89,13 @@ def _plain_mocov2_loss(model, x1, x2, m):
     return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long))
 
 
-def test_batchformer_off_is_exactly_plain_mocov2():
-    cfg = tiny_config(None)
+@pytest.mark.parametrize("key_branch", ["pre_only", "context_matched"])
+def test_batchformer_off_is_exactly_plain_mocov2(key_branch):
+    cfg = tiny_config(None, f"batchformer.key_branch={key_branch}")
     model = build_model(cfg, in_channels=1).train()
     reference = build_model(cfg, in_channels=1).train()
     reference.load_state_dict(model.state_dict())
+    assert "feature_queue" not in model.state_dict()  # BatchFormer off: no second queue either
     x1, x2 = torch.randn(64, 1, 28, 28), torch.randn(64, 1, 28, 28)
     torch.manual_seed(1)
     loss = model(x1, x2, momentum=0.99)["loss"]
@@ -102,9 +104,10 @@ def test_batchformer_off_is_exactly_plain_mocov2():
     assert loss.item() == expected.item()
 
 
-def test_batchformer_plain_term_matches_the_baseline_and_scale_is_unchanged():
+@pytest.mark.parametrize("key_branch", ["pre_only", "context_matched"])
+def test_batchformer_plain_term_matches_the_baseline_and_scale_is_unchanged(key_branch):
     cfg_off = tiny_config(None, "batchformer.dropout=0")
-    cfg_on = tiny_config(None, "batchformer.enabled=true", "batchformer.dropout=0")
+    cfg_on = tiny_config(None, "batchformer.enabled=true", "batchformer.dropout=0", f"batchformer.key_branch={key_branch}")
     off, on = build_model(cfg_off, 1).train(), build_model(cfg_on, 1).train()
     on.load_state_dict({**on.state_dict(), **off.state_dict()})
     x1, x2 = torch.randn(64, 1, 28, 28), torch.randn(64, 1, 28, 28)

@@ -25,7 +25,8 @@ V3 = ("method=mocov3", "moco.dim=32", "moco.hidden_dim=64", "moco.pred_hidden_di
       "moco.momentum=0.99", "augment.recipe=mocov3")
 
 
-@pytest.mark.parametrize("bf,extra", [("false", ()), ("true", ()), ("true", V3)], ids=["v2", "v2-bf", "v3-bf-lars"])
+@pytest.mark.parametrize("bf,extra", [("false", ()), ("true", ()), ("true", ("batchformer.key_branch=context_matched",)),
+                                      ("true", V3)], ids=["v2", "v2-bf", "v2-bf-context-matched", "v3-bf-lars"])
 def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path, bf, extra):
     straight = tiny_config(tmp_path / "a", *SMALL, f"batchformer.enabled={bf}", *extra)
     Trainer(straight).fit()
@@ -39,6 +40,8 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path, bf, extra):
     state_a = ckpt_io.load(ckpt_io.last_path(straight.run.dir))["model"]
     state_b = ckpt_io.load(ckpt_io.last_path(resumed.run.dir))["model"]
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    if "batchformer.key_branch=context_matched" in extra:  # the second queue resumes too
+        assert "feature_queue" in state_b and not torch.equal(state_b["feature_queue"], state_b["queue"])
     starts = [r for r in read_metrics(os.path.join(resumed.run.dir, "metrics.jsonl")) if r.get("event") == "start"]
     assert [s["resumed_from_step"] for s in starts] == [None, 7]
 
