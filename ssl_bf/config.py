@@ -45,7 +45,9 @@ class BatchFormerConfig:
     #   context_matched (MoCo-v2): keys pass BatchFormer as a batch, and every queued negative of
     #               the BatchFormer key stream passes it as one extra member of that same batch,
     #               so positive and negatives share the batch context; all four stream pairs
-    key_branch: Literal["pre_only", "same_batch", "recomposed", "context_matched"] = "pre_only"
+    #   auto:       the method's default, written into the saved config: MoCo-v2 pre_only,
+    #               MoCo-v3 same_batch (its in-batch negatives share the context; docs/batchformer.md)
+    key_branch: Literal["auto", "pre_only", "same_batch", "recomposed", "context_matched"] = "auto"
     recompose_groups: int = 4
     enqueue_both: bool = False  # MoCo-v2: also enqueue the BatchFormer key stream
     scope: Literal["local", "global"] = "local"  # attend over the rank's batch or the global batch
@@ -360,11 +362,18 @@ def _check_ranges(cfg: Config) -> None:
                               f"fix it with {key}=...")
 
 
+# key_branch=auto resolves per method: the card's wiring (keys through BatchFormer) wherever a
+# leak-free one exists and was not worse in the ablation (README "Results").
+DEFAULT_KEY_BRANCH = {"mocov2": "pre_only", "mocov3": "same_batch"}
+
+
 def validate(cfg: Config) -> None:
     """Ranges and cross-field checks that types alone cannot express."""
     if cfg.backbone.name.startswith("vit") and cfg.method == "mocov2" and cfg.moco.split_bn_groups > 1:
         cfg.moco.split_bn_groups = 1  # a ViT has no BatchNorm to split
     _check_ranges(cfg)
+    if cfg.batchformer.key_branch == "auto":
+        cfg.batchformer.key_branch = DEFAULT_KEY_BRANCH.get(cfg.method, "pre_only")
     if not cfg.run.dir.strip():
         raise ConfigError("run.dir is empty; give the run folder, e.g. run.dir=runs/my-run")
     if cfg.train.device not in ("auto", "cpu", "cuda") and not (

@@ -6,7 +6,7 @@ import yaml
 
 from ssl_bf.config import ConfigError, load_config, save_config
 
-from tiny_run import TINY
+from tiny_run import TINY, tiny_config
 
 
 def test_overrides_are_typed():
@@ -121,3 +121,22 @@ def test_numbers_must_be_finite_and_in_range():
     assert load_config(TINY, ["run.dir=on", "data.root=1e3"]).run.dir == "on"
     assert load_config(TINY, ["data.root=1e3"]).data.root == "1e3"
     assert load_config(TINY, ["data.root=null"]).data.root is None
+
+
+@pytest.mark.parametrize("method,expected", [("mocov2", "pre_only"), ("mocov3", "same_batch")])
+def test_key_branch_auto_resolves_to_the_methods_default_and_is_saved_resolved(method, expected):
+    from ssl_bf.config import to_dict
+
+    cfg = tiny_config(None, f"method={method}", "batchformer.enabled=true")
+    assert cfg.batchformer.key_branch == expected
+    assert to_dict(cfg)["batchformer"]["key_branch"] == expected
+
+
+@pytest.mark.parametrize("overrides,says", [
+    (("method=mocov3",), "MoCo-v2's"),
+    (("batchformer.position=backbone",), "position=projection"),
+    (("batchformer.enqueue_both=true",), "enqueue_both"),
+])
+def test_context_matched_refuses_what_it_cannot_do(overrides, says):
+    with pytest.raises(ConfigError, match=says):
+        tiny_config(None, "batchformer.enabled=true", "batchformer.key_branch=context_matched", *overrides)
