@@ -80,6 +80,9 @@ class DataConfig:
     name: Literal["fashion-mnist", "cifar10", "cifar100", "imagefolder", "folder"] = "fashion-mnist"
     root: Optional[str] = None
     subset: Optional[int] = None  # use only the first N training images (smoke runs)
+    # Tuning: hold out the last N train images as a validation split. Training uses the rest,
+    # the online k-NN scores the held-out images against them, and the test split is never read.
+    val_holdout: int = 0
     num_workers: int = 0
     load_size: int = 256  # image folders, evaluation only: shorter side resized to this, centre square
     # (training crops are cut from the whole image in the DataLoader workers)
@@ -332,6 +335,7 @@ _RANGES: dict[str, tuple[Optional[float], Optional[float], bool, bool, str]] = {
     "backbone.patch_size": (1, None, True, True, ""),
     "augment.image_size": (0, None, True, True, "0: the dataset's native size"),
     "data.subset": (1, None, True, True, "or null for all images"),
+    "data.val_holdout": (0, None, True, True, "0: no validation split"),
     "data.num_workers": (0, None, True, True, ""),
     "data.load_size": (1, None, True, True, ""),
     "monitor.knn_every": (0, None, True, True, "0: never"),
@@ -439,7 +443,7 @@ RUN_DEFINING = frozenset({
     "moco.dim", "moco.hidden_dim", "moco.proj_layers", "moco.pred_hidden_dim", "moco.queue_size",
     "moco.temperature", "moco.momentum", "moco.split_bn_groups", "moco.shuffle_keys",
     "augment.recipe", "augment.image_size", "augment.crop_scale_min", "augment.jitter_strength", "augment.blur",
-    "data.name", "data.root", "data.subset",
+    "data.name", "data.root", "data.subset", "data.val_holdout",
     "train.batch_size", "train.optimizer", "train.base_lr", "train.weight_decay", "train.sgd_momentum",
     "train.warmup_epochs",
 })

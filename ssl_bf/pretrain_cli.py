@@ -107,8 +107,10 @@ def _pretrain(argv: list[str]) -> int:
                 if r.get("knn_top1") is not None and r.get("event") in (None, "knn")]
         summary["knn_top1"] = done[-1] if done else None
     if summary.get("knn_top1") is not None:
+        split = (f"the last {cfg.data.val_holdout} train images held out" if cfg.data.val_holdout
+                 else "test split")
         print(f"online k-NN top-1 (k={cfg.monitor.knn_k}, T={cfg.monitor.knn_temperature}, "
-              f"backbone features): {summary['knn_top1']:.2f}%")
+              f"backbone features, {split}): {summary['knn_top1']:.2f}%")
     print(f"run folder: {cfg.run.dir}")
     if args.json:
         try:

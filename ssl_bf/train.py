@@ -148,7 +148,15 @@ class Trainer:
                 and not os.path.isdir(os.path.expanduser(d.root)):
             raise ConfigError(f"data.root {d.root} is a file; give the folder that holds the {d.name} data")
         try:
-            self.train_set = build_dataset(d.name, d.root, "train", d.subset, d.load_size)
+            self.train_set = build_dataset(d.name, d.root, "train", d.subset if not d.val_holdout else None,
+                                           d.load_size)
+            if d.val_holdout:
+                self.train_set.split_last(d.val_holdout)  # the held-out images are the monitor's
+                if d.subset is not None:
+                    if d.subset > len(self.train_set):
+                        raise ValueError(f"subset={d.subset} is out of range: {len(self.train_set)} train "
+                                         f"images remain after data.val_holdout={d.val_holdout}")
+                    self.train_set.take_first(d.subset)
         except ValueError as e:  # a subset larger than the data
             key = "data.subset" if "subset" in str(e) else "data"
             raise ConfigError(f"{key}: {e}; lower {key} (null: every image)" if key == "data.subset"
@@ -570,10 +578,12 @@ class Trainer:
             return None
         m = self.cfg.monitor
         if not hasattr(self, "_test_set"):
-            self._test_set = build_dataset(self.cfg.data.name, self.cfg.data.root, "test", None,
-                                           self.cfg.data.load_size)
-            self._bank_set = build_dataset(self.cfg.data.name, self.cfg.data.root, "train", None,
-                                           self.cfg.data.load_size)
+            d = self.cfg.data
+            self._bank_set = build_dataset(d.name, d.root, "train", None, d.load_size)
+            if d.val_holdout:  # tuning: the held-out train images against the rest; no test image
+                self._test_set = self._bank_set.split_last(d.val_holdout)
+            else:
+                self._test_set = build_dataset(d.name, d.root, "test", None, d.load_size)
         bank = self.embed(self._bank_set, None if full else m.bank_subset)
         query = self.embed(self._test_set, None if full else m.query_subset)
         top1 = None

@@ -186,3 +186,37 @@ def test_a_preemption_during_the_k_nn_check_keeps_the_epoch_record(tmp_path, mon
     epochs = [r["epoch"] for r in records if "train_seconds" in r]
     knn = [r["epoch"] for r in records if r.get("event") == "knn"]
     assert epochs == [0, 1] and knn == [1]  # epoch 0's record survived; only its k-NN figure is lost
+
+
+def test_val_holdout_trains_without_the_held_out_images_and_never_reads_the_test_split(tmp_path, monkeypatch):
+    """data.val_holdout (tuning): the last N train images are the monitor's queries, the rest its
+    bank and the training set; the test split is not opened at all."""
+    import ssl_bf.train as train_module
+    from ssl_bf.data import build_dataset
+
+    opened = []
+
+    def spy(name, root=None, split="train", *args, **kwargs):
+        opened.append(split)
+        return build_dataset(name, root, split, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "build_dataset", spy)
+    cfg = tiny_config(tmp_path, "data.val_holdout=1000", "data.subset=320", "train.epochs=1",
+                      "monitor.knn_every=1", "monitor.full_sets=false", "monitor.bank_subset=600",
+                      "monitor.query_subset=300")
+    trainer = Trainer(cfg)
+    full = build_dataset("fashion-mnist", None, "train")
+    assert len(trainer.train_set) == 320
+    assert torch.equal(trainer.train_set.images, full.images[:320])
+    summary = trainer.fit()
+    assert "test" not in opened and summary["knn_top1"] is not None
+    assert torch.equal(trainer._test_set.images, full.images[-1000:])  # the monitor's queries
+    assert torch.equal(trainer._bank_set.images, full.images[:-1000])
+    assert "val_holdout: 1000" in open(os.path.join(cfg.run.dir, "config.yaml")).read()
+
+
+def test_val_holdout_refuses_a_subset_larger_than_what_remains(tmp_path):
+    from ssl_bf.config import ConfigError
+
+    with pytest.raises(ConfigError, match="val_holdout"):
+        Trainer(tiny_config(tmp_path, "data.val_holdout=59900", "data.subset=320"))

@@ -5,6 +5,7 @@ also offer `get_batch(indices)`, so the trainer can slice whole batches without 
 """
 from __future__ import annotations
 
+import copy
 import os
 from typing import Callable, Sequence
 
@@ -62,6 +63,12 @@ class ImageDataset(Dataset):
         """Keep only the first `n` samples (used by `subset`)."""
         raise NotImplementedError
 
+    def split_last(self, n: int) -> "ImageDataset":
+        """Remove the last `n` samples and return them as a dataset of their own (a validation
+        split carved from train). In-memory datasets only: a folder is sorted by class."""
+        raise ValueError(f"{self.name}: a held-out validation split needs an in-memory dataset "
+                         f"(fashion-mnist, cifar10, cifar100), whose order is not sorted by class")
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, root={self.root!r}, n={len(self)}, "
                 f"classes={len(self.classes)}, channels={self.num_channels}, size={self.image_size})")
@@ -95,6 +102,14 @@ class TensorImageDataset(ImageDataset):
     def take_first(self, n: int) -> None:
         """Keep only the first `n` samples (views, no copy)."""
         self.images, self.labels = self.images[:n], self.labels[:n]
+
+    def split_last(self, n: int) -> "TensorImageDataset":
+        if not 0 < n < len(self):
+            raise ValueError(f"cannot hold out {n} of the {len(self)} images of {self.name}")
+        held = copy.copy(self)
+        held.images, held.labels = self.images[-n:], self.labels[-n:]
+        self.take_first(len(self) - n)
+        return held
 
 
 # ----------------------------------------------------------------------------------------------
