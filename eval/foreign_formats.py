@@ -80,7 +80,8 @@ def is_state_dict(obj) -> bool:
 
 def unknown_format(obj, why: str = "") -> UnknownFormatError:
     keys = sorted(map(str, obj))[:12] if isinstance(obj, dict) else []
-    found = f"top-level keys {keys}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+    more = f" (+{len(obj) - 12} more)" if isinstance(obj, dict) and len(obj) > 12 else ""
+    found = f"keys {keys}{more}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
     return UnknownFormatError(f"{why or 'an unknown checkpoint layout'}; found {found}. Known formats: "
                               f"{', '.join(FORMATS)} (DataParallel 'module.' prefixes are stripped; "
                               f"`ssl-bf inspect --help` and docs/checkpoint-formats.md describe each)")
@@ -122,8 +123,7 @@ def _from_state_dict(sd: dict, where: str, lightning: bool) -> Found:
     elif is_timm_vit(keys):
         found = _split("timm-vit", "vit", keys, "", {"head": "classifier (head)"})
     else:
-        raise unknown_format(keys, "a state dict whose keys match no known backbone layout (first keys "
-                                   f"{sorted(keys)[:6]})")
+        raise unknown_format(keys, "a state dict whose keys match no known backbone layout")
     found.source = {k: where + sd_key for k, sd_key in ((k, _original(v, stripped)) for k, v in found.source.items())}
     found.dropped = {r: [where + _original(k, stripped) for k in ks] for r, ks in found.dropped.items()}
     found.notes = notes + found.notes

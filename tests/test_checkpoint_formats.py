@@ -440,7 +440,7 @@ def test_sincos_matches_moco_v3_formula():
 # ----------------------------------------------------------------------------------------------
 
 
-def _sslbf_checkpoint(tmp_path, *overrides: str, in_channels: int = 1) -> str:
+def _sslbf_checkpoint(tmp_path, *overrides: str, in_channels: int = 1, image_size: int = 28) -> str:
     from ssl_bf.config import load_config, save_config, to_dict
     from ssl_bf.io import save_atomic
     from ssl_bf.moco import build_model
@@ -449,11 +449,11 @@ def _sslbf_checkpoint(tmp_path, *overrides: str, in_channels: int = 1) -> str:
     cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                                    "tiny.yaml"), [f"run.dir={run}", *overrides])
     torch.manual_seed(0)
-    model = build_model(cfg, in_channels=in_channels)
+    model = build_model(cfg, in_channels=in_channels, image_size=image_size)
     save_config(cfg, os.path.join(run, "config.yaml"))
     path = os.path.join(run, "checkpoints", "last.pt")
-    save_atomic({"model": model.state_dict(), "config": to_dict(cfg), "in_channels": in_channels, "epoch": 1,
-                 "step": 8}, path)
+    save_atomic({"model": model.state_dict(), "config": to_dict(cfg), "in_channels": in_channels,
+                 "image_size": image_size, "epoch": 1, "step": 8}, path)
     return path
 
 
@@ -489,7 +489,7 @@ def test_detectron2_export_key_set_and_shapes(tmp_path):
     from ssl_bf.io import NUMPY_ARRAY_GLOBALS, safe_unpickle
 
     ckpt = _sslbf_checkpoint(tmp_path, "backbone.name=resnet50", "backbone.stem=imagenet", "backbone.width=64",
-                             "data.name=cifar10", "moco.split_bn_groups=1", in_channels=3)
+                             "data.name=cifar10", "moco.split_bn_groups=1", in_channels=3, image_size=32)
     out = str(tmp_path / "d2.pkl")
     assert main(["export", ckpt, out, "--format", "detectron2"]) == 0
     obj = safe_unpickle(out, {**NUMPY_ARRAY_GLOBALS, ("builtins", "bytes"): bytes}, "numpy arrays", encoding="latin1")
