@@ -93,7 +93,8 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
     if os.path.isfile(run_dir):
         raise ValueError(f"RUN {run_dir} is a file; give the run folder (the one holding checkpoints/)")
     if not os.path.isdir(run_dir) and not (checkpoint and data):
-        raise FileNotFoundError(f"run folder not found: {run_dir}")
+        hint = " (with a --checkpoint of another project, also give --data: RUN is then created)" if checkpoint else ""
+        raise FileNotFoundError(f"run folder not found: {run_dir}{hint}")
     if not os.path.exists(ckpt_path):
         raise FileNotFoundError(f"checkpoint not found: {ckpt_path} (has the run finished an epoch?)")
     results = _read_results(paths["results"])

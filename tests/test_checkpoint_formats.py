@@ -315,7 +315,8 @@ RESNET_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(RESNET_CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if RESNET_CASES[c][0] == "resnet50" else c
+                                  for c in RESNET_CASES])  # ResNet-50 files are ~100-250 MB: slow
 def test_resnet_format_is_detected_and_embeds_like_its_source(tmp_path, case):
     arch, wrap, fmt, dropped = RESNET_CASES[case]
     images, _ = _fmnist()
@@ -328,8 +329,9 @@ def test_resnet_format_is_detected_and_embeds_like_its_source(tmp_path, case):
     assert report["parameters"] == sum(p.numel() for n, p in net.named_parameters() if not n.startswith("fc."))
     assert report["missing"] == [] and set(dropped.values()) <= set(report["dropped"])
     assert len(report["loaded"]) == len(_backbone_sd(net))
-    feats = _embed(path, tmp_path)
-    _close(feats, _resnet_features(net, _reference_input(images, 224)))
+    size = 224 if arch == "resnet18" else 112  # any size gives the parity; ResNet-50 at 112 keeps it fast
+    feats = _embed(path, tmp_path, *(["--image-size", str(size)] if size != 224 else []))
+    _close(feats, _resnet_features(net, _reference_input(images, size)))
 
 
 def test_solo_learn_cifar_checkpoint_with_lightning_hparams(tmp_path):
@@ -342,6 +344,39 @@ def test_solo_learn_cifar_checkpoint_with_lightning_hparams(tmp_path):
     assert {"projector", "momentum encoder", "online classifier"} <= set(report["dropped"])
     assert report["input"]["image_size"] == 32 and "hyper_parameters" in report["other_entries"]
     _close(_embed(path, tmp_path), _resnet_features(net, _reference_input(images, 32)))
+
+
+@pytest.mark.slow
+def test_evaluate_and_linear_take_a_foreign_checkpoint(tmp_path, capsys):
+    """`evaluate RUN --checkpoint FILE --data NAME` into a new folder, and `linear`, with a small-stem
+    torchvision-layout ResNet (native 32 px)."""
+    from ssl_bf.eval.formats import load_embeddings
+
+    _fmnist()
+    net = _resnet("resnet18", seed=5)
+    net.conv1, net.maxpool = nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.Identity()
+    net.eval()
+    path = str(tmp_path / "small.pth")
+    torch.save(net.state_dict(), path)
+    run = str(tmp_path / "eval_run")
+    assert main(["evaluate", run, "--checkpoint", path, "--data", "fashion-mnist", "--subset", "200",
+                 "--linear", "none", "--device", "cpu", "--no-progress"]) == 0
+    with open(os.path.join(run, "results.json")) as f:
+        results = json.load(f)
+    assert results["evaluated"]["dataset"] == "fashion-mnist" and len(results["knn"]) == 4
+    test = load_embeddings(os.path.join(run, "embeddings", "test.safetensors"))
+    from ssl_bf.data import build_dataset
+
+    images = build_dataset("fashion-mnist", split="test", subset=200).images
+    _close(test.embeddings, _resnet_features(net, _reference_input(images, 32)))
+    capsys.readouterr()
+    assert main(["linear", "--protocol", "cached", "--checkpoint", path, "--data", "fashion-mnist", "--subset", "64",
+                 "--epochs", "1", "--lrs", "0.1", "--device", "cpu", "--no-progress"]) == 0
+    assert "read " in capsys.readouterr().err  # the note naming the format
+    os.makedirs(tmp_path / "other")
+    assert main(["evaluate", str(tmp_path / "other"), "--checkpoint", path, "--subset", "200", "--linear", "none",
+                 "--no-progress"]) == 2
+    assert "--data is needed" in capsys.readouterr().err
 
 
 def test_standard_224_pipeline_on_an_image_folder(tmp_path):
