@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-import torch
 from torch import nn
 
 from ssl_bf.backbones import ViTBackbone, ViTShape, resnet
