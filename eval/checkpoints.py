@@ -1,27 +1,34 @@
 """Checkpoints given to the evaluation commands: read safely, checked for shape, one clear error.
 
-`read_checkpoint` loads a file with `ssl_bf.io.load_tensors` (weights only: nothing in a file is
-executed) and checks it is a training checkpoint (`model` state dict + `config`) or an exported
-backbone (a state dict of tensors with its `ssl-bf export` sidecar JSON). `load_checked_encoder`
-then rebuilds the encoder, turning a state dict that does not fit the model into the same kind of
-error. Every error is a `CheckpointError` (a ValueError) naming the option and the file.
+`read_checkpoint` loads a file with `ssl_bf.io.load_tensors` (weights only, plus the named harmless
+metadata types other projects pickle: nothing in a file is executed) and says what it is: a
+training checkpoint (`model` state dict + `config`), an exported backbone (a state dict of tensors
+with its `ssl-bf export` sidecar JSON), or a checkpoint of another project (`foreign_formats`:
+MoCo, MoCo-v3, DINO, solo-learn, torchvision, timm...). `load_checked_encoder` then rebuilds the
+encoder, turning a state dict that does not fit the model into the same kind of error. Every
+error is a `CheckpointError` (a ValueError) naming the option and the file.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
 from ssl_bf.cli_args import one_line
+
+if TYPE_CHECKING:
+    from .foreign_encoder import Imported
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the option, the file and the problem."""
 
 
-_EXPECTED = "a training checkpoint (RUN/checkpoints/last.pt) or a backbone written by `ssl-bf export`"
+_EXPECTED = ("a training checkpoint (RUN/checkpoints/last.pt), a backbone written by `ssl-bf export`, or a "
+             "checkpoint of another project (see `ssl-bf inspect`)")
 
 
 def _looks_like(path: str) -> Optional[str]:
@@ -50,8 +57,24 @@ def _is_state_dict(obj) -> bool:
 
 
 def read_checkpoint(path: str, what: str = "--checkpoint") -> tuple[dict, str]:
-    """Load `path` safely and check its shape; returns `(contents, kind)`, kind `training` or
-    `backbone`. Raises CheckpointError naming `what` and the file."""
+    """Load `path` safely and check its shape; returns `(contents, kind)`, kind `training`,
+    `backbone` or `foreign` (a checkpoint of another project). Raises CheckpointError naming `what`
+    and the file."""
+    opened = open_checkpoint(path, what)
+    return opened.contents, opened.kind
+
+
+@dataclass
+class Opened:
+    """A checkpoint file read and classified; `imported` is set for checkpoints of other projects."""
+    kind: str  # training | backbone | foreign
+    contents: dict
+    imported: Optional["Imported"] = None
+
+
+def open_checkpoint(path: str, what: str = "--checkpoint", vit_heads: Optional[int] = None) -> Opened:
+    """`read_checkpoint`, with the format of a foreign checkpoint detected and its architecture
+    decided (`vit_heads` overrides the format's ViT head count)."""
     from ssl_bf.io import UnreadableFileError, load_tensors
 
     if os.path.isdir(path):
@@ -63,7 +86,7 @@ def read_checkpoint(path: str, what: str = "--checkpoint") -> tuple[dict, str]:
     if kind and os.path.getsize(path) > 0:
         raise CheckpointError(f"{what} {path} is {kind}, not a checkpoint; give {_EXPECTED}")
     try:
-        ckpt = load_tensors(path)
+        ckpt = load_tensors(path, metadata_types=True)
     except UnreadableFileError as err:
         raise CheckpointError(f"{what} {one_line(err)}") from None
     except Exception as err:  # a parse boundary: torch.load on arbitrary bytes may raise anything
@@ -72,15 +95,34 @@ def read_checkpoint(path: str, what: str = "--checkpoint") -> tuple[dict, str]:
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{what} {path} holds a {type(ckpt).__name__}, not a checkpoint; give {_EXPECTED}")
     if "model" in ckpt or "config" in ckpt:
-        return _check_training(ckpt, path, what), "training"
+        return Opened("training", _check_training(ckpt, path, what))
     if any(k in ckpt for k in ("embeddings", "features", "feats", "labels")):
         raise CheckpointError(f"{what} {path} holds embeddings or labels, not model weights; give {_EXPECTED}")
-    if not _is_state_dict(ckpt):
-        raise CheckpointError(f"{what} {path} is neither a training checkpoint (no 'model' and 'config') nor "
-                              f"an exported backbone (a state dict of tensors); found keys "
-                              f"{sorted(map(str, ckpt))[:8]}")
-    _read_sidecar(path, what)
-    return ckpt, "backbone"
+    sidecar = _sidecar_path(path)
+    if _is_state_dict(ckpt) and os.path.isfile(sidecar):
+        meta = _read_json(sidecar, path, what)
+        if meta.get("format") in (None, "torchvision"):
+            _check_sidecar(meta, sidecar, path, what)
+            return Opened("backbone", ckpt)
+        return Opened("foreign", ckpt, _import(ckpt, path, what, vit_heads, meta))
+    return Opened("foreign", ckpt, _import(ckpt, path, what, vit_heads, None))
+
+
+def _import(ckpt: dict, path: str, what: str, vit_heads: Optional[int], sidecar: Optional[dict]) -> "Imported":
+    from .foreign_encoder import RebuildError, resolve
+    from .foreign_formats import UnknownFormatError, detect
+
+    try:
+        return resolve(detect(ckpt), vit_heads, sidecar)
+    except UnknownFormatError as err:
+        hint = ""
+        if _is_state_dict(ckpt):
+            hint = (f"; if it is a backbone written by `ssl-bf export`, {_sidecar_path(path)} (written beside it) "
+                    f"is missing: export it again")
+        raise CheckpointError(f"{what} {path} is not a checkpoint ssl-bf can read: {one_line(err, limit=1500)}"
+                              f"{hint}") from None
+    except RebuildError as err:
+        raise CheckpointError(f"{what} {path}: {one_line(err)}") from None
 
 
 def _check_training(ckpt: dict, path: str, what: str) -> dict:
@@ -101,22 +143,27 @@ def _check_training(ckpt: dict, path: str, what: str) -> dict:
     return ckpt
 
 
-def _read_sidecar(path: str, what: str) -> dict:
-    """The `ssl-bf export` sidecar `X.json` of an exported backbone `X.pt`, checked."""
-    from ssl_bf.config import ConfigError, from_dict
+def _sidecar_path(path: str) -> str:
+    return os.path.splitext(path)[0] + ".json"
 
-    meta_path = os.path.splitext(path)[0] + ".json"
-    if not os.path.isfile(meta_path):
-        raise CheckpointError(f"{what} {path} looks like an exported backbone, but {meta_path} (written beside "
-                              f"it by `ssl-bf export`) is missing; export the backbone again or give the "
-                              f"training checkpoint")
+
+def _read_json(meta_path: str, path: str, what: str) -> dict:
     try:
         with open(meta_path) as f:
             meta = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{what} {path}: its sidecar {meta_path} is unreadable ({one_line(err)}); "
                               f"export the backbone again") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{what} {path}: its sidecar {meta_path} holds no mapping; export the backbone again")
+    return meta
+
+
+def _check_sidecar(meta: dict, meta_path: str, path: str, what: str) -> dict:
+    """The `ssl-bf export` sidecar `X.json` of an exported backbone `X.pt`, checked."""
+    from ssl_bf.config import ConfigError, from_dict
+
+    if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{what} {path}: its sidecar {meta_path} holds no 'config' mapping; export the "
                               f"backbone again")
     try:
@@ -127,15 +174,29 @@ def _read_sidecar(path: str, what: str) -> dict:
 
 
 def load_checked_encoder(path: str, features: str = "backbone", device: str | torch.device = "cpu",
-                         what: str = "--checkpoint"):
+                         what: str = "--checkpoint", vit_heads: Optional[int] = None,
+                         image_size: Optional[int] = None):
     """`ssl_bf.checkpoint.load_encoder` after `read_checkpoint`; returns `(module, config, contents)`.
 
     A state dict that does not fit the model its config describes (missing keys, wrong shapes)
-    raises CheckpointError too.
+    raises CheckpointError too. A checkpoint of another project is rebuilt from its weights
+    (`foreign_encoder`); its module carries `input_spec` (channels, native size, normalisation)
+    and `source_format`, and the config returned is the defaults with `augment.image_size` set
+    (`image_size`, else the network's native size; a ViT's position embedding is resized to it).
     """
     from ssl_bf.checkpoint import load_encoder
 
-    ckpt, kind = read_checkpoint(path, what)
+    opened = open_checkpoint(path, what, vit_heads)
+    if opened.kind == "foreign":
+        if features != "backbone":
+            raise CheckpointError(f"--features {features}: {what} {path} is a {opened.imported.found.format} "
+                                  f"checkpoint, of which ssl-bf loads the backbone only; use --features backbone")
+        model, cfg = _foreign_encoder(opened.imported, path, what, image_size)
+        return model.to(device), cfg, opened.contents
+    if vit_heads is not None:
+        raise CheckpointError(f"--vit-heads is for checkpoints of other projects; {what} {path} is an ssl-bf "
+                              f"checkpoint, whose config gives the head count")
+    ckpt, kind = opened.contents, opened.kind
     if kind == "backbone" and features != "backbone":
         raise CheckpointError(f"--features {features} needs a training checkpoint, but {what} {path} is an "
                               f"exported backbone (it has no projector); use --features backbone")
@@ -146,3 +207,22 @@ def load_checked_encoder(path: str, features: str = "backbone", device: str | to
         raise CheckpointError(f"{what} {msg}" if msg.startswith(path) else
                               f"{what} {path} does not fit the model its config describes: {msg}") from None
     return model, cfg, ckpt
+
+
+def _foreign_encoder(imported: "Imported", path: str, what: str, image_size: Optional[int]):
+    """The rebuilt encoder of a checkpoint of another project, and a config for the eval commands."""
+    from ssl_bf.config import Config
+
+    from .foreign_encoder import RebuildError, build
+
+    try:
+        model, missing = build(imported, image_size)
+    except RebuildError as err:
+        raise CheckpointError(f"{what} {path} ({imported.found.format}): {one_line(err)}") from None
+    if missing:
+        raise CheckpointError(f"{what} {path} ({imported.found.format}) lacks {len(missing)} tensors of the "
+                              f"network its weights describe, e.g. {missing[:4]}; run `ssl-bf inspect {path}`")
+    model.input_spec, model.source_format = imported.input, imported.found.format
+    cfg = Config()
+    cfg.augment.image_size = image_size or imported.input.image_size
+    return model, cfg

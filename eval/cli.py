@@ -102,6 +102,15 @@ def _check_device(device: str) -> None:
     resolve_device(device)
 
 
+def _input_notes(prog: str, metadata: dict) -> None:
+    """Say on stderr how a checkpoint of another project was read and how its input was adapted."""
+    if metadata.get("checkpoint_format"):
+        _note(prog, f"read {metadata.get('checkpoint')} as a {metadata['checkpoint_format']} checkpoint "
+                    f"(`ssl-bf inspect` lists what was loaded and dropped)")
+    if metadata.get("input_adapted"):
+        _note(prog, metadata["input_adapted"])
+
+
 def knn_table(results: list[dict]) -> str:
     return _table(["k", "T", "top-1 %", "top-5 %"],
                   [[r["k"], r["temperature"], r["top1"], r["top5"]] for r in results])
@@ -110,6 +119,12 @@ def knn_table(results: list[dict]) -> str:
 # ----------------------------------------------------------------------------------------------
 # embed
 # ----------------------------------------------------------------------------------------------
+
+
+def _add_vit_heads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vit-heads", type=positive_int, metavar="N",
+                   help="ViT checkpoints of other projects: the attention head count, which no weight shape "
+                   "holds (default: the format's convention; `ssl-bf inspect` shows it and why)")
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
@@ -126,7 +141,8 @@ def embed_parser() -> argparse.ArgumentParser:
         epilog="example: ssl-bf embed --checkpoint runs/demo/checkpoints/last.pt --split test "
         "--out runs/demo/embeddings/test.safetensors")
     p.add_argument("--checkpoint", required=True,
-                   help="training checkpoint (RUN/checkpoints/last.pt) or exported backbone")
+                   help="training checkpoint (RUN/checkpoints/last.pt), exported backbone, or a checkpoint of "
+                   "another project (MoCo, MoCo-v3, DINO, solo-learn, torchvision, timm: see `ssl-bf inspect`)")
     p.add_argument("--data", help="dataset name (fashion-mnist, cifar10, cifar100, imagefolder, folder) or an "
                    "image folder; default: the checkpoint's config")
     p.add_argument("--root", help="data root for a dataset name (default: the config's, or the usual places)")
@@ -139,7 +155,8 @@ def embed_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored precision")
     p.add_argument("--normalize", action="store_true", help="store L2-normalised features")
     p.add_argument("--image-size", type=positive_int, help="eval crop size (default: the run's "
-                   "augment.image_size, else the native size; 224 for image folders)")
+                   "augment.image_size, else the native size; 224 for image folders and 224 px checkpoints)")
+    _add_vit_heads(p)
     p.add_argument("--workers", type=nonneg_int, default=4, help="DataLoader workers for image folders")
     p.add_argument("--subset", type=positive_int, help="embed only the first N images")
     p.add_argument("--no-paths", action="store_true", help="do not store image paths (folders)")
@@ -180,11 +197,12 @@ def _embed_command(args: argparse.Namespace) -> int:
         emb = embed(args.checkpoint, args.data, args.split, args.out, features=args.features, root=args.root,
                     batch_size=args.batch_size, device=args.device, dtype=args.dtype, normalize=args.normalize,
                     image_size=args.image_size, num_workers=args.workers, save_paths=not args.no_paths,
-                    subset=args.subset, progress=not args.no_progress)
+                    subset=args.subset, progress=not args.no_progress, vit_heads=args.vit_heads)
     finally:
         _leave_group(had_group)
     if emb is None:  # a rank other than 0: its rows went to rank 0
         return EXIT_OK
+    _input_notes("ssl-bf embed", emb.metadata)
     summary = {"out": args.out, "rows": len(emb), "dim": emb.dim, "dtype": args.dtype,
                "dataset": emb.metadata.get("dataset"), "split": args.split, "features": args.features,
                "num_classes": emb.num_classes, "seconds": round(time.perf_counter() - tic, 2)}
@@ -309,7 +327,9 @@ def linear_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=open_fraction, default=0.1,
                    help="cached/logreg: held-out part of train used to choose the lr / L2 (default 0.1)")
     p.add_argument("--no-refit", action="store_true", help="cached/logreg: do not refit on all of train")
-    p.add_argument("--image-size", type=positive_int, help="mocov2/mocov3: crop size (default: the run's)")
+    p.add_argument("--image-size", type=positive_int, help="crop size (default: the run's; a checkpoint of "
+                   "another project: its native size, 224 for ImageNet ones)")
+    _add_vit_heads(p)
     p.add_argument("--subset", type=positive_int, help="use only the first N images of each split (smoke tests)")
     p.add_argument("--workers", type=nonneg_int, default=4)
     p.add_argument("--seed", type=seed, default=0)
@@ -374,17 +394,22 @@ def _linear_images(args):
     from ssl_bf.data import build_dataset
     from ssl_bf.devices import resolve_device
 
-    from .embed import check_channels, eval_image_size, load_embedding_encoder, resolve_data
+    from .embed import eval_image_size, fit_dataset, load_embedding_encoder, require_data, resolve_data
     from .linear_common import recipe_for
     from .linear_images import probe_images
 
     dev = resolve_device(args.device)
-    model, cfg = load_embedding_encoder(args.checkpoint, features=args.features, device=dev)
+    model, cfg = load_embedding_encoder(args.checkpoint, features=args.features, device=dev,
+                                        vit_heads=args.vit_heads, image_size=args.image_size)
+    require_data(model, args.data, args.checkpoint)
     name, root = resolve_data(args.data, args.root) if args.data else (cfg.data.name, args.root or cfg.data.root)
     train_set, test_set = (build_dataset(name, root=root, split=split, load_size=cfg.data.load_size,
                                          subset=_fit_subset(args.subset, name, root, split))
                            for split in ("train", "test"))
-    check_channels(model, train_set, args.checkpoint)
+    for dataset in (train_set, test_set):
+        note = fit_dataset(model, cfg, dataset, args.checkpoint)
+    if note:
+        _note("ssl-bf linear", note)
     recipe = recipe_for(args.protocol, args.epochs, args.batch_size, args.lr, args.weight_decay)
     size = args.image_size or eval_image_size(cfg.augment.image_size, train_set)
     result = probe_images(model, train_set, test_set, recipe, size, args.protocol, args.bn_head, dev,
@@ -414,11 +439,13 @@ def _linear_cached(args):
 
         from .embed import embed, load_embedding_encoder
 
-        encoder = load_embedding_encoder(args.checkpoint, features=args.features, device=resolve_device(args.device))
+        encoder = load_embedding_encoder(args.checkpoint, features=args.features, device=resolve_device(args.device),
+                                         vit_heads=args.vit_heads, image_size=args.image_size)
         train, test = (embed(args.checkpoint, args.data, split, None, features=args.features, root=args.root,
                              device=args.device, num_workers=args.workers, subset=args.subset,
-                             progress=not args.no_progress, encoder=encoder)
+                             progress=not args.no_progress, encoder=encoder, image_size=args.image_size)
                        for split in ("train", "test"))
+        _input_notes("ssl-bf linear", train.metadata)
     check_pair(train, test)
     device = "cpu" if args.device == "auto" else args.device
     common = dict(num_classes=train.num_classes, val_fraction=args.val_fraction, refit=not args.no_refit,
@@ -457,8 +484,14 @@ def evaluate_parser() -> argparse.ArgumentParser:
         "RUN/results.json (other keys kept) and "
         "appends the full record to RUN/evaluations.jsonl. All or nothing: a failed evaluation "
         "leaves RUN as it was.")
-    p.add_argument("run", metavar="RUN", help="run folder")
-    p.add_argument("--checkpoint", help="default RUN/checkpoints/last.pt")
+    p.add_argument("run", metavar="RUN", help="run folder (with --checkpoint of another project: the folder "
+                   "the results go to, created if needed)")
+    p.add_argument("--checkpoint", help="default RUN/checkpoints/last.pt; also a checkpoint of another project "
+                   "(see `ssl-bf inspect`), with --data")
+    p.add_argument("--data", help="dataset name or image folder (default: RUN/config.yaml's; needed for a "
+                   "checkpoint of another project)")
+    p.add_argument("--root", help="data root for a dataset name")
+    _add_vit_heads(p)
     p.add_argument("--features", choices=["backbone", "projection"], default="backbone")
     p.add_argument("--linear", type=_probes, default=("cached", "logreg"), metavar="PROBES",
                    help="linear probes on the embeddings: 'cached,logreg' (default), 'cached', 'logreg' "
@@ -501,6 +534,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     had_group = dist_utils.is_initialized()
     try:
         entry = evaluate_run(args.run, args.checkpoint, features=args.features, device=args.device,
+                             data=args.data, root=args.root, vit_heads=args.vit_heads,
                              batch_size=args.batch_size, dtype=args.dtype, index=args.index,
                              memory_budget_gb=args.memory_budget, linear=args.linear,
                              reuse_embeddings=args.reuse_embeddings, subset=args.subset,

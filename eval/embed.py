@@ -57,7 +57,7 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
           device: str = "auto", dtype: str = "float32", normalize: bool = False,
           image_size: Optional[int] = None, num_workers: int = 4, save_paths: bool = True,
           subset: Optional[int] = None, progress: bool = True,
-          encoder: Optional[tuple[nn.Module, object]] = None) -> Optional[Embeddings]:
+          encoder: Optional[tuple[nn.Module, object]] = None, vit_heads: Optional[int] = None) -> Optional[Embeddings]:
     """Extract features of one split with a checkpoint's encoder; write `out` when given.
 
     Args:
@@ -70,6 +70,7 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
         image_size: eval crop size; None: the run's `augment.image_size` or the native size.
         encoder: `(module, config)` already loaded from `checkpoint` by `load_embedding_encoder`
             (several splits, one load); None: loaded here.
+        vit_heads: the head count of a ViT checkpoint of another project (default: its format's).
     Returns:
         The embeddings (also written to `out` atomically, with metadata). Under torchrun
         (WORLD_SIZE > 1) the process group is joined (left for the caller to destroy); rank 0
@@ -85,15 +86,17 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
     dev = resolve_device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or dist_utils.is_initialized():  # torchrun
         dist_utils.init_distributed(dev)
-    model, cfg = encoder if encoder is not None else load_embedding_encoder(checkpoint, features, dev)
+    model, cfg = encoder if encoder is not None else load_embedding_encoder(checkpoint, features, dev, vit_heads,
+                                                                            image_size)
     model = model.to(dev)
+    require_data(model, data, checkpoint)
     if data is None:
         name, root = cfg.data.name, root or cfg.data.root
     else:
         name, root = resolve_data(data, root)
     dataset = build_dataset(name, root=root, split=split, load_size=cfg.data.load_size)
     take_subset(dataset, subset, split)
-    check_channels(model, dataset, checkpoint)
+    adapted = fit_dataset(model, cfg, dataset, checkpoint)
     size = image_size or eval_image_size(cfg.augment.image_size, dataset)
     transform = EvalTransform(size, dataset.mean, dataset.std).to(dev)
     result = extract_features(model, dataset, transform, dev, batch_size=batch_size,
@@ -112,19 +115,24 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
     emb = make_embeddings(feats, labels, checkpoint=os.path.abspath(checkpoint), features=features,
                           dataset=name, split=split, classes=list(dataset.classes) or None,
                           normalized=normalize, image_paths=paths,
-                          extra={"data_root": str(dataset.root), "image_size": str(size)})
+                          extra={"data_root": str(dataset.root), "image_size": str(size),
+                                 **({"input_adapted": adapted} if adapted else {}),
+                                 **({"checkpoint_format": model.source_format}
+                                    if getattr(model, "source_format", None) else {})})
     if out:
         write_embeddings(out, emb, dtype)
     return emb
 
 
-def load_embedding_encoder(checkpoint: str, features: str = "backbone",
-                           device: str | torch.device = "cpu") -> tuple[nn.Module, object]:
+def load_embedding_encoder(checkpoint: str, features: str = "backbone", device: str | torch.device = "cpu",
+                           vit_heads: Optional[int] = None,
+                           image_size: Optional[int] = None) -> tuple[nn.Module, object]:
     """The frozen encoder of a checkpoint and its config, the checkpoint checked first
     (`ssl_bf.eval.checkpoints.load_checked_encoder`: CheckpointError naming the file)."""
     from .checkpoints import load_checked_encoder
 
-    model, cfg, _ = load_checked_encoder(checkpoint, features=features, device=device)
+    model, cfg, _ = load_checked_encoder(checkpoint, features=features, device=device, vit_heads=vit_heads,
+                                         image_size=image_size)
     return model, cfg
 
 
@@ -138,6 +146,42 @@ def take_subset(dataset, subset: Optional[int], split: str) -> None:
     dataset.take_first(subset)
 
 
+def fit_dataset(model: nn.Module, cfg, dataset, checkpoint: str) -> Optional[str]:
+    """Make `dataset` give what the encoder expects; returns a note saying what changed, or None.
+
+    - Gray images (Fashion-MNIST) for an encoder whose first layer takes 3 channels are repeated to
+      3 channels (a view, no copy), normalised with the statistics the encoder was trained with
+      (a checkpoint of another project: its `input_spec`; an ssl-bf run: its dataset's).
+    - A checkpoint of another project is fed its own normalisation (ImageNet mean/std for the
+      released ones) whatever the dataset.
+    Any other channel mismatch is refused (ValueError naming the checkpoint).
+    """
+    from ssl_bf.data import DATASET_STATS
+
+    spec = getattr(model, "input_spec", None)
+    in_channels = _in_channels(model)
+    notes = []
+    if in_channels == 3 and dataset.num_channels == 1 and hasattr(dataset, "images"):
+        dataset.images = dataset.images.expand(-1, 3, -1, -1)  # (N, 3, H, W) view of the gray channel
+        dataset.num_channels = 3
+        own = DATASET_STATS.get(cfg.data.name)
+        if spec is None and own is not None and len(own[0]) == 3:
+            dataset.mean, dataset.std = own
+        else:
+            dataset.mean, dataset.std = tuple(dataset.mean) * 3, tuple(dataset.std) * 3
+        notes.append("gray images repeated to 3 channels")
+    if in_channels is not None and in_channels != dataset.num_channels:
+        raise ValueError(f"{checkpoint} expects {in_channels}-channel images but {dataset.name} "
+                         f"({dataset.root}) has {dataset.num_channels} channels; give --data with "
+                         f"{in_channels}-channel images")
+    if spec is not None and spec.mean is not None and len(spec.mean) == dataset.num_channels:
+        dataset.mean, dataset.std = spec.mean, spec.std
+        notes.append(f"normalised with the checkpoint's mean {list(spec.mean)} and std {list(spec.std)}")
+    elif notes:
+        notes.append(f"normalised with mean {list(dataset.mean)} and std {list(dataset.std)}")
+    return "; ".join(notes) or None
+
+
 def check_channels(model: nn.Module, dataset, checkpoint: str) -> None:
     """Refuse images whose channel count differs from what the encoder's first layer expects."""
     in_channels = _in_channels(model)
@@ -145,6 +189,16 @@ def check_channels(model: nn.Module, dataset, checkpoint: str) -> None:
         raise ValueError(f"{checkpoint} expects {in_channels}-channel images but {dataset.name} "
                          f"({dataset.root}) has {dataset.num_channels} channels; give --data with "
                          f"{in_channels}-channel images")
+
+
+def require_data(model: nn.Module, data: Optional[str], checkpoint: str) -> None:
+    """A checkpoint of another project records no dataset: `--data` must name one."""
+    source = getattr(model, "source_format", None)
+    if data is None and source is not None:
+        hint = (f" (if it is an `ssl-bf export`, {os.path.splitext(checkpoint)[0]}.json, written beside it, is "
+                f"missing)" if source == "torchvision" else "")
+        raise ValueError(f"--data is needed: {checkpoint} is read as a {source} checkpoint, which records no "
+                         f"dataset{hint}; e.g. --data imagefolder --root DIR, or --data fashion-mnist")
 
 
 def _in_channels(model: nn.Module) -> Optional[int]:

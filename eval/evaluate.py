@@ -14,6 +14,7 @@ into place only when the whole evaluation succeeded; a failed evaluate leaves RU
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import time
@@ -56,7 +57,8 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
                  index: str = "flat", memory_budget_gb: float = 2.0,
                  linear: "str | Sequence[str]" = "cached,logreg",
                  reuse_embeddings: bool = False, subset: Optional[int] = None, num_workers: int = 4,
-                 seed: int = 0, progress: bool = True) -> Optional[dict]:
+                 seed: int = 0, progress: bool = True, data: Optional[str] = None, root: Optional[str] = None,
+                 vit_heads: Optional[int] = None) -> Optional[dict]:
     """Evaluate a finished run; returns the entry that was recorded.
 
     All or nothing: everything checkable is checked before any compute (the run folder, the
@@ -70,6 +72,9 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
         linear: the probes, 'cached,logreg' (default), one of them, or 'none'.
         reuse_embeddings: keep existing embeddings files made from the same checkpoint file.
         subset: embed only the first N images of each split (smoke tests).
+        data, root: the dataset (name or folder); default RUN/config.yaml's. A checkpoint of another
+            project records none, so it needs `data`; RUN is then only where the results go (created).
+        vit_heads: the head count of a ViT checkpoint of another project (default: its format's).
     """
     from ssl_bf import distributed as dist_utils
     from ssl_bf.config import load_config
@@ -77,7 +82,7 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
     from ssl_bf.knn import knn_evaluate
 
     from .checkpoints import load_checked_encoder
-    from .embed import embed
+    from .embed import embed, require_data, resolve_data
     from .formats import check_pair
     from .linear_cached import probe_cached, probe_logreg
 
@@ -87,8 +92,9 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
     ckpt_path = checkpoint or paths["checkpoint"]
     if os.path.isfile(run_dir):
         raise ValueError(f"RUN {run_dir} is a file; give the run folder (the one holding checkpoints/)")
-    if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"run folder not found: {run_dir}")
+    if not os.path.isdir(run_dir) and not (checkpoint and data):
+        hint = " (with a --checkpoint of another project, also give --data: RUN is then created)" if checkpoint else ""
+        raise FileNotFoundError(f"run folder not found: {run_dir}{hint}")
     if not os.path.exists(ckpt_path):
         raise FileNotFoundError(f"checkpoint not found: {ckpt_path} (has the run finished an epoch?)")
     results = _read_results(paths["results"])
@@ -99,11 +105,18 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
                          f"bank would hold {subset} rows); use --subset {kmax} or more")
     dev = resolve_device(device)
     model, cfg, ckpt = load_checked_encoder(ckpt_path, features=features, device=dev,
-                                            what="--checkpoint" if checkpoint else "the run's checkpoint")
+                                            what="--checkpoint" if checkpoint else "the run's checkpoint",
+                                            vit_heads=vit_heads)
     epoch, step = ckpt.get("epoch"), ckpt.get("step")
+    epoch, step = (v if isinstance(v, (int, float)) else None for v in (epoch, step))
     del ckpt
     # an older run folder has no config.yaml: the checkpoint (or an export's sidecar) carries it too
     data_cfg = load_config(paths["config"]).data if os.path.isfile(paths["config"]) else cfg.data
+    if data is not None or root is not None:
+        data_cfg = copy.copy(data_cfg)
+        data_cfg.name, data_cfg.root = resolve_data(data, root) if data is not None else (data_cfg.name, root)
+    elif getattr(model, "source_format", None) and not os.path.isfile(paths["config"]):
+        require_data(model, None, ckpt_path)  # a checkpoint of another project records no dataset
 
     # decided before any rank computes, so every rank of a torchrun job takes the same path
     reuse = {split: reuse_embeddings and _reusable(paths[split], ckpt_path, features) for split in ("train", "test")}

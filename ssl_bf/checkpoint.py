@@ -73,14 +73,21 @@ def _training_state(path: str) -> dict:
     return ckpt
 
 
-def export_backbone(checkpoint_path: str, out_path: str) -> dict:
-    """Write the query backbone as a plain state dict (no BatchFormer, no heads).
+def export_backbone(checkpoint_path: str, out_path: str, fmt: str = "torchvision") -> dict:
+    """Write the query backbone (no BatchFormer, no heads) in `fmt` (`export_formats`): torchvision
+    (ssl-bf's state dict, the default), timm or detectron2.
 
-    A sidecar `OUT.json` records the backbone config so `load_backbone` can rebuild it. Both
-    outputs are checked before the checkpoint is read: never a folder, a training checkpoint, the
-    input or its run's files (ExportError / io.OutputError; FileNotFoundError or
-    io.UnreadableFileError for a checkpoint that cannot be read).
+    A sidecar `OUT.json` records the backbone config so `load_backbone` can rebuild it (timm,
+    detectron2: also what those tools need, see `export_formats`). Both outputs are checked before
+    the checkpoint is read: never a folder, a training checkpoint, the input or its run's files
+    (ExportError / io.OutputError; FileNotFoundError or io.UnreadableFileError for a checkpoint
+    that cannot be read).
     """
+    from .export_formats import (EXPORT_FORMATS, ExportFormatError, detectron2_export, save_state, timm_export,
+                                 write_pickle)
+
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
     sidecar = os.path.splitext(out_path)[0] + ".json"
     if os.path.abspath(sidecar) == os.path.abspath(out_path):
         raise ExportError(f"export OUT {out_path} ends in .json, the name of the config file written beside "
@@ -93,11 +100,26 @@ def export_backbone(checkpoint_path: str, out_path: str) -> dict:
     if not state:
         raise ExportError(f"{checkpoint_path} holds no backbone weights ('backbone.*' in 'model'); give a "
                           "checkpoint written by ssl-bf pretrain")
-    meta = {"config": ckpt["config"], "source": os.path.abspath(checkpoint_path),
+    meta = {"format": fmt, "config": ckpt["config"], "source": os.path.abspath(checkpoint_path),
             "in_channels": ckpt.get("in_channels", 3), "image_size": ckpt.get("image_size", 224),
             "epoch": ckpt.get("epoch"), "step": ckpt.get("step")}
     try:
-        save_atomic(state, out_path)
+        if fmt == "timm":
+            out_state, extra = timm_export(state, ckpt["config"])
+        elif fmt == "detectron2":
+            out_state, extra = detectron2_export(state, ckpt["config"])
+        else:
+            out_state, extra = state, {}
+    except (ExportFormatError, ValueError) as err:
+        raise ExportError(f"{checkpoint_path}: {err}") from None
+    meta.update(extra)
+    try:
+        if fmt == "detectron2":
+            write_pickle(out_state, out_path)
+        elif fmt == "timm":
+            save_state(out_state, out_path)
+        else:
+            save_atomic(out_state, out_path)
         write_json_atomic(meta, sidecar)
     except OSError as e:  # a place check_output cannot foresee (e.g. under /proc, a full disk)
         raise ExportError(f"export OUT {out_path}: cannot write it ({e.strerror or e}); choose another "

@@ -1,4 +1,4 @@
-"""The `ssl-bf` command: pretrain, export, embed, knn, linear, evaluate, submit, sweep-report, report."""
+"""The `ssl-bf` command: pretrain, export, inspect, embed, knn, linear, evaluate, submit, sweep-report, report."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,8 @@ from typing import Optional
 # subcommand -> (module, function, one-line help); each function takes argv and returns an exit code
 _DELEGATED = {
     "pretrain": ("ssl_bf.pretrain_cli", "pretrain_main", "pretrain MoCo-v2/v3 with or without BatchFormer"),
-    "export": ("ssl_bf.pretrain_cli", "export_main", "export the backbone of a checkpoint"),
+    "export": ("ssl_bf.pretrain_cli", "export_main", "export a run's backbone (torchvision, timm, detectron2)"),
+    "inspect": ("ssl_bf.eval.inspect_cli", "inspect_main", "format, architecture and loaded tensors of any checkpoint"),
     "embed": ("ssl_bf.eval.cli", "embed_main", "checkpoint -> embeddings file (safetensors)"),
     "knn": ("ssl_bf.eval.cli", "knn_main", "FAISS weighted k-NN accuracy on embeddings files"),
     "linear": ("ssl_bf.eval.cli", "linear_main", "linear probe (mocov2, mocov3, cached, logreg)"),

@@ -101,25 +101,50 @@ class UnreadableFileError(ValueError):
     """A file that cannot be loaded safely; the message names the file and what is wrong."""
 
 
-def load_tensors(path: str, map_location: str | torch.device = "cpu") -> Any:
+def _metadata_globals() -> list[tuple[object, str]]:
+    """The named allow-list of harmless types that other projects pickle beside their weights, each
+    as (what it is rebuilt as, the name in the file). Only plain attribute records: rebuilding one
+    sets data, never runs code.
+    - `argparse.Namespace`: DINO's `args`, MoCo forks' saved command lines;
+    - Lightning's `AttributeDict` (solo-learn's `hyper_parameters`), a dict subclass, rebuilt as a
+      plain dict so Lightning need not be installed (all the names it has lived under)."""
+    import argparse
+
+    names = ("pytorch_lightning.utilities.parsing.AttributeDict", "lightning.fabric.utilities.data.AttributeDict",
+             "lightning_fabric.utilities.data.AttributeDict", "lightning.pytorch.utilities.parsing.AttributeDict")
+    return [(argparse.Namespace, "argparse.Namespace")] + [(dict, name) for name in names]
+
+
+def metadata_global_names() -> list[str]:
+    """The names of `_metadata_globals`, for messages and docs."""
+    return [name for _, name in _metadata_globals()]
+
+
+def load_tensors(path: str, map_location: str | torch.device = "cpu", metadata_types: bool = False) -> Any:
     """Load a torch file with `weights_only=True` (no arbitrary code from the file).
 
-    A missing file raises FileNotFoundError; an empty, corrupt or non-torch file, or one that holds
-    a Python object a weights-only load refuses, raises UnreadableFileError naming the file (and
-    the refused type). It never suggests an unrestricted load.
+    `metadata_types`: also rebuild the named harmless types of `_metadata_globals` (checkpoints of
+    other projects: DINO's argparse `args`, Lightning's hyper-parameters); anything else is still
+    refused. A missing file raises FileNotFoundError; an empty, corrupt or non-torch file, or one
+    that holds a Python object a weights-only load refuses, raises UnreadableFileError naming the
+    file (and the refused type). It never suggests an unrestricted load.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"file not found: {path}")
     if os.path.getsize(path) == 0:
         raise UnreadableFileError(f"{path} is empty (0 bytes): not a checkpoint")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        allowed = torch.serialization.safe_globals(_metadata_globals()) if metadata_types else contextlib.nullcontext()
+        with allowed:
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         blocked = re.findall(r"GLOBAL ([\w.]+)", str(err))
         if blocked:
+            also = f", plain containers and {', '.join(metadata_global_names())}" if metadata_types else \
+                " and plain containers"
             raise UnreadableFileError(
                 f"{path} holds a Python object of type {blocked[0]}, which ssl-bf refuses to load "
-                f"(only tensors and plain containers are read from checkpoints; nothing in a file is "
+                f"(only tensors{also} are read from checkpoints; nothing in a file is "
                 f"ever executed)") from None
         raise UnreadableFileError(f"{path} is not a torch checkpoint (corrupt or another format)") from None
     except Exception as err:  # a decode boundary: whatever torch raises on a bad file

@@ -6,6 +6,7 @@ reaching up into `ssl_bf.cli`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -123,17 +124,25 @@ def _pretrain(argv: list[str]) -> int:
 
 def export_main(argv: list[str]) -> int:
     from .checkpoint import ExportError, export_backbone
+    from .export_formats import EXPORT_FORMATS
     from .io import OutputError, UnreadableFileError
 
-    p = argparse.ArgumentParser(prog="ssl-bf export", description="Write the query backbone as a plain "
-                                "state dict (no BatchFormer, no heads) plus OUT.json with its config.")
+    p = argparse.ArgumentParser(prog="ssl-bf export", description="Write the query backbone (no BatchFormer, "
+                                "no heads) in the layout the next tool loads, plus OUT.json with its config.",
+                                epilog="formats: torchvision (default): ssl-bf's state dict, which every ssl-bf "
+                                "command reads back; timm: ViT tensors under timm's names (vit_small_patch16_224 "
+                                "...), OUT.json gives timm's arguments and the head count; detectron2 (ResNets with "
+                                "the ImageNet stem): MoCo's detectron2 renaming, pickled numpy arrays with "
+                                "matching_heuristics, OUT.json gives PIXEL_MEAN/PIXEL_STD and the RGB format.")
     p.add_argument("checkpoint", help="RUN/checkpoints/last.pt")
-    p.add_argument("out", help="output .pt file (OUT.json is written beside it)")
+    p.add_argument("out", help="output file (.pt; .pkl for detectron2); OUT.json is written beside it")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="torchvision", help="layout of OUT (default torchvision)")
     args = p.parse_args(argv)
     prog = "ssl-bf export"
     try:
-        meta = export_backbone(args.checkpoint, args.out)
+        meta = export_backbone(args.checkpoint, args.out, args.format)
     except (ExportError, OutputError, UnreadableFileError, FileNotFoundError) as e:
         return _fail(prog, str(e))
-    print(f"wrote {args.out} (backbone {meta['config']['backbone']['name']}, epoch {meta['epoch']})")
+    print(f"wrote {args.out} ({args.format} layout; backbone {meta['config']['backbone']['name']}, epoch "
+          f"{meta['epoch']}) and {os.path.splitext(args.out)[0]}.json")
     return 0

@@ -189,6 +189,19 @@ def ckpt_a_list(env, tmp):
     _save([torch.zeros(2)], os.path.join(tmp, "list.pt"))
 
 
+def unknown_layout(env, tmp):
+    import torch
+
+    _save({"net.weight": torch.zeros(2)}, os.path.join(tmp, "backbone.pt"))
+
+
+def torchvision_resnet(env, tmp):
+    """A checkpoint of another project (a plain torchvision ResNet-18 state dict)."""
+    import torchvision
+
+    _save(torchvision.models.resnet18().state_dict(), os.path.join(tmp, "tv.pt"))
+
+
 def backbone_without_sidecar(env, tmp):
     from ssl_bf.checkpoint import backbone_state_dict
 
@@ -379,7 +392,7 @@ EMBED_CASES = [
     case("embed-checkpoint-random-bytes", [*EMBED_OUT[:2], "{bad_random}", *EMBED_OUT[3:]], ("{bad_random}",)),
     case("embed-checkpoint-text-file", [*EMBED_OUT[:2], "{bad_text}", *EMBED_OUT[3:]], ("{bad_text}",)),
     case("embed-checkpoint-namespace-pickle", [*EMBED_OUT[:2], "{bad_namespace_pickle}", *EMBED_OUT[3:]],
-         ("{bad_namespace_pickle}", "argparse.Namespace")),
+         ("{bad_namespace_pickle}", "config")),
     case("embed-checkpoint-malicious-pickle", [*EMBED_OUT[:2], "{bad_malicious_pickle}", *EMBED_OUT[3:]],
          ("{bad_malicious_pickle}",)),
     case("embed-checkpoint-missing", [*EMBED_OUT[:2], "{tmp}/none.pt", *EMBED_OUT[3:]], ("{tmp}/none.pt",)),
@@ -474,7 +487,7 @@ LINEAR_CASES = [
     case("linear-checkpoint-text-file", [*MOCOV2[:4], "{bad_text}", *MOCOV2[5:]], ("{bad_text}",)),
     case("linear-checkpoint-namespace-pickle", ["linear", "--protocol", "cached", "--checkpoint",
                                                 "{bad_namespace_pickle}", NP],
-         ("{bad_namespace_pickle}", "argparse.Namespace")),
+         ("{bad_namespace_pickle}", "config")),
     case("linear-checkpoint-malicious-pickle", ["linear", "--protocol", "logreg", "--checkpoint",
                                                 "{bad_malicious_pickle}", NP], ("{bad_malicious_pickle}",)),
     case("linear-checkpoint-is-embeddings", [*MOCOV2[:4], "{train}", *MOCOV2[5:]], ("--checkpoint", "{train}")),
@@ -526,7 +539,7 @@ EVALUATE_CASES = [
     case("evaluate-checkpoint-text-file", [*EVAL, "--checkpoint", "{bad_text}"], ("{bad_text}",),
          setup=evaluated_run),
     case("evaluate-checkpoint-namespace-pickle", [*EVAL, "--checkpoint", "{bad_namespace_pickle}"],
-         ("{bad_namespace_pickle}", "argparse.Namespace"), setup=evaluated_run),
+         ("{bad_namespace_pickle}", "config"), setup=evaluated_run),
     case("evaluate-checkpoint-malicious-pickle", [*EVAL, "--checkpoint", "{bad_malicious_pickle}"],
          ("{bad_malicious_pickle}",), setup=evaluated_run),
     case("evaluate-checkpoint-is-embeddings", [*EVAL, "--checkpoint", "{train}"], ("--checkpoint", "{train}"),
@@ -573,4 +586,28 @@ EVALUATE_CASES = [
     case("evaluate-index-unknown", [*EVAL, "--index", "lsh"], ("--index", "lsh"), setup=evaluated_run),
 ]
 
-CASES = KNN_CASES + EMBED_CASES + LINEAR_CASES + EVALUATE_CASES
+INSPECT = ["inspect", "{ckpt}"]
+
+INSPECT_CASES = [
+    case("inspect-empty", ["inspect", "{bad_empty}"], ("{bad_empty}", "empty")),
+    case("inspect-random-bytes", ["inspect", "{bad_random}"], ("{bad_random}", "not a torch checkpoint")),
+    case("inspect-text-file", ["inspect", "{bad_text}"], ("{bad_text}",)),
+    case("inspect-malicious-pickle", ["inspect", "{bad_malicious_pickle}"], ("{bad_malicious_pickle}", "system")),
+    case("inspect-missing", ["inspect", "{tmp}/none.pt"], ("{tmp}/none.pt",)),
+    case("inspect-folder", ["inspect", "{run}"], ("{run}", "folder")),
+    case("inspect-embeddings-file", ["inspect", "{train}"], ("{train}", "embeddings")),
+    case("inspect-a-list", ["inspect", "{tmp}/list.pt"], ("{tmp}/list.pt", "list"), setup=ckpt_a_list),
+    case("inspect-unknown-layout", ["inspect", "{tmp}/backbone.pt"], ("{tmp}/backbone.pt", "Known formats"),
+         setup=unknown_layout),
+    case("inspect-vit-heads-on-sslbf", [*INSPECT, "--vit-heads", "6"], ("--vit-heads", "{ckpt}")),
+    case("inspect-vit-heads-zero", [*INSPECT, "--vit-heads", "0"], ("--vit-heads",)),
+    case("inspect-json-onto-checkpoint", [*INSPECT, "--json", "{ckpt}"], ("--json", "{ckpt}")),
+    case("inspect-json-is-folder", [*INSPECT, "--json", "{tmp}"], ("--json", "{tmp}")),
+    case("embed-foreign-without-data", [*EMBED_OUT[:2], "{tmp}/tv.pt", *EMBED_OUT[3:]], ("--data", "torchvision"),
+         setup=torchvision_resnet),
+    case("embed-foreign-projection", [*EMBED_OUT[:2], "{tmp}/tv.pt", *EMBED_OUT[3:], "--data", "fashion-mnist",
+                                      "--features", "projection"], ("--features", "torchvision"),
+         setup=torchvision_resnet),
+]
+
+CASES = KNN_CASES + EMBED_CASES + LINEAR_CASES + EVALUATE_CASES + INSPECT_CASES

@@ -285,7 +285,7 @@ def _digest(folder) -> dict:
     (lambda p: open(p, "w").write("not a checkpoint\n"), "is not a torch checkpoint"),
     (lambda p: torch.save([1, 2], p), "holds a list"),
     (lambda p: torch.save({"model": torch.zeros(2), "config": {}}, p), "its 'model' is a Tensor"),
-    (lambda p: torch.save({"weight": torch.zeros(2)}, p), "looks like an exported backbone"),
+    (lambda p: torch.save({"weight": torch.zeros(2)}, p), r"c\.json \(written beside it\) is missing"),
     (lambda p: torch.save({"embeddings": torch.zeros(2, 2), "labels": torch.zeros(2)}, p), "holds embeddings"),
 ])
 def test_read_checkpoint_refuses_what_is_not_one(tmp_path, make, fragment):
