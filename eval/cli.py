@@ -282,6 +282,8 @@ def linear_parser() -> argparse.ArgumentParser:
         "chosen on a held-out part of train. logreg: L-BFGS logistic regression on cached features, L2 "
         "chosen the same way.",
         epilog="examples:\n  ssl-bf linear --protocol mocov2 --checkpoint runs/demo/checkpoints/last.pt\n"
+        "  torchrun --nproc_per_node=8 -m ssl_bf linear --protocol mocov2 --checkpoint RUN/checkpoints/last.pt "
+        "--work-dir RUN/linear-mocov2   # the global batch split over 8 processes\n"
         "  ssl-bf linear --protocol cached --train runs/demo/embeddings/train.safetensors "
         "--test runs/demo/embeddings/test.safetensors --json lin.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -313,6 +315,9 @@ def linear_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", type=positive_int, help="use only the first N images of each split (smoke tests)")
     p.add_argument("--workers", type=nonneg_int, default=4)
     p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--work-dir", metavar="DIR", help="mocov2/mocov3: keep the probe's state in DIR after every "
+                   "epoch (DIR/linear-probe.pt); the same command run again continues from it (a killed, "
+                   "preempted or requeued probe resumes)")
     _add_device(p)
     p.add_argument("--save-head", metavar="PATH", help="write the trained head (torch, weights_only-loadable)")
     p.add_argument("--no-progress", action="store_true")
@@ -321,6 +326,8 @@ def linear_parser() -> argparse.ArgumentParser:
 
 
 def linear_main(argv: Optional[list[str]] = None) -> int:
+    """`ssl-bf linear`; under torchrun the image protocols split every global batch over the ranks
+    and the cached ones embed in shards; rank 0 alone prints and writes."""
     return _run("ssl-bf linear", linear_parser, _linear_command, argv)
 
 
@@ -348,7 +355,12 @@ def _linear_command(args: argparse.Namespace) -> int:
                           args.test_labels])
     if args.train and args.test:
         _check_train_test(args, "the probe would be scored on the rows it was trained on")
+    if args.work_dir:
+        _check_work_dir(args)
     _check_device(args.device)
+    from ssl_bf import distributed as dist_utils
+
+    had_group = dist_utils.is_initialized()
     try:
         if args.protocol in ("mocov2", "mocov3"):
             result, classes = _linear_images(args)
@@ -356,6 +368,10 @@ def _linear_command(args: argparse.Namespace) -> int:
             result, classes = _linear_cached(args)
     except BackboneChangedError as err:
         return _fail(prog, err, EXIT_CHECK)
+    finally:
+        _leave_group(had_group)
+    if result is None:  # a rank other than 0 of a process group: rank 0 reports
+        return EXIT_OK
     if args.save_head:
         save_head(args.save_head, result, classes)
     print(f"linear probe, protocol {result.protocol}" + (f" ({result.note})" if result.note else ""))
@@ -370,7 +386,36 @@ def _linear_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_work_dir(args: argparse.Namespace) -> None:
+    """--work-dir: only for the image protocols, and a folder that can be made and written."""
+    import os
+
+    from ssl_bf.io import folder_problem
+
+    if args.protocol not in ("mocov2", "mocov3"):
+        raise ArgumentError(f"--work-dir keeps the epochs of --protocol mocov2/mocov3; --protocol {args.protocol} "
+                            f"has no epochs to resume")
+    if os.path.exists(args.work_dir) and not os.path.isdir(args.work_dir):
+        raise ArgumentError(f"--work-dir {args.work_dir} is a file; give a folder")
+    problem = folder_problem(args.work_dir)
+    if problem:
+        raise ArgumentError(f"--work-dir {args.work_dir}: {problem}")
+
+
+def _join_torchrun(device) -> None:
+    """Join the process group when torchrun (or a multi-task SLURM job) started this process."""
+    import os
+
+    from ssl_bf import distributed as dist_utils
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist_utils.init_distributed(device)
+
+
 def _linear_images(args):
+    import os
+
+    from ssl_bf import distributed as dist_utils
     from ssl_bf.data import build_dataset
     from ssl_bf.devices import resolve_device
 
@@ -379,6 +424,7 @@ def _linear_images(args):
     from .linear_images import probe_images
 
     dev = resolve_device(args.device)
+    _join_torchrun(dev)
     model, cfg = load_embedding_encoder(args.checkpoint, features=args.features, device=dev)
     name, root = resolve_data(args.data, args.root) if args.data else (cfg.data.name, args.root or cfg.data.root)
     train_set, test_set = (build_dataset(name, root=root, split=split, load_size=cfg.data.load_size,
@@ -387,9 +433,15 @@ def _linear_images(args):
     check_channels(model, train_set, args.checkpoint)
     recipe = recipe_for(args.protocol, args.epochs, args.batch_size, args.lr, args.weight_decay)
     size = args.image_size or eval_image_size(cfg.augment.image_size, train_set)
+    identity = {"checkpoint": os.path.abspath(args.checkpoint), "features": args.features, "data": name,
+                "root": os.path.abspath(root) if root else None, "subset": args.subset}
+    if dist_utils.is_main():
+        print(f"linear {args.protocol}: {dist_utils.world_size()} process(es) on {dev}, global batch "
+              f"{recipe.batch_size}", flush=True)
     result = probe_images(model, train_set, test_set, recipe, size, args.protocol, args.bn_head, dev,
-                          args.workers, args.seed, progress=not args.no_progress)
-    return result, train_set.classes
+                          args.workers, args.seed, progress=not args.no_progress, work_dir=args.work_dir,
+                          identity=identity)
+    return (result if dist_utils.is_main() else None), train_set.classes
 
 
 def _fit_subset(subset: Optional[int], name: str, root: Optional[str], split: str) -> Optional[int]:
@@ -407,6 +459,10 @@ def _linear_cached(args):
     from .linear_common import recipe_for
 
     if args.train and args.test:
+        import os
+
+        if int(os.environ.get("RANK", "0")) != 0:  # several tasks on embeddings files: rank 0 alone probes
+            return None, None
         train = load_embeddings(args.train, args.train_labels)
         test = load_embeddings(args.test, args.test_labels)
     else:  # embed both splits with the checkpoint (loaded once)
@@ -419,6 +475,8 @@ def _linear_cached(args):
                              device=args.device, num_workers=args.workers, subset=args.subset,
                              progress=not args.no_progress, encoder=encoder)
                        for split in ("train", "test"))
+        if train is None:  # a rank other than 0 of a process group: its shards went to rank 0
+            return None, None
     check_pair(train, test)
     device = "cpu" if args.device == "auto" else args.device
     common = dict(num_classes=train.num_classes, val_fraction=args.val_fraction, refit=not args.no_refit,

@@ -188,7 +188,7 @@ def _train(model: nn.Module, head: LinearHead, opt: torch.optim.Optimizer, train
         gen.set_state(state["order_rng"])
         torch.set_rng_state(state["torch_rng"])
         first = min(state["epoch"], recipe.epochs)
-        if dist_utils.is_main() and progress:
+        if dist_utils.is_main():
             print(f"linear {protocol}: resuming from {saved.path} after epoch {first} of {recipe.epochs}", flush=True)
     fc = ddp_head(head.fc, dev) if dist_utils.is_initialized() else head.fc
     known = space.encode(train_labels) >= 0  # (N,)

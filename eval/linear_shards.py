@@ -134,8 +134,7 @@ def ddp_head(fc: nn.Module, device: torch.device) -> nn.Module:
     """The trainable linear layer under DistributedDataParallel (the backbone never is)."""
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(fc, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+    return DistributedDataParallel(fc, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def count_hits(hits: tuple[int, int, int], device: torch.device) -> tuple[int, int, int]:
