@@ -222,7 +222,9 @@ def knn_parser() -> argparse.ArgumentParser:
     p.add_argument("--recall-sample", type=nonneg_int, default=1000,
                    help="queries used to measure recall of ivf/hnsw against exact search (0: skip)")
     p.add_argument("--memory-budget", type=positive_float, default=2.0, metavar="GB",
-                   help="working memory for search results and votes (default 2; the index is extra)")
+                   help="memory for the whole command (default 2). Exact search on the CPU (--index flat) "
+                   "streams a .safetensors/.npy bank from its file in row blocks sized to fit; the other "
+                   "indexes (and a GPU) hold the whole index on top of it")
     _add_device(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", metavar="OUT", help='write {"results": [{"k", "temperature", "top1", "top5"}], ...}')
@@ -233,14 +235,20 @@ def knn_main(argv: Optional[list[str]] = None) -> int:
     return _run("ssl-bf knn", knn_parser, _knn_command, argv)
 
 
+def _peak_gb() -> float:
+    from ssl_bf.knn_stream import peak_resident_gb
+
+    return peak_resident_gb()
+
+
 def _check_train_test(args: argparse.Namespace, why: str) -> None:
     if same_file(args.train, args.test):
         raise ArgumentError(f"--test {args.test} is the --train file: {why}; give the test split's embeddings")
 
 
 def _knn_command(args: argparse.Namespace) -> int:
-    from .formats import check_pair, load_embeddings
-    from ssl_bf.knn import knn_evaluate
+    from .formats import check_pair, load_embeddings, open_embeddings
+    from ssl_bf.knn import knn_evaluate, use_gpu
 
     prog = "ssl-bf knn"
     ks = _unique(prog, "--k", args.k)
@@ -249,8 +257,10 @@ def _knn_command(args: argparse.Namespace) -> int:
     _check_train_test(args, "every query would find itself as its nearest neighbour (an inflated accuracy)")
     _check_device(args.device)
     tic = time.perf_counter()
-    train = load_embeddings(args.train, args.train_labels)
-    test = load_embeddings(args.test, args.test_labels)
+    streamed = args.index == "flat" and not use_gpu(args.device)  # exact on the CPU: rows stay in the files
+    read = open_embeddings if streamed else load_embeddings
+    train = read(args.train, args.train_labels)
+    test = read(args.test, args.test_labels)
     check_pair(train, test, ks)
     out = knn_evaluate(train.embeddings, train.labels, test.embeddings, test.labels, ks, temperatures,
                        num_classes=train.num_classes, index=args.index, memory_budget_gb=args.memory_budget,
@@ -259,10 +269,17 @@ def _knn_command(args: argparse.Namespace) -> int:
           f"index {args.index}, search {out.search_seconds:.2f} s")
     if out.recall is not None:
         print(f"recall@{max(ks)} of {args.index} against exact search: {100 * out.recall:.2f}%")
+    if out.plan is not None:
+        from ssl_bf.knn_stream import peak_resident_gb
+
+        print(f"bank streamed: {out.plan.describe()}; peak memory {peak_resident_gb():.2f} GB "
+              f"(budget {args.memory_budget:g} GB)")
     print(knn_table(out.results))
     _write_json({"results": out.results, "train": args.train, "test": args.test, "index": args.index,
                  "recall": out.recall, "num_classes": out.num_classes, "train_rows": len(train),
                  "test_rows": len(test), "dim": train.dim, "search_seconds": round(out.search_seconds, 3),
+                 "memory_budget_gb": args.memory_budget, "streamed": out.plan is not None,
+                 "peak_memory_gb": round(_peak_gb(), 3),
                  "seconds": round(time.perf_counter() - tic, 3)}, args.json)
     return EXIT_OK
 

@@ -152,7 +152,15 @@ def resident_gb() -> float:
 
 
 def peak_resident_gb() -> float:
-    """The process's peak resident memory so far (GB)."""
+    """This program's peak resident memory so far (GB): VmHWM of /proc/self/status, which starts
+    afresh at exec. (getrusage's ru_maxrss does not: a child inherits its parent's peak.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / (1 << 20)
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
 
 
@@ -190,23 +198,30 @@ def plan_stream(n: int, q: int, d: int, k: int, working_gb: float, stored_bytes_
     return StreamPlan(query_rows, bank_rows, tile, working)
 
 
+HEADROOM = 0.9  # of what is left: the votes, FAISS's small buffers and the allocator's slack
+
+
 def working_budget_gb(memory_budget_gb: float) -> float:
     """What the budget leaves for the search after what this process already holds (at least a
     quarter of the budget: a budget below the process's own size is not an error, only tight)."""
-    return max(memory_budget_gb - resident_gb(), memory_budget_gb / 4)
+    return max(HEADROOM * (memory_budget_gb - resident_gb()), memory_budget_gb / 4)
 
 
-def normalise_rows_(x: np.ndarray) -> np.ndarray:
-    """L2-normalise the rows of a float32 block in place."""
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]  # (B, 1)
-    np.divide(x, np.maximum(norms, _EPS), out=x)
+def normalise_rows_(x: np.ndarray, source: RowSource, start: int) -> np.ndarray:
+    """L2-normalise the rows of a float32 block in place; a row holding NaN or Inf is refused,
+    naming the file and the rows (found from the squared norms: no block-sized temporary)."""
+    norms = np.einsum("ij,ij->i", x, x)  # (B,)
+    if not np.isfinite(norms).all():
+        suspects = np.flatnonzero(~np.isfinite(norms))
+        bad = start + suspects[~np.isfinite(x[suspects]).all(axis=1)]
+        if bad.size:
+            shown = ", ".join(map(str, bad[:5])) + (", ..." if bad.size > 5 else "")
+            where = "" if len(x) == len(source) else f" among rows {start}-{start + len(x) - 1}"
+            raise ValueError(f"{source.name}: {bad.size} of {len(source)} rows{where} contain NaN or Inf "
+                             f"(rows {shown})")
+        norms = np.einsum("ij,ij->i", x.astype(np.float64), x.astype(np.float64))  # huge finite values
+    np.divide(x, np.maximum(np.sqrt(norms), _EPS)[:, None].astype(np.float32), out=x)
     return x
-
-
-def _finite(block: np.ndarray, source: RowSource, start: int) -> None:
-    if not np.isfinite(block).all():
-        bad = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-        raise ValueError(f"{source.name}: row {bad} contains NaN or Inf")
 
 
 def stream_search(bank: RowSource, queries: RowSource, k: int, plan: StreamPlan, progress: bool = False
@@ -224,13 +239,11 @@ def stream_search(bank: RowSource, queries: RowSource, k: int, plan: StreamPlan,
     bar = tqdm(total=passes, desc="k-NN search", unit="block", disable=not progress or passes < 2)
     with blas_tiles(QUERY_TILE, plan.database_tile):
         for qs in range(0, q, plan.query_rows):
-            chunk = normalise_rows_(queries.read(qs, min(q, qs + plan.query_rows)))  # (B, D)
-            _finite(chunk, queries, qs)
+            chunk = normalise_rows_(queries.read(qs, min(q, qs + plan.query_rows)), queries, qs)  # (B, D)
             heap = faiss.ResultHeap(len(chunk), k, keep_max=True)
             for bs in range(0, n, plan.bank_rows):
-                rows = bank.read(bs, min(n, bs + plan.bank_rows), out=block)  # (b, D)
-                _finite(rows, bank, bs)
-                sims, ids = faiss.knn(chunk, normalise_rows_(rows), min(k, len(rows)),
+                rows = normalise_rows_(bank.read(bs, min(n, bs + plan.bank_rows), out=block), bank, bs)  # (b, D)
+                sims, ids = faiss.knn(chunk, rows, min(k, len(rows)),
                                       metric=faiss.METRIC_INNER_PRODUCT)
                 heap.add_result(sims, ids + bs)
                 bar.update(1)
