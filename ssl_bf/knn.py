@@ -233,18 +233,6 @@ def query_chunk_size(k: int, num_classes: int, memory_budget_gb: float, num_pair
 
 
 @contextlib.contextmanager
-def blas_tiles(query_bs: int, database_bs: int) -> Iterator[None]:
-    """FAISS's brute-force tile (query_bs x database_bs) while searching, restored afterwards."""
-    cvar = _faiss().cvar
-    saved = (cvar.distance_compute_blas_query_bs, cvar.distance_compute_blas_database_bs)
-    cvar.distance_compute_blas_query_bs, cvar.distance_compute_blas_database_bs = query_bs, database_bs
-    try:
-        yield
-    finally:
-        cvar.distance_compute_blas_query_bs, cvar.distance_compute_blas_database_bs = saved
-
-
-@contextlib.contextmanager
 def blas_blocks(memory_budget_gb: float) -> Iterator[None]:
     """Larger FAISS brute-force blocks while searching (restored afterwards).
 
@@ -253,6 +241,8 @@ def blas_blocks(memory_budget_gb: float) -> Iterator[None]:
     full speed: about 1.8x faster searches measured on 2 cores. The block buffer (4096 x 8192
     float32, 128 MiB) is capped at an eighth of the memory budget.
     """
+    from .knn_stream import blas_tiles
+
     query_bs = 4096
     db_bs = int(min(8192, max(1024, memory_budget_gb * (1 << 30) / 8 / (query_bs * 4))))
     with blas_tiles(query_bs, db_bs):

@@ -14,6 +14,7 @@ The results equal one exact search over the whole bank (ties may come in another
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -59,9 +60,7 @@ class ArrayRows(RowSource):
     """Row blocks of an in-memory array (numpy or torch), converted to float32 block by block."""
 
     def __init__(self, x, name: str = "<memory>"):
-        from .knn import as_numpy
-
-        self.x = as_numpy(x)
+        self.x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
         self.shape = tuple(self.x.shape)
         self.name = name
 
@@ -140,6 +139,20 @@ def open_rows(path: str, key: str = "embeddings") -> FileRows:
             return FileRows(path, begin, tuple(entry["shape"]), _SAFETENSORS_DTYPES[entry["dtype"]],
                             bfloat16=entry["dtype"] == "BF16")
     raise ValueError(f"{path}: only .npy and .safetensors banks can be streamed")
+
+
+@contextlib.contextmanager
+def blas_tiles(query_bs: int, database_bs: int) -> Iterator[None]:
+    """FAISS's brute-force tile (query_bs x database_bs floats) while searching, restored afterwards."""
+    import faiss
+
+    cvar = faiss.cvar
+    saved = (cvar.distance_compute_blas_query_bs, cvar.distance_compute_blas_database_bs)
+    cvar.distance_compute_blas_query_bs, cvar.distance_compute_blas_database_bs = query_bs, database_bs
+    try:
+        yield
+    finally:
+        cvar.distance_compute_blas_query_bs, cvar.distance_compute_blas_database_bs = saved
 
 
 def resident_gb() -> float:
@@ -230,8 +243,6 @@ def stream_search(bank: RowSource, queries: RowSource, k: int, plan: StreamPlan,
     first: the exact top-k inner products of the L2-normalised queries and bank rows."""
     import faiss
     from tqdm.auto import tqdm
-
-    from .knn import blas_tiles
 
     n, q = len(bank), len(queries)
     block = np.empty((plan.bank_rows, bank.shape[1]), np.float32)  # reused for every bank block
