@@ -279,6 +279,7 @@ def _knn_command(args: argparse.Namespace) -> int:
                  "recall": out.recall, "num_classes": out.num_classes, "train_rows": len(train),
                  "test_rows": len(test), "dim": train.dim, "search_seconds": round(out.search_seconds, 3),
                  "memory_budget_gb": args.memory_budget, "streamed": out.plan is not None,
+                 "plan": vars(out.plan) if out.plan is not None else None,
                  "peak_memory_gb": round(_peak_gb(), 3),
                  "seconds": round(time.perf_counter() - tic, 3)}, args.json)
     return EXIT_OK
