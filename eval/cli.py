@@ -236,6 +236,7 @@ def knn_main(argv: Optional[list[str]] = None) -> int:
 
 
 def _peak_gb() -> float:
+    """This command's peak resident memory (GB)."""
     from ssl_bf.knn_stream import peak_resident_gb
 
     return peak_resident_gb()
@@ -270,9 +271,7 @@ def _knn_command(args: argparse.Namespace) -> int:
     if out.recall is not None:
         print(f"recall@{max(ks)} of {args.index} against exact search: {100 * out.recall:.2f}%")
     if out.plan is not None:
-        from ssl_bf.knn_stream import peak_resident_gb
-
-        print(f"bank streamed: {out.plan.describe()}; peak memory {peak_resident_gb():.2f} GB "
+        print(f"bank streamed: {out.plan.describe()}; peak memory {_peak_gb():.2f} GB "
               f"(budget {args.memory_budget:g} GB)")
     print(knn_table(out.results))
     _write_json({"results": out.results, "train": args.train, "test": args.test, "index": args.index,

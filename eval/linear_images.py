@@ -220,8 +220,14 @@ def _train(model: nn.Module, head: LinearHead, opt: torch.optim.Optimizer, train
 
 
 def _feature_dim(model: nn.Module, dataset, transform: nn.Module, image_size: int, dev: torch.device) -> int:
-    """D of the model's features, from one image (no collective, no random draw)."""
-    image = dataset.get_batch(torch.arange(1))[0] if hasattr(dataset, "get_batch") else dataset[0][0][None]
+    """D of the model's features, from one image (no collective). For image folders one int64 is
+    drawn from the global RNG: the DataLoader that found D before drew it (its worker base seed),
+    and the crops drawn after it keep the stream they always had."""
+    if hasattr(dataset, "get_batch"):
+        image = dataset.get_batch(torch.arange(1))[0]
+    else:
+        torch.empty((), dtype=torch.int64).random_()
+        image = dataset[0][0][None]
     with torch.no_grad():
         return int(model(transform(image.to(dev))).shape[1])
 

@@ -42,13 +42,17 @@ class ShardBatch:
 def epoch_order(dataset, generator: torch.Generator) -> torch.Tensor:
     """The epoch's shuffled order of all N images (N,), drawn from `generator`.
 
-    For image folders one int64 is drawn first: that is what the DataLoader of the one-process
-    probe drew (its worker base seed) before its sampler's permutation, so a one-process run keeps
-    the order it always had.
+    For image folders the generator also makes the draws that the shuffling DataLoader of the
+    one-process probe made with it: an int64 before the permutation (its worker base seed) and a
+    second, unused permutation after it (RandomSampler draws one more as its loop ends), so a
+    one-process run keeps the order it always had.
     """
-    if not hasattr(dataset, "get_batch"):
-        torch.empty((), dtype=torch.int64).random_(generator=generator)
-    return torch.randperm(len(dataset), generator=generator)
+    if hasattr(dataset, "get_batch"):
+        return torch.randperm(len(dataset), generator=generator)
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
+    order = torch.randperm(len(dataset), generator=generator)
+    torch.randperm(len(dataset), generator=generator)
+    return order
 
 
 def shard_batches(dataset, order: torch.Tensor, batch_size: int, known: np.ndarray, num_workers: int,

@@ -211,13 +211,15 @@ def plan_stream(n: int, q: int, d: int, k: int, working_gb: float, stored_bytes_
     return StreamPlan(query_rows, bank_rows, tile, working)
 
 
-HEADROOM = 0.9  # of what is left: the votes, FAISS's small buffers and the allocator's slack
+# Kept back from what the budget leaves: 10%, and 64 MiB for what comes after the plan (the votes,
+# the BLAS libraries' per-thread buffers, the allocator's slack).
+HEADROOM, RESERVE_GB = 0.9, 1 / 16
 
 
 def working_budget_gb(memory_budget_gb: float) -> float:
     """What the budget leaves for the search after what this process already holds (at least a
     quarter of the budget: a budget below the process's own size is not an error, only tight)."""
-    return max(HEADROOM * (memory_budget_gb - resident_gb()), memory_budget_gb / 4)
+    return max(HEADROOM * (memory_budget_gb - resident_gb()) - RESERVE_GB, memory_budget_gb / 4)
 
 
 def normalise_rows_(x: np.ndarray, source: RowSource, start: int) -> np.ndarray:

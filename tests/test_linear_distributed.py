@@ -84,6 +84,25 @@ def test_crop_draws_for_the_global_batch_are_shared_by_its_parts():
     assert not torch.equal(whole[0], whole[1])  # really random per image
 
 
+class _Indices(torch.utils.data.Dataset):
+    """A folder-like dataset (no get_batch) whose items are their own indices."""
+
+    def __len__(self) -> int:
+        return 23
+
+    def __getitem__(self, i):
+        return torch.tensor(i), i
+
+
+def test_folder_order_equals_the_shuffling_dataloader_of_the_one_process_probe():
+    from ssl_bf.eval.linear_shards import epoch_order
+
+    old, new = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    for _ in range(3):  # epochs: the generators must stay in step too
+        loader = torch.utils.data.DataLoader(_Indices(), batch_size=5, shuffle=True, generator=old)
+        assert torch.cat([x for x, _ in loader]).tolist() == epoch_order(_Indices(), new).tolist()
+
+
 def test_work_dir_holding_another_probe_is_refused(tmp_path):
     _probe("mocov2", False, work_dir=str(tmp_path / "w"))
     saved = torch.load(state_path(str(tmp_path / "w")), weights_only=True)

@@ -1,0 +1,1 @@
+/work/wt14/ssl-bf-jobs/linear/17_submission.sh
