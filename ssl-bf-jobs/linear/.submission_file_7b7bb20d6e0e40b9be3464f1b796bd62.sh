@@ -1,1 +1,0 @@
-/work/wt14/ssl-bf-jobs/linear/17_submission.sh
