@@ -240,7 +240,9 @@ def knn_parser() -> argparse.ArgumentParser:
     p.add_argument("--recall-sample", type=nonneg_int, default=1000,
                    help="queries used to measure recall of ivf/hnsw against exact search (0: skip)")
     p.add_argument("--memory-budget", type=positive_float, default=2.0, metavar="GB",
-                   help="working memory for search results and votes (default 2; the index is extra)")
+                   help="memory for the whole command (default 2). Exact search on the CPU (--index flat) "
+                   "streams a .safetensors/.npy bank from its file in row blocks sized to fit; the other "
+                   "indexes (and a GPU) hold the whole index on top of it")
     _add_device(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", metavar="OUT", help='write {"results": [{"k", "temperature", "top1", "top5"}], ...}')
@@ -251,14 +253,21 @@ def knn_main(argv: Optional[list[str]] = None) -> int:
     return _run("ssl-bf knn", knn_parser, _knn_command, argv)
 
 
+def _peak_gb() -> float:
+    """This command's peak resident memory (GB)."""
+    from ssl_bf.knn_stream import peak_resident_gb
+
+    return peak_resident_gb()
+
+
 def _check_train_test(args: argparse.Namespace, why: str) -> None:
     if same_file(args.train, args.test):
         raise ArgumentError(f"--test {args.test} is the --train file: {why}; give the test split's embeddings")
 
 
 def _knn_command(args: argparse.Namespace) -> int:
-    from .formats import check_pair, load_embeddings
-    from ssl_bf.knn import knn_evaluate
+    from .formats import check_pair, load_embeddings, open_embeddings
+    from ssl_bf.knn import knn_evaluate, use_gpu
 
     prog = "ssl-bf knn"
     ks = _unique(prog, "--k", args.k)
@@ -267,8 +276,10 @@ def _knn_command(args: argparse.Namespace) -> int:
     _check_train_test(args, "every query would find itself as its nearest neighbour (an inflated accuracy)")
     _check_device(args.device)
     tic = time.perf_counter()
-    train = load_embeddings(args.train, args.train_labels)
-    test = load_embeddings(args.test, args.test_labels)
+    streamed = args.index == "flat" and not use_gpu(args.device)  # exact on the CPU: rows stay in the files
+    read = open_embeddings if streamed else load_embeddings
+    train = read(args.train, args.train_labels)
+    test = read(args.test, args.test_labels)
     check_pair(train, test, ks)
     out = knn_evaluate(train.embeddings, train.labels, test.embeddings, test.labels, ks, temperatures,
                        num_classes=train.num_classes, index=args.index, memory_budget_gb=args.memory_budget,
@@ -277,10 +288,16 @@ def _knn_command(args: argparse.Namespace) -> int:
           f"index {args.index}, search {out.search_seconds:.2f} s")
     if out.recall is not None:
         print(f"recall@{max(ks)} of {args.index} against exact search: {100 * out.recall:.2f}%")
+    if out.plan is not None:
+        print(f"bank streamed: {out.plan.describe()}; peak memory {_peak_gb():.2f} GB "
+              f"(budget {args.memory_budget:g} GB)")
     print(knn_table(out.results))
     _write_json({"results": out.results, "train": args.train, "test": args.test, "index": args.index,
                  "recall": out.recall, "num_classes": out.num_classes, "train_rows": len(train),
                  "test_rows": len(test), "dim": train.dim, "search_seconds": round(out.search_seconds, 3),
+                 "memory_budget_gb": args.memory_budget, "streamed": out.plan is not None,
+                 "plan": vars(out.plan) if out.plan is not None else None,
+                 "peak_memory_gb": round(_peak_gb(), 3),
                  "seconds": round(time.perf_counter() - tic, 3)}, args.json)
     return EXIT_OK
 
@@ -300,6 +317,8 @@ def linear_parser() -> argparse.ArgumentParser:
         "chosen on a held-out part of train. logreg: L-BFGS logistic regression on cached features, L2 "
         "chosen the same way.",
         epilog="examples:\n  ssl-bf linear --protocol mocov2 --checkpoint runs/demo/checkpoints/last.pt\n"
+        "  torchrun --nproc_per_node=8 -m ssl_bf linear --protocol mocov2 --checkpoint RUN/checkpoints/last.pt "
+        "--work-dir RUN/linear-mocov2   # the global batch split over 8 processes\n"
         "  ssl-bf linear --protocol cached --train runs/demo/embeddings/train.safetensors "
         "--test runs/demo/embeddings/test.safetensors --json lin.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -333,6 +352,9 @@ def linear_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", type=positive_int, help="use only the first N images of each split (smoke tests)")
     p.add_argument("--workers", type=nonneg_int, default=4)
     p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--work-dir", metavar="DIR", help="mocov2/mocov3: keep the probe's state in DIR after every "
+                   "epoch (DIR/linear-probe.pt); the same command run again continues from it (a killed, "
+                   "preempted or requeued probe resumes)")
     _add_device(p)
     p.add_argument("--save-head", metavar="PATH", help="write the trained head (torch, weights_only-loadable)")
     p.add_argument("--no-progress", action="store_true")
@@ -341,6 +363,8 @@ def linear_parser() -> argparse.ArgumentParser:
 
 
 def linear_main(argv: Optional[list[str]] = None) -> int:
+    """`ssl-bf linear`; under torchrun the image protocols split every global batch over the ranks
+    and the cached ones embed in shards; rank 0 alone prints and writes."""
     return _run("ssl-bf linear", linear_parser, _linear_command, argv)
 
 
@@ -368,7 +392,12 @@ def _linear_command(args: argparse.Namespace) -> int:
                           args.test_labels])
     if args.train and args.test:
         _check_train_test(args, "the probe would be scored on the rows it was trained on")
+    if args.work_dir:
+        _check_work_dir(args)
     _check_device(args.device)
+    from ssl_bf import distributed as dist_utils
+
+    had_group = dist_utils.is_initialized()
     try:
         if args.protocol in ("mocov2", "mocov3"):
             result, classes = _linear_images(args)
@@ -376,6 +405,10 @@ def _linear_command(args: argparse.Namespace) -> int:
             result, classes = _linear_cached(args)
     except BackboneChangedError as err:
         return _fail(prog, err, EXIT_CHECK)
+    finally:
+        _leave_group(had_group)
+    if result is None:  # a rank other than 0 of a process group: rank 0 reports
+        return EXIT_OK
     if args.save_head:
         save_head(args.save_head, result, classes)
     print(f"linear probe, protocol {result.protocol}" + (f" ({result.note})" if result.note else ""))
@@ -390,7 +423,36 @@ def _linear_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_work_dir(args: argparse.Namespace) -> None:
+    """--work-dir: only for the image protocols, and a folder that can be made and written."""
+    import os
+
+    from ssl_bf.io import folder_problem
+
+    if args.protocol not in ("mocov2", "mocov3"):
+        raise ArgumentError(f"--work-dir keeps the epochs of --protocol mocov2/mocov3; --protocol {args.protocol} "
+                            f"has no epochs to resume")
+    if os.path.exists(args.work_dir) and not os.path.isdir(args.work_dir):
+        raise ArgumentError(f"--work-dir {args.work_dir} is a file; give a folder")
+    problem = folder_problem(args.work_dir)
+    if problem:
+        raise ArgumentError(f"--work-dir {args.work_dir}: {problem}")
+
+
+def _join_torchrun(device) -> None:
+    """Join the process group when torchrun (or a multi-task SLURM job) started this process."""
+    import os
+
+    from ssl_bf import distributed as dist_utils
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist_utils.init_distributed(device)
+
+
 def _linear_images(args):
+    import os
+
+    from ssl_bf import distributed as dist_utils
     from ssl_bf.data import build_dataset
     from ssl_bf.devices import resolve_device
 
@@ -399,6 +461,7 @@ def _linear_images(args):
     from .linear_images import probe_images
 
     dev = resolve_device(args.device)
+    _join_torchrun(dev)
     model, cfg = load_embedding_encoder(args.checkpoint, features=args.features, device=dev,
                                         vit_heads=args.vit_heads, image_size=args.image_size)
     require_data(model, args.data, args.checkpoint)
@@ -412,9 +475,15 @@ def _linear_images(args):
         _note("ssl-bf linear", note)
     recipe = recipe_for(args.protocol, args.epochs, args.batch_size, args.lr, args.weight_decay)
     size = args.image_size or eval_image_size(cfg.augment.image_size, train_set)
+    identity = {"checkpoint": os.path.abspath(args.checkpoint), "features": args.features, "data": name,
+                "root": os.path.abspath(root) if root else None, "subset": args.subset}
+    if dist_utils.is_main():
+        print(f"linear {args.protocol}: {dist_utils.world_size()} process(es) on {dev}, global batch "
+              f"{recipe.batch_size}", flush=True)
     result = probe_images(model, train_set, test_set, recipe, size, args.protocol, args.bn_head, dev,
-                          args.workers, args.seed, progress=not args.no_progress)
-    return result, train_set.classes
+                          args.workers, args.seed, progress=not args.no_progress, work_dir=args.work_dir,
+                          identity=identity)
+    return (result if dist_utils.is_main() else None), train_set.classes
 
 
 def _fit_subset(subset: Optional[int], name: str, root: Optional[str], split: str) -> Optional[int]:
@@ -432,6 +501,10 @@ def _linear_cached(args):
     from .linear_common import recipe_for
 
     if args.train and args.test:
+        import os
+
+        if int(os.environ.get("RANK", "0")) != 0:  # several tasks on embeddings files: rank 0 alone probes
+            return None, None
         train = load_embeddings(args.train, args.train_labels)
         test = load_embeddings(args.test, args.test_labels)
     else:  # embed both splits with the checkpoint (loaded once)
@@ -445,6 +518,8 @@ def _linear_cached(args):
                              device=args.device, num_workers=args.workers, subset=args.subset,
                              progress=not args.no_progress, encoder=encoder, image_size=args.image_size)
                        for split in ("train", "test"))
+        if train is None:  # a rank other than 0 of a process group: its shards went to rank 0
+            return None, None
         _input_notes("ssl-bf linear", train.metadata)
     check_pair(train, test)
     device = "cpu" if args.device == "auto" else args.device

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -42,7 +43,7 @@ class EmbeddingsError(ValueError):
 class Embeddings:
     """Features of one split with their labels and descriptive metadata."""
 
-    embeddings: np.ndarray  # (N, D) float32 or float16
+    embeddings: np.ndarray  # (N, D) float32 or float16 (or a knn_stream.FileRows: see open_embeddings)
     labels: np.ndarray  # (N,) int64
     metadata: dict[str, str] = field(default_factory=dict)
     path: str = "<memory>"
@@ -176,6 +177,41 @@ def load_embeddings(path: str, labels_path: Optional[str] = None, check: bool = 
         emb.labels = _read_labels(labels_path, path, len(emb))
     if check:
         validate(emb)
+    return emb
+
+
+def open_embeddings(path: str, labels_path: Optional[str] = None) -> Embeddings:
+    """Like `load_embeddings`, but a .safetensors or .npy matrix stays in its file: `embeddings` is
+    a `ssl_bf.knn_stream.FileRows` read in row blocks (labels and metadata are loaded). Other
+    formats are loaded whole. Non-finite rows are found block by block when the rows are read."""
+    from ssl_bf.knn_stream import open_rows
+
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".safetensors", ".npy") or not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return load_embeddings(path, labels_path)
+    try:
+        rows = open_rows(path, EMBEDDINGS_KEY)
+    except (ValueError, OSError, KeyError, struct.error) as err:
+        if ext == ".safetensors":  # let the full reader say what is wrong with the file
+            return load_embeddings(path, labels_path)
+        raise EmbeddingsError(f"{path}: {err}") from None
+    if ext == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                metadata = dict(f.metadata() or {})
+                if LABELS_KEY not in set(f.keys()):
+                    raise EmbeddingsError(f"{path}: missing tensor 'labels' (N,) beside 'embeddings'")
+                labels = _int_labels(f.get_tensor(LABELS_KEY), path)
+        except SafetensorError as err:
+            raise EmbeddingsError(f"{path}: not a readable safetensors file ({err})") from None
+        if labels_path:
+            labels = _read_labels(labels_path, path, len(rows))
+    else:
+        metadata, labels = {}, _read_labels(labels_path or find_labels_file(path), path, len(rows))
+    emb = Embeddings(rows, labels, metadata, path)
+    validate(emb)
     return emb
 
 
@@ -318,7 +354,8 @@ def validate(emb: Embeddings) -> None:
         raise EmbeddingsError(f"{emb.path}: no embeddings (shape {tuple(emb.embeddings.shape)})")
     if emb.labels.shape != (n,):
         raise EmbeddingsError(f"{emb.path}: {n} embeddings but {emb.labels.shape[0]} labels")
-    bad = nonfinite_rows(emb.embeddings)
+    streamed = not isinstance(emb.embeddings, np.ndarray)  # a FileRows: checked as its blocks are read
+    bad = np.zeros(0, np.int64) if streamed else nonfinite_rows(emb.embeddings)
     if bad.size:
         shown = ", ".join(map(str, bad[:5])) + (", ..." if bad.size > 5 else "")
         raise EmbeddingsError(f"{emb.path}: {bad.size} of {n} rows contain NaN or Inf (rows {shown})")

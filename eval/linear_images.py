@@ -6,22 +6,28 @@
 - `mocov3`: the same, but SGD lr 0.1 x batch/256, cosine, 90 epochs, batch 1024.
 - `--bn-head` (MAE): a non-affine BatchNorm before the linear layer, so the lr does not depend
   on the feature scale.
-The backbone's weights and buffers are checked to be bit-identical afterwards.
+The backbone's weights and buffers are checked to be bit-identical afterwards. Under torchrun or
+a multi-task SLURM job the global batch is split over the processes (linear_shards.py) and a
+work folder makes the probe resumable after every epoch (linear_state.py).
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import time
 from dataclasses import asdict
-from typing import Iterator, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_bf import distributed as dist_utils
 from ssl_bf.knn import LabelSpace, as_numpy
 from .linear_common import LinearHead, ProbeResult, Recipe, space_values, topk_correct
+from .linear_state import ProbeCheckpoint, weights_digest
 
 
 class BackboneChangedError(RuntimeError):
@@ -55,50 +61,63 @@ def check_unchanged(before: dict[str, torch.Tensor], model: nn.Module) -> None:
 
 
 class ProbeTrainTransform(nn.Module):
-    """uint8 (N, C, H, W) -> RandomResizedCrop(S, scale 0.08-1) + horizontal flip, normalised."""
+    """uint8 (N, C, H, W) -> RandomResizedCrop(S, scale 0.08-1) + horizontal flip, normalised.
+
+    Under a process group each rank holds `rows` of a global batch of `global_size` images: the
+    crop and flip parameters are drawn for the whole global batch (on every rank the draws one
+    process makes) and this rank applies its rows' share (linear_shards.py).
+    """
 
     def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         import kornia.augmentation as K
 
+        self.size = image_size
         self.augment = nn.Sequential(K.RandomResizedCrop((image_size, image_size), scale=(0.08, 1.0)),
                                      K.RandomHorizontalFlip())
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.augment(images.float().div_(255))  # (N, C, S, S)
-        return (x - self.mean) / self.std
-
-
-def shuffled_batches(dataset, batch_size: int, generator: torch.Generator,
-                     num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of shuffled (uint8 images, labels) batches, the last one possibly smaller."""
-    if hasattr(dataset, "get_batch"):
-        order = torch.randperm(len(dataset), generator=generator)
-        for start in range(0, len(order), batch_size):
-            yield dataset.get_batch(order[start:start + batch_size])
-        return
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                                         generator=generator, num_workers=num_workers)
-    for images, labels in loader:
-        yield images, torch.as_tensor(labels, dtype=torch.int64)
+    def forward(self, images: torch.Tensor, rows: Optional[slice] = None,
+                global_size: Optional[int] = None) -> torch.Tensor:
+        rows = rows or slice(0, len(images))
+        n = global_size or len(images)
+        x = images.float().div_(255)  # (b, C, H, W)
+        for aug in self.augment:
+            shape = torch.Size((n, *x.shape[1:]))
+            params = aug.forward_parameters(shape)  # drawn for the whole global batch
+            if len(x):
+                mine = {k: v[rows] if k != "forward_input_shape" and torch.is_tensor(v) and v.dim() and len(v) == n
+                        else v for k, v in params.items()}
+                mine["forward_input_shape"] = torch.tensor(x.shape)
+                x = aug(x, params=mine)
+            elif aug is self.augment[0]:  # no rows here: only the draws, and the crop's output shape
+                x = x.new_zeros((0, x.shape[1], self.size, self.size))
+        return (x - self.mean) / self.std  # (b, C, S, S)
 
 
 def probe_images(model: nn.Module, train_set, test_set, recipe: Recipe, image_size: int,
                  protocol: str = "mocov2", bn_head: bool = False, device: str | torch.device = "cpu",
                  num_workers: int = 4, seed: int = 0, amp: bool = True,
-                 progress: bool = True) -> ProbeResult:
+                 progress: bool = True, work_dir: Optional[str] = None,
+                 identity: Optional[dict] = None) -> ProbeResult:
     """Train a linear head on a frozen `model` with augmented images; test with centre crops.
 
     `model` maps a normalised batch to features (N, D). It stays in eval mode with no gradient;
     afterwards its weights and buffers are checked to be unchanged (BackboneChangedError).
-    """
-    from tqdm.auto import tqdm
 
+    Under a process group (joined by the caller) every rank must call this: each takes its part
+    of every global batch of `recipe.batch_size` (linear_shards.py), only the head is under DDP,
+    and the test accuracy counts every test image once (hits summed over the ranks' shards). Every
+    rank returns the same result. With `work_dir`, the probe's state is saved there after every
+    epoch and a rerun continues from it (linear_state.py); `identity` adds what else defines the
+    probe to the resume check (e.g. the checkpoint and data it came from).
+    """
     from ssl_bf.augment import EvalTransform
     from ssl_bf.features import extract_features
+
+    from .linear_shards import count_hits
 
     tic = time.perf_counter()
     dev = torch.device(device)
@@ -107,55 +126,111 @@ def probe_images(model: nn.Module, train_set, test_set, recipe: Recipe, image_si
     for p in model.parameters():
         p.requires_grad_(False)
     before = snapshot(model)
-    space = LabelSpace.from_train(_dataset_labels(train_set), len(train_set.classes) or None)
+    train_labels = _dataset_labels(train_set)
+    space = LabelSpace.from_train(train_labels, len(train_set.classes) or None)
     train_tf = ProbeTrainTransform(image_size, train_set.mean, train_set.std).to(dev)
+    eval_tf = EvalTransform(image_size, test_set.mean, test_set.std).to(dev)
     use_amp = amp and dev.type == "cuda"
+    head = LinearHead(_feature_dim(model, train_set, eval_tf, image_size, dev), space.num_classes,
+                      bn=bn_head).to(dev)
+    opt = torch.optim.SGD(head.parameters(), lr=recipe.peak_lr(), momentum=recipe.momentum,
+                          weight_decay=recipe.weight_decay)
+    definition = json.loads(json.dumps({
+        "protocol": protocol, "recipe": asdict(recipe), "bn_head": bn_head, "image_size": image_size,
+        "seed": seed, "train_rows": len(train_set), "test_rows": len(test_set), "num_classes": space.num_classes,
+        "backbone_sha256": weights_digest(before), **(identity or {})}))
+    with (ProbeCheckpoint(work_dir, definition, dev) if work_dir else contextlib.nullcontext()) as saved:
+        _train(model, head, opt, train_set, train_tf, space, train_labels, recipe, protocol, dev, num_workers,
+               seed, use_amp, progress, saved)
+    check_unchanged(before, model)
+
+    feats, labels = extract_features(model, test_set, eval_tf, dev, batch_size=recipe.batch_size,
+                                     num_workers=num_workers, progress=progress and dist_utils.is_main(),
+                                     desc="linear test", gather=False)  # this rank's shard
+    check_unchanged(before, model)
+    head.eval()
+    with torch.no_grad():
+        logits = head(feats.to(dev)).cpu()
+    t1, t5 = topk_correct(logits, torch.from_numpy(space.encode(labels.numpy())))
+    n = len(labels)
+    if dist_utils.is_initialized():
+        t1, t5, n = count_hits((t1, t5, n), dev)
+    hp = {**asdict(recipe), "used_lr": recipe.peak_lr(), "bn_head": bn_head, "image_size": image_size}
+    hp["milestones"] = list(hp["milestones"])
+    return ProbeResult(protocol, 100.0 * t1 / n, 100.0 * t5 / n, hp,
+                       seconds=time.perf_counter() - tic, num_classes=space.num_classes,
+                       head=head.cpu(), label_values=space_values(space))
+
+
+def _train(model: nn.Module, head: LinearHead, opt: torch.optim.Optimizer, train_set, train_tf: ProbeTrainTransform,
+           space: LabelSpace, train_labels: np.ndarray, recipe: Recipe, protocol: str, dev: torch.device,
+           num_workers: int, seed: int, use_amp: bool, progress: bool, saved) -> None:
+    """The SGD epochs (from the saved state's epoch on, when `saved` holds one)."""
+    from tqdm.auto import tqdm
+
+    from .linear_shards import ddp_head, epoch_order, normalise_over_global_batch, shard_batches, shard_loss
 
     def features(x: torch.Tensor) -> torch.Tensor:
+        if not len(x):  # no rows of this batch on this rank
+            return x.new_zeros((0, head.fc.in_features))
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
             return model(x).float()  # (B, D)
 
-    dim = extract_features(model, train_set, EvalTransform(image_size, train_set.mean, train_set.std).to(dev), dev,
-                           indices=torch.arange(min(2, len(train_set))), batch_size=2,
-                           progress=False)[0].shape[1]
-    head = LinearHead(dim, space.num_classes, bn=bn_head).to(dev)
-    opt = torch.optim.SGD(head.parameters(), lr=recipe.peak_lr(), momentum=recipe.momentum,
-                          weight_decay=recipe.weight_decay)
+    world = dist_utils.world_size()
     steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
     total = recipe.epochs * steps_per_epoch
     gen = torch.Generator().manual_seed(seed)
-    step = 0
-    bar = tqdm(total=total, desc=f"linear {protocol}", unit="step", disable=not progress)
-    for _ in range(recipe.epochs):
+    first = 0
+    state = saved.load() if saved is not None else None
+    if state is not None:
+        head.load_state_dict(state["head"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["order_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        first = min(state["epoch"], recipe.epochs)
+        if dist_utils.is_main():
+            print(f"linear {protocol}: resuming from {saved.path} after epoch {first} of {recipe.epochs}", flush=True)
+    fc = ddp_head(head.fc, dev) if dist_utils.is_initialized() else head.fc
+    known = space.encode(train_labels) >= 0  # (N,)
+    step = first * steps_per_epoch
+    bar = tqdm(total=total, initial=step, desc=f"linear {protocol}", unit="step",
+               disable=not progress or not dist_utils.is_main())
+    for epoch in range(first, recipe.epochs):
         head.train()
-        for images, labels in shuffled_batches(train_set, recipe.batch_size, gen, num_workers):
+        order = epoch_order(train_set, gen)  # (N,)
+        for batch in shard_batches(train_set, order, recipe.batch_size, known, num_workers, seed + epoch):
             for group in opt.param_groups:
                 group["lr"] = recipe.lr_at(step / total)
-            target = torch.from_numpy(space.encode(labels.numpy())).to(dev)
-            loss = F.cross_entropy(head(features(train_tf(images.to(dev, non_blocking=True)))), target,
-                                   ignore_index=-1)
+            target = torch.from_numpy(space.encode(batch.labels.numpy())).to(dev)
+            x = features(train_tf(batch.images.to(dev, non_blocking=True), batch.rows, batch.global_size))
+            if world == 1 and not dist_utils.is_initialized():  # one process: the probe as it always was
+                loss = F.cross_entropy(head(x), target, ignore_index=-1)
+            else:
+                x = normalise_over_global_batch(head.norm, x) if isinstance(head.norm, nn.BatchNorm1d) else x
+                loss = shard_loss(fc(x), target, batch.labelled)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        if saved is not None:
+            saved.save(head, opt, epoch + 1, gen.get_state(), torch.get_rng_state())
     bar.close()
-    check_unchanged(before, model)
 
-    eval_tf = EvalTransform(image_size, test_set.mean, test_set.std).to(dev)
-    feats, labels = extract_features(model, test_set, eval_tf, dev, batch_size=recipe.batch_size,
-                                     num_workers=num_workers, progress=progress, desc="linear test")
-    check_unchanged(before, model)
-    head.eval()
+
+def _feature_dim(model: nn.Module, dataset, transform: nn.Module, image_size: int, dev: torch.device) -> int:
+    """D of the model's features, from one image (no collective). For image folders one int64 is
+    drawn from the global RNG: the DataLoader that found D before drew it (its worker base seed),
+    and the crops drawn after it keep the stream they always had."""
+    if hasattr(dataset, "get_batch"):
+        image = dataset.get_batch(torch.arange(1))[0]
+    else:
+        torch.empty((), dtype=torch.int64).random_()
+        image = dataset[0][0][None]
     with torch.no_grad():
-        logits = head(feats.to(dev)).cpu()
-    t1, t5 = topk_correct(logits, torch.from_numpy(space.encode(labels.numpy())))
-    hp = {**asdict(recipe), "used_lr": recipe.peak_lr(), "bn_head": bn_head, "image_size": image_size}
-    hp["milestones"] = list(hp["milestones"])
-    return ProbeResult(protocol, 100.0 * t1 / len(labels), 100.0 * t5 / len(labels), hp,
-                       seconds=time.perf_counter() - tic, num_classes=space.num_classes,
-                       head=head.cpu(), label_values=space_values(space))
+        return int(model(transform(image.to(dev))).shape[1])
+
 
 def _dataset_labels(dataset) -> np.ndarray:
     if hasattr(dataset, "labels"):

@@ -53,7 +53,7 @@ class SubcommandJob:
             result = _run_pretrain(self.argv[1:])
         else:
             result = {"rc": self._run_cli(self.argv)}
-        if self.then and dist_env.rank == 0:
+        if self.then:  # every task: the evaluation splits its work over the same processes
             result["then_rc"] = self._run_cli(self.then)
         result.update(rank=dist_env.rank, world_size=dist_env.world_size, host=socket.gethostname(),
                       node=os.environ.get("SLURMD_NODENAME"),
@@ -79,7 +79,8 @@ class SubcommandJob:
             path = trainer.save_checkpoint()
             print(f"[ssl-bf job] preempted at step {trainer.step}: saved {path}; requeueing", flush=True)
         else:
-            print("[ssl-bf job] preempted (no trainer running); requeueing", flush=True)
+            print("[ssl-bf job] preempted (no trainer running; `linear --work-dir` resumes from its last epoch); "
+                  "requeueing", flush=True)
         return submitit.helpers.DelayedSubmission(SubcommandJob(self.argv, self.then))
 
     def _run_cli(self, argv: list[str]) -> int:

@@ -23,7 +23,9 @@ from .options import LaunchError, LaunchOptions, check_folder, sbatch_parameters
 from .sweep import Sweep, expand, write_sweep
 
 COMMANDS = ("pretrain", "embed", "knn", "linear", "evaluate")
-DISTRIBUTED_COMMANDS = ("pretrain",)  # the others run as one task
+# Commands that run as one process per task across nodes and GPUs (torch.distributed, env://);
+# knn searches one index in one process.
+DISTRIBUTED_COMMANDS = ("pretrain", "embed", "linear", "evaluate")
 SUBMITIT_DIR = "submitit"
 
 
@@ -228,8 +230,8 @@ def sbatch_script(folder: str, params: dict, array: int = 0) -> str:
 
 
 def _eval_options(opts: LaunchOptions) -> LaunchOptions:
-    """The chained evaluation: one task with at most one GPU, on a shared node."""
-    return dataclasses.replace(opts, exclusive=False, job_name=None)
+    """The chained evaluation: the pretraining job's layout (nodes, tasks, GPUs), its own job name."""
+    return dataclasses.replace(opts, job_name=None)
 
 
 def _submit_all(executor, jobs: list[SubcommandJob]):
@@ -307,8 +309,7 @@ def submit(command: str, args: list[str], opts: LaunchOptions, sweep_axes: Optio
     shape = f"{opts.nodes} node(s) x {tasks} task(s)" + (f" x {opts.gpus_per_node} GPU(s)/node" if opts.gpus_per_node else "")
     eval_params = None
     if then and opts.cluster == "slurm":
-        eval_params = sbatch_parameters(_eval_options(opts), "ssl-bf-evaluate", nodes=1, tasks_per_node=1,
-                                        gpus_per_node=min(opts.gpus_per_node, 1),
+        eval_params = sbatch_parameters(_eval_options(opts), "ssl-bf-evaluate",
                                         dependency=("aftercorr:<ARRAY_ID>" if n > 1 else "afterok:<JOB_ID>"))
 
     notes = ["then: `ssl-bf evaluate RUN` runs at the end of the same job"] if chained_in_job else []
@@ -357,8 +358,7 @@ def submit(command: str, args: list[str], opts: LaunchOptions, sweep_axes: Optio
             dependency = f"aftercorr:{sub.jobs[0].job_id.split('_')[0]}"
         else:
             dependency = f"afterok:{sub.jobs[0].job_id}"
-        eval_params = sbatch_parameters(_eval_options(opts), "ssl-bf-evaluate", nodes=1, tasks_per_node=1,
-                                        gpus_per_node=min(opts.gpus_per_node, 1), dependency=dependency)
+        eval_params = sbatch_parameters(_eval_options(opts), "ssl-bf-evaluate", dependency=dependency)
         eval_ex = _executor("slurm", folder, opts, eval_params)
         sub.eval_jobs = _submit_all(eval_ex, [SubcommandJob(t) for t in then_argvs])
 

@@ -60,14 +60,15 @@ def _positions(dataset, indices: Optional[torch.Tensor]) -> torch.Tensor:
 def extract_features(model: nn.Module, dataset, transform: Callable[[torch.Tensor], torch.Tensor],
                      device: torch.device, indices: Optional[torch.Tensor] = None, batch_size: int = 256,
                      num_workers: int = 0, progress: bool = True, desc: str = "embed",
-                     autocast_dtype: Optional[torch.dtype] = None
+                     autocast_dtype: Optional[torch.dtype] = None, gather: bool = True
                      ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
     """Features of `dataset[indices]` (all images when None) with `model` in eval mode.
 
     `transform` maps a uint8 batch on `device` to the model's input. Under a process group every
     rank must call this; each embeds its contiguous shard, and rank 0 returns
     `(features (N, D) float32, labels (N,) int64)` on the CPU in the order of `indices` while the
-    other ranks return None. Without a process group the tuple is returned directly.
+    other ranks return None. Without a process group the tuple is returned directly. With
+    `gather=False` every rank returns its own shard's rows instead (no collective at all).
     """
     from tqdm.auto import tqdm
 
@@ -101,7 +102,12 @@ def extract_features(model: nn.Module, dataset, transform: Callable[[torch.Tenso
         x_all = torch.cat(feats)  # (n_r, D)
     else:  # an empty shard (fewer images than ranks): learn D from the others
         x_all = None
-    if not dist_utils.is_initialized():
+    if x_all is None and not gather:  # an empty shard: D from a forward of one image
+        images, _ = next(_batches(dataset, positions[:1], 1, 0, False))
+        with torch.no_grad(), amp:
+            x_all = model.eval()(transform(images.to(device))).float().cpu()[:0]
+        model.train(was_training)
+    if not dist_utils.is_initialized() or not gather:
         return x_all, y_all
     if len(positions) < world:  # some shard is empty: agree on D (the same on every rank)
         dim = torch.tensor([x_all.shape[1] if x_all is not None else 0], dtype=torch.int64, device=device)

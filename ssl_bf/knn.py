@@ -241,16 +241,12 @@ def blas_blocks(memory_budget_gb: float) -> Iterator[None]:
     full speed: about 1.8x faster searches measured on 2 cores. The block buffer (4096 x 8192
     float32, 128 MiB) is capped at an eighth of the memory budget.
     """
-    faiss = _faiss()
-    cvar = faiss.cvar
-    saved = (cvar.distance_compute_blas_query_bs, cvar.distance_compute_blas_database_bs)
+    from .knn_stream import blas_tiles
+
     query_bs = 4096
     db_bs = int(min(8192, max(1024, memory_budget_gb * (1 << 30) / 8 / (query_bs * 4))))
-    cvar.distance_compute_blas_query_bs, cvar.distance_compute_blas_database_bs = query_bs, db_bs
-    try:
+    with blas_tiles(query_bs, db_bs):
         yield
-    finally:
-        cvar.distance_compute_blas_query_bs, cvar.distance_compute_blas_database_bs = saved
 
 
 def search_chunks(index, queries: np.ndarray, k: int, chunk: int, progress: bool = False,
@@ -280,6 +276,7 @@ class KnnOutput:
     num_classes: int
     search_seconds: float  # time inside FAISS search (index building excluded)
     recall: Optional[float] = None  # approximate indexes: recall@max(k) against exact search
+    plan: Optional[object] = None  # the exact CPU search: its knn_stream.StreamPlan (block sizes, memory)
 
 
 def knn_accuracy(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: ArrayLike,
@@ -341,8 +338,10 @@ def knn_evaluate(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: Ar
         raise ValueError(f"temperatures must be positive and finite, got {temperatures}")
     if not (math.isfinite(memory_budget_gb) and memory_budget_gb > 0):
         raise ValueError(f"the memory budget must be a positive number of GB, got {memory_budget_gb}")
-    train = as_numpy(train_feats)
-    test = as_numpy(test_feats)
+    from .knn_stream import RowSource
+
+    train = train_feats if isinstance(train_feats, RowSource) else as_numpy(train_feats)
+    test = test_feats if isinstance(test_feats, RowSource) else as_numpy(test_feats)
     y_train = integer_labels(train_labels, "train labels")
     y_test = integer_labels(test_labels, "test labels") if test_labels is not None else np.zeros(len(test), np.int64)
     kmax = max(ks)
@@ -353,28 +352,37 @@ def knn_evaluate(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: Ar
 
     if kmax > GPU_MAX_K and device != "cpu":
         device = "cpu"  # FAISS GPU search returns at most 2048 neighbours
-    index_obj = build_index(train, index, device)
-    queries = l2_normalize(test)  # (Q, D) float32
     pairs = [(k, t) for k in ks for t in temperatures]
-    chunk = query_chunk_size(kmax, space.num_classes, memory_budget_gb, len(pairs))
+    streamed = index == "flat" and not use_gpu(device)
+    if streamed:  # exact search on the CPU: the bank is streamed in blocks, never held whole
+        chunks, plan = _streamed(train, test, kmax, memory_budget_gb, progress)
+    else:
+        if isinstance(train, RowSource) or isinstance(test, RowSource):
+            raise ValueError(f"--index {index} (or a GPU) needs the whole bank in memory; load the files")
+        index_obj = build_index(train, index, device)
+        queries = l2_normalize(test)  # (Q, D) float32
+        chunk = query_chunk_size(kmax, space.num_classes, memory_budget_gb, len(pairs))
+        chunks, plan = search_chunks(index_obj, queries, kmax, chunk, progress, memory_budget_gb), None
     top1 = dict.fromkeys(pairs, 0)
     top5 = dict.fromkeys(pairs, 0)
     preds: dict[tuple[int, float], list[np.ndarray]] = {p: [] for p in pairs}
+    vote_rows = query_chunk_size(kmax, space.num_classes, memory_budget_gb, len(pairs))
     seconds = 0.0
     tic = time.perf_counter()
-    for start, sims, ids in search_chunks(index_obj, queries, kmax, chunk, progress, memory_budget_gb):
+    for start, chunk_sims, chunk_ids in chunks:
         seconds += time.perf_counter() - tic
-        sims_t = torch.from_numpy(sims)  # (B, kmax)
-        ids_t = torch.from_numpy(ids)  # (B, kmax); -1 where an approximate index found fewer
-        nbr = torch.where(ids_t >= 0, train_idx[ids_t.clamp_min(0)], torch.full_like(ids_t, -1))
-        truth = test_idx[start:start + len(sims)]  # (B,)
-        for k, t in pairs:
-            top = topk_predictions(knn_vote(sims_t[:, :k], nbr[:, :k], space.num_classes, t))  # (B, 5)
-            hits = top == truth[:, None]  # (B, 5)
-            top1[(k, t)] += int(hits[:, 0].sum())
-            top5[(k, t)] += int(hits.any(dim=1).sum())
-            if keep_predictions:
-                preds[(k, t)].append(space.decode(top.numpy()))
+        for off in range(0, len(chunk_sims), vote_rows):
+            sims_t = torch.from_numpy(chunk_sims[off:off + vote_rows])  # (B, kmax)
+            ids_t = torch.from_numpy(chunk_ids[off:off + vote_rows])  # (B, kmax); -1: fewer found
+            nbr = torch.where(ids_t >= 0, train_idx[ids_t.clamp_min(0)], torch.full_like(ids_t, -1))
+            truth = test_idx[start + off:start + off + len(sims_t)]  # (B,)
+            for k, t in pairs:
+                top = topk_predictions(knn_vote(sims_t[:, :k], nbr[:, :k], space.num_classes, t))  # (B, 5)
+                hits = top == truth[:, None]  # (B, 5)
+                top1[(k, t)] += int(hits[:, 0].sum())
+                top5[(k, t)] += int(hits.any(dim=1).sum())
+                if keep_predictions:
+                    preds[(k, t)].append(space.decode(top.numpy()))
         tic = time.perf_counter()
     recall = None
     if index in ("ivf", "hnsw") and recall_sample > 0:
@@ -383,7 +391,18 @@ def knn_evaluate(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: Ar
     results = [{"k": k, "temperature": t, "top1": 100.0 * top1[(k, t)] / q,
                 "top5": 100.0 * top5[(k, t)] / q} for k, t in pairs]
     predictions = {p: np.concatenate(v) for p, v in preds.items()} if keep_predictions else {}
-    return KnnOutput(results, predictions, space.num_classes, seconds, recall)
+    return KnnOutput(results, predictions, space.num_classes, seconds, recall, plan)
+
+
+def _streamed(train, test, k: int, memory_budget_gb: float, progress: bool):
+    """The exact CPU search: the bank streamed in blocks within the budget (knn_stream.py)."""
+    from .knn_stream import ArrayRows, RowSource, plan_stream, stream_search, working_budget_gb
+
+    bank = train if isinstance(train, RowSource) else ArrayRows(train, "train features")
+    queries = test if isinstance(test, RowSource) else ArrayRows(test, "test features")
+    plan = plan_stream(len(bank), len(queries), bank.shape[1], k, working_budget_gb(memory_budget_gb),
+                       bank.stored_bytes_per_row)
+    return stream_search(bank, queries, k, plan, progress), plan
 
 
 def search_recall(train_feats: ArrayLike, queries: ArrayLike, k: int, index,

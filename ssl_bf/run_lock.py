@@ -63,10 +63,12 @@ def _holder_text(path: str) -> str:
 class RunLock:
     """`acquire()` takes RUN/.lock (or raises RunLockError naming the holder); `release()` drops it."""
 
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, label: str = "run.dir", owner: str = "`ssl-bf pretrain`"):
         self.run_dir = run_dir
         self.path = lock_path(run_dir)
         self.fd: Optional[int] = None
+        self.label = label  # how messages name the folder (the option that gave it)
+        self.owner = owner  # what may run there, one at a time
 
     @property
     def held(self) -> bool:
@@ -79,8 +81,8 @@ class RunLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
-            raise RunLockError(f"run.dir {self.run_dir}: cannot create the lock file {self.path} "
-                               f"({e.strerror or e}); choose a writable run.dir") from None
+            raise RunLockError(f"{self.label} {self.run_dir}: cannot create the lock file {self.path} "
+                               f"({e.strerror or e}); choose a writable {self.label}") from None
         deadline = time.monotonic() + max(0.0, wait_s)
         told = False
         while True:
@@ -93,9 +95,9 @@ class RunLock:
                     holder = _holder_text(self.path) or "another process"
                     waited = f" (waited {wait_s:.0f} s)" if wait_s > 0 else ""
                     raise RunLockError(
-                        f"run.dir {self.run_dir} is in use: {holder} holds {self.path}{waited}. Only one "
-                        f"`ssl-bf pretrain` may run in a run folder: wait for that one to end (or stop it), "
-                        f"or give this run another run.dir") from None
+                        f"{self.label} {self.run_dir} is in use: {holder} holds {self.path}{waited}. Only one "
+                        f"{self.owner} may run in a folder: wait for that one to end (or stop it), "
+                        f"or give this run another {self.label}") from None
                 if not told:
                     print(f"ssl-bf: waiting up to {wait_s:.0f} s for {self.path} "
                           f"({_holder_text(self.path) or 'another process'} holds it)", file=sys.stderr, flush=True)
@@ -109,7 +111,7 @@ class RunLock:
                           file=sys.stderr, flush=True)
                     return self
                 os.close(fd)
-                raise RunLockError(f"run.dir {self.run_dir}: cannot lock {self.path} ({e.strerror or e})") from None
+                raise RunLockError(f"{self.label} {self.run_dir}: cannot lock {self.path} ({e.strerror or e})") from None
         self.fd = fd
         _HELD.add(fd)
         info = {"pid": os.getpid(), "host": socket.gethostname(),
@@ -135,3 +137,30 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+def claim_on_main(lock: RunLock, device, wait_s: float = 0.0) -> None:
+    """Rank 0 creates the lock's folder and takes the lock; under a process group every rank learns
+    the outcome, so a refused rank 0 never leaves the others waiting in a collective. Raises
+    RunLockError (on every rank) when the folder cannot be made or is held by another process."""
+    import torch
+
+    from . import distributed as dist_utils
+
+    problem = ""
+    if dist_utils.is_main():
+        try:
+            os.makedirs(lock.run_dir, exist_ok=True)
+            lock.acquire(wait_s=wait_s)
+        except RunLockError as e:
+            problem = str(e)
+        except OSError as e:
+            problem = (f"{lock.label} {lock.run_dir}: cannot create the folder ({e.strerror or e}); choose "
+                       f"another {lock.label}")
+    if dist_utils.is_initialized():
+        flag = torch.tensor([1.0 if problem else 0.0], device=device)
+        dist_utils.broadcast_(flag, src=0)
+        if flag.item() and not problem:
+            problem = f"rank 0 could not take the run folder {lock.run_dir} (its message says why)"
+    if problem:
+        raise RunLockError(problem)

@@ -36,7 +36,7 @@ from .moco import build_model
 from .norm import plan_normalisation
 from .optim import build_optimizer, set_lr
 from .schedule import cosine_momentum, warmup_cosine
-from .run_lock import RunLock, RunLockError
+from .run_lock import RunLock, RunLockError, claim_on_main
 from .step_signals import StepSignalGuard, StopSignals
 from .step_stats import StepStats
 
@@ -312,25 +312,11 @@ class Trainer:
 
     def _claim_run_folder(self, lock_wait_s: float) -> None:
         """Create the run folder and take its lock (rank 0 alone), before anything in it is
-        written; every rank learns the outcome, so a refused rank 0 never leaves the others waiting
-        in a collective."""
-        problem = ""
-        if self.is_main:
-            try:
-                os.makedirs(self.run_dir, exist_ok=True)
-                self._lock.acquire(wait_s=lock_wait_s)
-            except RunLockError as e:
-                problem = str(e)
-            except OSError as e:
-                problem = (f"run.dir {self.run_dir}: cannot create the folder ({e.strerror or e}); choose "
-                           "another run.dir")
-        if self.distributed:
-            flag = torch.tensor([1.0 if problem else 0.0], device=self.device)
-            dist_utils.broadcast_(flag, src=0)
-            if flag.item() and not problem:
-                problem = f"rank 0 could not take the run folder {self.run_dir} (its message says why)"
-        if problem:
-            raise RunFolderError(problem)
+        written; every rank learns the outcome (`run_lock.claim_on_main`)."""
+        try:
+            claim_on_main(self._lock, self.device, wait_s=lock_wait_s)
+        except RunLockError as e:
+            raise RunFolderError(str(e)) from None
 
     def _checked_state(self) -> Optional[dict]:
         """The checkpoint state checked in __init__, re-read (and re-checked) if the file changed."""

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ssl_bf import knn as knn_mod
+from ssl_bf import knn_stream
 from ssl_bf.eval.cli import knn_main
 from ssl_bf.eval.formats import save_embeddings
 from ssl_bf.knn import knn_accuracy, knn_evaluate, knn_predict, knn_vote
@@ -114,11 +115,21 @@ def test_one_search_for_all_k(monkeypatch):
             return self.index.search(x, k)
 
     monkeypatch.setattr(knn_mod, "build_index", lambda *a, **kw: CountingIndex(real_build(*a, **kw)))
+    real_stream = knn_stream.stream_search
+
+    def counting_stream(bank, queries, k, plan, progress=False):
+        calls.append(("stream", len(queries), k))
+        return real_stream(bank, queries, k, plan, progress)
+
+    monkeypatch.setattr(knn_stream, "stream_search", counting_stream)
     train, ty = blobs(800, 8, 4)
     test, sy = blobs(60, 8, 4, seed=5)
     res = knn_accuracy(train, ty, test, sy, ks=(10, 20, 100, 200), temperatures=(0.07, 0.1))
-    assert calls == [(60, 200)]
+    assert calls == [("stream", 60, 200)]  # exact CPU search: the streamed one
     assert [(r["k"], r["temperature"]) for r in res] == [(k, t) for k in (10, 20, 100, 200) for t in (0.07, 0.1)]
+    calls.clear()
+    knn_accuracy(train, ty, test, sy, ks=(10, 20, 100, 200), temperatures=(0.07, 0.1), index="flat-fp16")
+    assert calls == [(60, 200)]
 
 
 def test_memory_budget_chunks_queries(monkeypatch):

@@ -75,6 +75,34 @@ def test_dry_run_single_job_defaults(tmp_path, capsys, no_cluster):
     assert "afterok:" in out
 
 
+def test_dry_run_chained_evaluation_keeps_the_pretraining_layout(tmp_path, capsys, no_cluster):
+    rc = ssl_bf_main(["submit", "pretrain", "--cluster", "slurm", "--nodes", "2", "--gpus-per-node", "8",
+                      "--dry-run", "--then", "evaluate", "--", "--config", TINY, f"run.dir={tmp_path / 'r'}"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    train, chained = out.split("--- chained evaluation (sbatch script) ---")
+    for script in (train, chained):  # the evaluation splits its extraction over the same 16 processes
+        for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8"):
+            assert line in script, f"{line!r} missing from:\n{script}"
+    assert "#SBATCH --job-name=ssl-bf-evaluate" in chained and "afterok:" in chained
+
+
+@pytest.mark.parametrize("command, args", [
+    ("linear", ["--protocol", "mocov2", "--checkpoint", "RUN/checkpoints/last.pt", "--work-dir", "RUN/lin"]),
+    ("embed", ["--checkpoint", "RUN/checkpoints/last.pt", "--split", "train", "--out", "train.safetensors"]),
+    ("evaluate", ["RUN"]),
+])
+def test_evaluation_commands_are_submitted_across_nodes_and_gpus(tmp_path, capsys, no_cluster, monkeypatch,
+                                                                  command, args):
+    monkeypatch.chdir(tmp_path)
+    rc = ssl_bf_main(["submit", command, "--cluster", "slurm", "--nodes", "2", "--gpus-per-node", "4",
+                      "--dry-run", "--", *args])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "2 node(s) x 4 task(s) x 4 GPU(s)/node" in out
+    assert "#SBATCH --nodes=2" in out and "#SBATCH --ntasks-per-node=4" in out
+
+
 # --- options and bad requests -------------------------------------------------------------------
 def test_preset_then_command_line():
     opts = make_options("testcluster", time=5, slurm_extra={"comment": "x"})
@@ -175,6 +203,22 @@ def test_local_sweep_with_evaluation_and_report(tmp_path, capsys, one_thread):
         assert (base / name / "results.json").is_file()
     assert ssl_bf_main(["sweep-report", str(base)]) == 0
     assert "(n=2)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_local_two_task_pretrain_then_evaluate_on_both_tasks(tmp_path, capsys, one_thread):
+    run = tmp_path / "run"
+    out_json = tmp_path / "sub.json"
+    rc = ssl_bf_main(["submit", "pretrain", "--cluster", "local", "--tasks-per-node", "2", "--then", "evaluate",
+                      "--then-args=--subset 512 --workers 0 --no-progress --linear cached", "--wait",
+                      "--json", str(out_json), "--", "--config", TINY, f"run.dir={run}", "train.epochs=1"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    results = json.loads(out_json.read_text())["results"][0]["results"]
+    assert sorted(r["rank"] for r in results) == [0, 1] and all(r["then_rc"] == 0 for r in results)
+    assert {r["world_size"] for r in results} == {2}
+    ev = json.loads((run / "results.json").read_text())["evaluated"]
+    assert ev["train_rows"] == 512 and ev["test_rows"] == 512  # both tasks embedded, rank 0 scored
 
 
 # --- the job object -----------------------------------------------------------------------------

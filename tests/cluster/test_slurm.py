@@ -209,3 +209,29 @@ def test_bad_request_fails_clearly_at_submit_time(tmp_path, options, message):
     assert not run.exists(), "a refused request left files behind"
     after = subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True, text=True, timeout=20).stdout
     assert set(after.split()) <= set(before.split()), "a job was queued"
+
+
+# (g) ---------------------------------------------------------------------------------------------
+def test_two_task_linear_probe(tmp_path, cancel_on_exit):
+    from ssl_bf.config import load_config
+    from ssl_bf.train import pretrain
+
+    pretrain(load_config(TINY, [f"run.dir={tmp_path / 'run'}", "train.epochs=0"]))  # fixed random features
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    args = ["--protocol", "mocov2", "--checkpoint", str(ckpt), "--subset", "505", "--epochs", "2",
+            "--batch-size", "64", "--lr", "0.3", "--workers", "0", "--device", "cpu", "--no-progress",
+            "--work-dir", str(tmp_path / "probe"), "--json", str(tmp_path / "linear.json"),
+            "--save-head", str(tmp_path / "head.pt")]
+    # two tasks on one node (each node has 2 CPUs): schedulable while another job holds the other node
+    sub = submit("linear", args, make_options(PRESET, tasks_per_node=2, folder=str(tmp_path / "jobs")))
+    cancel_on_exit.extend(sub.jobs)
+    results = wait_job(sub.jobs[0], timeout=240)
+
+    assert sorted(r["rank"] for r in results) == [0, 1] and {r["world_size"] for r in results} == {2}
+    assert all(r["rc"] == 0 for r in results)
+    out = json.loads((tmp_path / "linear.json").read_text())
+    assert out["protocol"] == "mocov2" and 0.0 < out["top1"] <= 100.0
+    assert round(out["top1"] * 505 / 100, 6) == round(out["top1"] * 505 / 100)  # each test image once
+    state = torch.load(tmp_path / "probe" / "linear-probe.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["world_size"] == 2
+    assert "2 process(es)" in Path(str(sub.jobs[0].paths.stdout).replace("%t", "0")).read_text()
