@@ -95,7 +95,7 @@ def test_the_measure_trips_when_pre_only_is_fed_same_batch_batchformer_keys(data
         model.uses_key_bf = lambda: True
 
         @torch.no_grad()
-        def key_bf_stream(h_k, z_k):
+        def key_bf_stream(h_k, z_k, x):
             return model.batchformer.transform(z_k)  # the query's batch composition
         model.key_bf_stream = key_bf_stream
 
