@@ -8,10 +8,13 @@ query stream's terms are than the plain pair's: max over BatchFormer terms of ma
 A key stream that shares the query's batch context while its negatives do not shows a large leak.
 See docs/batchformer.md.
 """
+import typing
+
 import pytest
 import torch
 
 from ssl_bf.augment import build_two_views
+from ssl_bf.config import VIT_BLOCKS_KEY_BRANCHES, BatchFormerConfig, ConfigError
 from ssl_bf.data import build_dataset
 from ssl_bf.moco import build_model
 
@@ -32,7 +35,7 @@ def _trained(data, method: tuple, key_branch: str, steps: int = 20, rewire=None)
     """The tiny model with BatchFormer, trained `steps` steps on real Fashion-MNIST."""
     torch.manual_seed(0)
     cfg = tiny_config(None, "batchformer.enabled=true", f"batchformer.key_branch={key_branch}", *method)
-    model = build_model(cfg, 1).train()
+    model = build_model(cfg, 1, 28).train()
     if rewire is not None:
         rewire(model)
     views = build_two_views("mocov2", 28, 1, data.mean, data.std)
@@ -102,3 +105,28 @@ def test_the_measure_trips_when_pre_only_is_fed_same_batch_batchformer_keys(data
     model, views = _trained(data, V2, "pre_only", rewire=same_batch_keys)
     assert model.cfg.batchformer.key_branch == "pre_only"
     assert leak(model, views, data.images[-64:]) > SHORTCUT
+
+
+VIT = ("backbone.name=vit_tiny", "backbone.patch_size=7", "batchformer.position=vit_blocks", "batchformer.insert_after=[2]")
+# the verdict each key branch gets at the other positions, for vit_blocks too
+VIT_EXPECTED = {("mocov2", "pre_only"): "free", ("mocov2", "same_batch"): "shortcut",
+                ("mocov2", "recomposed"): "shortcut"}
+
+
+@pytest.mark.parametrize("method", ["mocov2", "mocov3"])
+@pytest.mark.parametrize("branch", typing.get_args(typing.get_type_hints(BatchFormerConfig)["key_branch"]))
+def test_vit_blocks_follows_the_same_leak_rules(data, method, branch):
+    """BatchFormerV2 inside the ViT (a real ViT-tiny, 7 px patches): every key branch the config
+    offers either gets the same verdict as at the other positions or is refused up front."""
+    overrides = (*(V2 if method == "mocov2" else V3), *VIT)
+    if branch not in VIT_BLOCKS_KEY_BRANCHES:
+        with pytest.raises(ConfigError, match="not available with position=vit_blocks"):
+            tiny_config(None, "batchformer.enabled=true", f"batchformer.key_branch={branch}", *overrides)
+        return
+    model, views = _trained(data, overrides, branch)
+    value = leak(model, views, data.images[-64:])
+    print(f"leak {method} {branch} {value:.3f}")  # docs/batchformer.md's table
+    if VIT_EXPECTED.get((method, branch), "free") == "free":
+        assert abs(value) < LEAK_FREE, value
+    else:
+        assert value > SHORTCUT, value
