@@ -28,7 +28,7 @@ V3 = ("method=mocov3", "moco.dim=32", "moco.hidden_dim=64", "moco.pred_hidden_di
 # MoCo-v3 with BatchFormerV2 between the blocks of a real ViT-tiny (7 px patches), two insertions
 V3_VIT = (*V3[:4], "train.optimizer=adamw", "train.base_lr=1e-3", "moco.momentum=0.99", "backbone.name=vit_tiny",
           "backbone.patch_size=7", "batchformer.position=vit_blocks", "batchformer.insert_after=[1,3]",
-          "batchformer.share_across_inserts=false")
+          "batchformer.share_across_inserts=false", "train.batch_size=32", "data.subset=160")  # 5 steps an epoch
 
 
 @pytest.mark.parametrize("bf,extra", [("false", ()), ("true", ()), ("true", V3),
