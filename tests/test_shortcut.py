@@ -108,7 +108,11 @@ def test_the_measure_trips_when_pre_only_is_fed_same_batch_batchformer_keys(data
 
 
 VIT = ("backbone.name=vit_tiny", "backbone.patch_size=7", "batchformer.position=vit_blocks", "batchformer.insert_after=[2]")
-# the verdict each key branch gets at the other positions, for vit_blocks too
+# The verdict each key branch gets at the other positions, for vit_blocks too. Measured after 20
+# steps: leak-free rows |leak| <= 0.012, MoCo-v2's same_batch 0.159 and recomposed 0.147. The
+# batch context has three more blocks, a norm and the projector to cross, so the shortcut is a
+# third as large as at `projection` in 20 steps, but 12x the leak-free rows' largest value.
+VIT_SHORTCUT = 0.1
 VIT_EXPECTED = {("mocov2", "pre_only"): "free", ("mocov2", "same_batch"): "shortcut",
                 ("mocov2", "recomposed"): "shortcut"}
 
@@ -129,4 +133,4 @@ def test_vit_blocks_follows_the_same_leak_rules(data, method, branch):
     if VIT_EXPECTED.get((method, branch), "free") == "free":
         assert abs(value) < LEAK_FREE, value
     else:
-        assert value > SHORTCUT, value
+        assert value > VIT_SHORTCUT, value
