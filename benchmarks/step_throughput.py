@@ -5,6 +5,8 @@ BatchFormer off vs on, side by side in one run; prints medians and ratios.
     python benchmarks/step_throughput.py --quick               # fewer steps
     python benchmarks/step_throughput.py --device cuda --image-size 224 --backbone resnet50
     python benchmarks/step_throughput.py --device cuda --image-size 224 --backbone resnet50 --channels-last --pre-cut
+    python benchmarks/step_throughput.py --methods mocov3 --backbones vit_tiny --positions vit_blocks \
+        --image-size 28 --channels 1              # BatchFormerV2 inside the ViT (after the middle block)
 
 On CUDA each variant's peak memory is printed too (its own: the other variants' resident models
 are subtracted). `make_model_step`, `time_interleaved` and `PeakMemory` are reused by
@@ -23,12 +25,24 @@ from ssl_bf.augment import build_two_views
 from ssl_bf.config import load_config
 from ssl_bf.moco import build_model
 from ssl_bf.optim import build_optimizer
+from ssl_bf.vit_shapes import VIT_SHAPES
 
 VARIANTS = {
     "off": ["batchformer.enabled=false"],
     "projection": ["batchformer.enabled=true", "batchformer.position=projection"],
     "backbone": ["batchformer.enabled=true", "batchformer.position=backbone"],
+    "vit_blocks": ["batchformer.enabled=true", "batchformer.position=vit_blocks"],  # + insert_after
 }
+
+
+def variant_overrides(position: str, backbone: str, insert_after: Optional[list[int]] = None) -> list[str]:
+    """The overrides of one BatchFormer position; vit_blocks inserts after `insert_after` (default:
+    the block in the middle of the ViT, so the later half of the blocks runs twice)."""
+    overrides = list(VARIANTS[position])
+    if position == "vit_blocks":
+        blocks = insert_after or [VIT_SHAPES[backbone].layers // 2 - 1]
+        overrides.append(f"batchformer.insert_after=[{','.join(map(str, blocks))}]")
+    return overrides
 
 
 def _config(method: str, backbone: str, overrides: list[str], batch: int, preset: Optional[str] = None):
@@ -170,6 +184,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median taken)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant per round")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--positions", nargs="+", default=["projection", "backbone"], choices=sorted(set(VARIANTS) - {"off"}),
+                   help="BatchFormer positions timed against off (vit_blocks: ViT backbones only)")
+    p.add_argument("--insert-after", type=int, nargs="+", default=None,
+                   help="vit_blocks: the ViT blocks BatchFormerV2 follows (default: the middle block)")
     p.add_argument("--scopes", action="store_true", help="also time batchformer.scope=global (1 process)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA (fp32)")
@@ -180,15 +198,18 @@ def main() -> None:
     if args.quick:
         args.rounds, args.steps = 3, 2
     device = torch.device(args.device)
-    variants = dict(VARIANTS)
-    if args.scopes:
-        variants["projection-global"] = VARIANTS["projection"] + ["batchformer.scope=global"]
+    if "vit_blocks" in args.positions and not all(b.startswith("vit") for b in args.backbones):
+        p.error("--positions vit_blocks needs ViT backbones only (e.g. --backbones vit_tiny)")
     print(f"device {device}, batch {args.batch}, {args.image_size}px, {torch.get_num_threads()} threads; "
           f"{args.rounds} interleaved rounds x {args.steps} steps, median images/s"
           f"{'' if args.no_amp or device.type != 'cuda' else ', bf16 autocast'}"
           f"{', channels-last' if args.channels_last else ''}{', pre-cut crop pairs' if args.pre_cut else ''}")
     for method in args.methods:
         for backbone in args.backbones:
+            variants = {"off": VARIANTS["off"]}
+            variants.update({pos: variant_overrides(pos, backbone, args.insert_after) for pos in args.positions})
+            if args.scopes:
+                variants.update({f"{pos}-global": variants[pos] + ["batchformer.scope=global"] for pos in args.positions})
             memory = PeakMemory(device)
             steps = {name: memory.build(name, lambda ov=ov: _make_step(
                 _config(method, backbone, ov, args.batch), args.image_size, args.channels, device,

@@ -1,7 +1,7 @@
-"""Backbones: torchvision ResNets with a small-image stem and a width option."""
+"""Backbones: torchvision ResNets with a small-image stem and a width option, and ViTs whose
+blocks run one by one (so BatchFormerV2 can be inserted between them)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Optional
 
@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.models.vision_transformer import VisionTransformer
+
+from .vit_shapes import VIT_SHAPES, ViTShape  # noqa: F401 (ViTShape: re-exported)
 
 _RESNETS = {
     "resnet18": (tv_resnet.BasicBlock, [2, 2, 2, 2]),
@@ -63,18 +65,6 @@ def resnet(name: str = "resnet18", stem: str = "imagenet", width: int = 64, in_c
     return net
 
 
-@dataclass(frozen=True)
-class ViTShape:
-    """A ViT's size: blocks, attention heads, token width and MLP width."""
-    layers: int
-    heads: int
-    dim: int
-    mlp_dim: int
-
-
-VIT_SHAPES = {"vit_small": ViTShape(12, 6, 384, 1536), "vit_tiny": ViTShape(6, 3, 192, 768)}
-
-
 class ViTBackbone(nn.Module):
     """torchvision's VisionTransformer returning the class token: (N, C, H, W) -> (N, D).
 
@@ -102,8 +92,28 @@ class ViTBackbone(nn.Module):
             for p in self.vit.conv_proj.parameters():
                 p.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vit(x)  # (N, D), the class token after the final LayerNorm
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens with the class token prepended and the position embedding added:
+        (N, C, H, W) -> (N, T, D), T = 1 + (H / patch)^2."""
+        vit = self.vit
+        patches = vit._process_input(x)  # (N, T-1, D)
+        cls = vit.class_token.expand(patches.shape[0], -1, -1)  # (N, 1, D)
+        return vit.encoder.dropout(torch.cat([cls, patches], dim=1) + vit.encoder.pos_embedding)  # (N, T, D)
+
+    def forward(self, x: torch.Tensor,
+                after_block: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+        """(N, C, H, W) -> (N', D): the class token after the final LayerNorm.
+
+        The blocks run one by one; `after_block(i, tokens)` (optional) may replace the (N, T, D)
+        tokens after block i, with more rows (BatchFormerV2's second stream): N' is what it leaves.
+        Without it this is exactly torchvision's `VisionTransformer.forward`.
+        """
+        tokens = self.tokens(x)  # (N, T, D)
+        for i, block in enumerate(self.vit.encoder.layers):
+            tokens = block(tokens)  # (N', T, D)
+            if after_block is not None:
+                tokens = after_block(i, tokens)
+        return self.vit.encoder.ln(tokens)[:, 0]  # (N', D)
 
 
 def build_backbone(name: str, stem: str, width: int, in_channels: int, stem_stride: int = 1,

@@ -10,6 +10,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from .vit_shapes import VIT_SHAPES
 from .yaml_io import did_you_mean, load_yaml_mapping
 
 
@@ -30,7 +31,11 @@ class BackboneConfig:
 @dataclass
 class BatchFormerConfig:
     enabled: bool = False
-    position: Literal["projection", "backbone"] = "projection"
+    # projection / backbone: BatchFormer (v1) before the heads; vit_blocks: BatchFormerV2 inside a
+    # ViT, between its transformer blocks (ssl_bf/batchformer_v2.py)
+    position: Literal["projection", "backbone", "vit_blocks"] = "projection"
+    insert_after: list[int] = field(default_factory=list)  # vit_blocks: after these blocks (0-based)
+    share_across_inserts: bool = True  # vit_blocks: one layer for every insertion point, else one each
     layers: int = 1
     heads: int = 4
     dim_feedforward: int = 0  # 0 means "equal to the feature dimension"
@@ -172,6 +177,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value not in args:
             raise ConfigError(f"{key}: '{value}' is not one of {list(args)}")
         return value
+    if origin is list:
+        return _coerce_list(value, args[0], key)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -204,6 +211,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         except ValueError:  # '1e3', '64.0'
             return int(number)
     raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _coerce_list(value: Any, item: Any, key: str) -> list:
+    """A YAML list, one bare value, or comma-separated text -> a list of `item`."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.strip().strip("[]").split(",") if v.strip()]
+    elif not isinstance(value, (list, tuple)):
+        value = [value]
+    return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
 
 
 def _apply(obj: Any, key: str, value: Any, full_key: str) -> None:
@@ -254,6 +270,8 @@ def format_override_value(value: Any) -> str:
     false, null, else str()."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (list, tuple)):  # one shell word: [1,3]
+        return "[" + ",".join(format_override_value(v) for v in value) + "]"
     return "null" if value is None else str(value)
 
 
@@ -386,6 +404,7 @@ def validate(cfg: Config) -> None:
     if cfg.monitor.knn_every and cfg.monitor.bank_subset is not None and cfg.monitor.bank_subset < cfg.monitor.knn_k:
         raise ConfigError(f"monitor.bank_subset ({cfg.monitor.bank_subset}) is smaller than monitor.knn_k "
                           f"({cfg.monitor.knn_k}): the k-NN needs at least k bank images")
+    _check_vit_blocks(cfg)
     if cfg.batchformer.enabled:
         dim = cfg.moco.dim if cfg.batchformer.position == "projection" else None
         if dim and dim % cfg.batchformer.heads:
@@ -418,6 +437,38 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.subset ({cfg.data.subset}) is smaller than one batch ({cfg.train.batch_size})")
 
 
+# The key branches BatchFormerV2 (position vit_blocks) implements on the key side.
+VIT_BLOCKS_KEY_BRANCHES = ("pre_only", "same_batch", "recomposed")
+
+
+def _check_vit_blocks(cfg: Config) -> None:
+    """BatchFormerV2's settings: a ViT, valid distinct block indices, a width the heads divide."""
+    bf = cfg.batchformer
+    if not bf.enabled:
+        return
+    if bf.position != "vit_blocks":
+        if bf.insert_after:
+            raise ConfigError(f"batchformer.insert_after is for batchformer.position=vit_blocks, not "
+                              f"'{bf.position}'; drop it with batchformer.insert_after=[]")
+        return
+    if not cfg.backbone.name.startswith("vit"):
+        raise ConfigError(f"batchformer.position=vit_blocks needs a ViT backbone, got backbone.name="
+                          f"{cfg.backbone.name}; use backbone.name=vit_tiny or vit_small")
+    shape = VIT_SHAPES[cfg.backbone.name]
+    blocks = f"{cfg.backbone.name} has blocks 0-{shape.layers - 1}"
+    if not bf.insert_after:
+        raise ConfigError(f"batchformer.position=vit_blocks needs batchformer.insert_after, the blocks to insert "
+                          f"BatchFormerV2 after, e.g. batchformer.insert_after=[{shape.layers // 2 - 1}] ({blocks})")
+    if len(set(bf.insert_after)) != len(bf.insert_after) or any(not 0 <= i < shape.layers for i in bf.insert_after):
+        raise ConfigError(f"batchformer.insert_after must list distinct block indices of the ViT ({blocks}), "
+                          f"got {bf.insert_after}")
+    if shape.dim % bf.heads:
+        raise ConfigError(f"the ViT width ({shape.dim}) must be divisible by batchformer.heads ({bf.heads})")
+    if bf.key_branch not in VIT_BLOCKS_KEY_BRANCHES:
+        raise ConfigError(f"batchformer.key_branch={bf.key_branch} is not available with position=vit_blocks; "
+                          f"choose one of {', '.join(VIT_BLOCKS_KEY_BRANCHES)}")
+
+
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -437,7 +488,8 @@ RUN_DEFINING = frozenset({
     "method", "seed",
     "backbone.name", "backbone.stem", "backbone.stem_stride", "backbone.width", "backbone.patch_size",
     "backbone.freeze_patch_embed",
-    "batchformer.enabled", "batchformer.position", "batchformer.layers", "batchformer.heads",
+    "batchformer.enabled", "batchformer.position", "batchformer.insert_after", "batchformer.share_across_inserts",
+    "batchformer.layers", "batchformer.heads",
     "batchformer.dim_feedforward", "batchformer.dropout", "batchformer.lr_scale", "batchformer.weight_decay",
     "batchformer.key_branch", "batchformer.recompose_groups", "batchformer.enqueue_both", "batchformer.scope",
     "moco.dim", "moco.hidden_dim", "moco.proj_layers", "moco.pred_hidden_dim", "moco.queue_size",

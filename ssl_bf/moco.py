@@ -3,8 +3,9 @@
 The base owns the query streams (plain, and BatchFormer's when it is on), the momentum update and
 the loss: the mean over every (query stream, key stream) pair, summed over the view directions.
 A method supplies only its key streams (`key_streams`) and its pairwise loss term (`pair_loss`).
-BatchFormer sits on the projected feature (`position=projection`, the default) or on the pooled
-backbone feature (`position=backbone`, the reference); it never gets into the momentum encoder.
+BatchFormer sits on the projected feature (`position=projection`, the default), on the pooled
+backbone feature (`position=backbone`, the reference) or, as BatchFormerV2, between a ViT's blocks
+(`position=vit_blocks`); it never gets into the momentum encoder.
 docs/batchformer.md explains the wiring and the batch-context shortcut.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 from . import distributed as dist_utils
 from .backbones import build_backbone
 from .batchformer import BatchFormer, transform_recomposed, transform_with_context
+from .batchformer_v2 import BatchFormerV2, build_batchformer_v2, key_side_apply, query_side_apply
 from .config import Config
 from .heads import mlp
 from .losses import info_nce_in_batch, info_nce_queue
@@ -81,8 +83,10 @@ class MoCoBase(nn.Module):
         feature_dim = self.backbone.feature_dim
         self.projector = self.build_projector(cfg, feature_dim)
         self.predictor: nn.Module = nn.Identity()  # MoCo-v3 replaces it
-        self.batchformer: Optional[BatchFormer] = None
-        if bf.enabled:
+        self.batchformer: Optional[BatchFormer | BatchFormerV2] = None
+        if bf.enabled and bf.position == "vit_blocks":
+            self.batchformer = build_batchformer_v2(bf, self.backbone)
+        elif bf.enabled:
             bf_dim = feature_dim if bf.position == "backbone" else cfg.moco.dim
             self.batchformer = BatchFormer(bf_dim, bf.layers, bf.heads, bf.dim_feedforward, bf.dropout)
         self.momentum_backbone = copy.deepcopy(self.backbone)
@@ -113,8 +117,10 @@ class MoCoBase(nn.Module):
 
     def query_streams(self, x: torch.Tensor) -> torch.Tensor:
         """Query features before the predictor: (S*N, D) with S = 2 streams when BF is on."""
-        h = self.backbone(x)  # (N, F)
         bf = self.batchformer if (self.batchformer is not None and self.training) else None
+        if isinstance(bf, BatchFormerV2):  # the two streams split inside the ViT
+            return self.projector(self.backbone(x, bf.two_streams(query_side_apply(self._bf_gather()))))  # (2N, D)
+        h = self.backbone(x)  # (N, F)
         if bf is not None and self.cfg.batchformer.position == "backbone":
             h2 = torch.cat([h, bf.transform(h, self._bf_gather())])  # (2N, F)
             return self.projector(h2)  # (2N, D)
@@ -124,10 +130,14 @@ class MoCoBase(nn.Module):
         return z
 
     @torch.no_grad()
-    def key_bf_stream(self, h_k: torch.Tensor, z_k: torch.Tensor) -> torch.Tensor:
-        """BatchFormer stream of the keys with the live weights, no gradient: (N, D)."""
+    def key_bf_stream(self, h_k: torch.Tensor, z_k: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """BatchFormer stream of the keys with the live weights, no gradient: (N, D). `x` is the
+        key view (N, C, H, W), which BatchFormerV2 needs (it acts inside the momentum ViT)."""
         bf, opts = self.batchformer, self.cfg.batchformer
         assert bf is not None
+        if isinstance(bf, BatchFormerV2):
+            apply = key_side_apply(opts, x.shape[0], self._bf_gather(), x.device)
+            return self.momentum_projector(self.momentum_backbone(x, bf.bf_stream(apply)))  # (N, D)
         x = h_k if opts.position == "backbone" else z_k
         if opts.key_branch == "same_batch":
             out = bf.transform(x, self._bf_gather())  # same composition as the queries
@@ -244,7 +254,7 @@ class MoCoV2(MoCoBase):
             streams.append(F.normalize(bf_keys, dim=1).float())
             self._negatives.append(F.normalize(bf_negatives, dim=1).float())
         elif self.uses_key_bf():
-            streams.append(F.normalize(self.key_bf_stream(h_k, z_k), dim=1).float())
+            streams.append(F.normalize(self.key_bf_stream(h_k, z_k, x), dim=1).float())
             self._negatives.append(negatives)
         if self._context_matched():
             self.enqueue(streams[0], z_k)
@@ -300,7 +310,7 @@ class MoCoV3(MoCoBase):
         z_k = self.momentum_projector(h_k)  # (N, D)
         streams = [z_k]
         if self.uses_key_bf():
-            streams.append(self.key_bf_stream(h_k, z_k))
+            streams.append(self.key_bf_stream(h_k, z_k, x))
         return [dist_utils.gather_rows(F.normalize(k, dim=1).float()) for k in streams]
 
     def pair_loss(self, q: torch.Tensor, k: torch.Tensor, key_stream: int = 0) -> PairTerm:

@@ -38,7 +38,7 @@ def _worker(rank: int, port: int, out_dir: str, bf: str) -> None:
     dist.init_process_group("gloo", init_method="env://")
     torch.manual_seed(0)
     cfg = tiny_config(None, *OVERRIDES, "moco.split_bn_groups=1", *_bf_overrides(bf))
-    model = build_model(cfg, 1).train()
+    model = build_model(cfg, 1, 28).train()
     ddp = DistributedDataParallel(model)
     x1, x2 = _inputs()
     mine = slice(rank * N, (rank + 1) * N)
@@ -60,16 +60,23 @@ def _worker(rank: int, port: int, out_dir: str, bf: str) -> None:
     dist.destroy_process_group()
 
 
+# BatchFormerV2 between the blocks of a real ViT-tiny, global scope at both insertions; the key side
+# passes it too (same_batch), so the no-gradient gather of the key stream is covered as well
+VIT_BLOCKS = ("backbone.name=vit_tiny", "backbone.patch_size=7", "batchformer.position=vit_blocks",
+              "batchformer.insert_after=[0,2]", "batchformer.share_across_inserts=false",
+              "batchformer.key_branch=same_batch")
+
+
 def _bf_overrides(bf: str) -> tuple:
     if bf == "off":
         return ()
     if bf == "global-context-matched":
         return ("batchformer.enabled=true", "batchformer.scope=global", "batchformer.key_branch=context_matched")
-    return ("batchformer.enabled=true", "batchformer.scope=global")
+    return ("batchformer.enabled=true", "batchformer.scope=global", *(VIT_BLOCKS if bf == "vit_blocks-global" else ()))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bf", ["off", "global", "global-context-matched"])
+@pytest.mark.parametrize("bf", ["off", "global", "global-context-matched", "vit_blocks-global"])
 def test_two_process_gradients_equal_one_process_on_the_global_batch(tmp_path, bf):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path), bf), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
@@ -77,13 +84,13 @@ def test_two_process_gradients_equal_one_process_on_the_global_batch(tmp_path, b
     torch.manual_seed(0)
     # one process, the whole batch; split BN with 2 contiguous groups = each rank's BN
     cfg = tiny_config(None, *OVERRIDES, "moco.split_bn_groups=2", "train.batch_size=64", *_bf_overrides(bf))
-    model = build_model(cfg, 1).train()
+    model = build_model(cfg, 1, 28).train()
     x1, x2 = _inputs()
     model(x1, x2, momentum=0.9)["loss"].backward()
     single = _grads(model)
 
     assert single.keys() == ranks[0]["grads"].keys()
-    if bf == "global":
+    if bf != "off":
         assert any(k.startswith("batchformer") for k in single)
     for name, g in single.items():
         for r in range(2):

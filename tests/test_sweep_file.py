@@ -80,7 +80,7 @@ def test_a_key_set_by_a_variant_and_an_axis_is_an_error(tmp_path, capsys):
 
 
 def test_the_shipped_ablation_sweep_is_valid(tmp_path, capsys, monkeypatch):
-    """configs/ablation_fmnist_sweep.yaml: 6 variants x 3 seeds, every element a valid config."""
+    """configs/ablation_fmnist_sweep.yaml: 8 variants x 3 seeds, every element a valid config."""
     monkeypatch.setattr(cluster_checks, "_run", lambda *a, **k: None)
     rc = ssl_bf_main(["submit", "pretrain", "--cluster", "local", "--dry-run", "--sweep-file",
                       str(ROOT / "configs" / "ablation_fmnist_sweep.yaml"), "--then", "evaluate", "--",
@@ -88,10 +88,19 @@ def test_the_shipped_ablation_sweep_is_valid(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert rc == 0
     lines = [line for line in out.splitlines() if line.startswith("# local: ssl-bf pretrain")]
-    assert len(lines) == 18
+    assert len(lines) == 24
     assert "seed=0__variant=random-init train.epochs=0 seed=0" in lines[0]
     assert "seed=0__variant=mocov3+bf-projection method=mocov3" in lines[5] and "batchformer.enabled=true" in lines[5]
-    assert lines[17].endswith("seed=2")
+    assert "variant=mocov3-vit+bfv2-vit_blocks" in lines[7] and "batchformer.insert_after=2" in lines[7]
+    assert lines[23].endswith("seed=2")
+
+
+def test_the_vit_sweep_is_the_full_sweeps_vit_pair():
+    """configs/ablation_fmnist_vit_sweep.yaml runs the ViT rows alone: the same variants and seeds."""
+    variants, axes, _ = load_sweep_file(str(ROOT / "configs" / "ablation_fmnist_sweep.yaml"))
+    vit_variants, vit_axes, _ = load_sweep_file(str(ROOT / "configs" / "ablation_fmnist_vit_sweep.yaml"))
+    assert vit_axes == axes and set(vit_variants) == {"mocov3-vit", "mocov3-vit+bfv2-vit_blocks"}
+    assert all(variants[name] == overrides for name, overrides in vit_variants.items())
 
 
 def test_sweep_report_groups_by_variant(tmp_path, capsys):

@@ -25,8 +25,15 @@ V3 = ("method=mocov3", "moco.dim=32", "moco.hidden_dim=64", "moco.pred_hidden_di
       "moco.momentum=0.99", "augment.recipe=mocov3")
 
 
+# MoCo-v3 with BatchFormerV2 between the blocks of a real ViT-tiny (7 px patches), two insertions
+V3_VIT = (*V3[:4], "train.optimizer=adamw", "train.base_lr=1e-3", "moco.momentum=0.99", "backbone.name=vit_tiny",
+          "backbone.patch_size=7", "batchformer.position=vit_blocks", "batchformer.insert_after=[1,3]",
+          "batchformer.share_across_inserts=false", "train.batch_size=32", "data.subset=160")  # 5 steps an epoch
+
+
 @pytest.mark.parametrize("bf,extra", [("false", ()), ("true", ()), ("true", ("batchformer.key_branch=context_matched",)),
-                                      ("true", V3)], ids=["v2", "v2-bf", "v2-bf-context-matched", "v3-bf-lars"])
+                                      ("true", V3), pytest.param("true", V3_VIT, marks=pytest.mark.slow)],
+                         ids=["v2", "v2-bf", "v2-bf-context-matched", "v3-bf-lars", "v3-vit-blocks"])
 def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path, bf, extra):
     straight = tiny_config(tmp_path / "a", *SMALL, f"batchformer.enabled={bf}", *extra)
     Trainer(straight).fit()
