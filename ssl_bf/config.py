@@ -50,8 +50,8 @@ class BatchFormerConfig:
     #   context_matched (MoCo-v2): keys pass BatchFormer as a batch, and every queued negative of
     #               the BatchFormer key stream passes it as one extra member of that same batch,
     #               so positive and negatives share the batch context; all four stream pairs
-    #   auto:       the method's default, written into the saved config: MoCo-v2 pre_only,
-    #               MoCo-v3 same_batch (its in-batch negatives share the context; docs/batchformer.md)
+    #   auto:       the method's default, written into the saved config: MoCo-v2 context_matched
+    #               (pre_only where it cannot apply), MoCo-v3 same_batch (docs/batchformer.md)
     key_branch: Literal["auto", "pre_only", "same_batch", "recomposed", "context_matched"] = "auto"
     recompose_groups: int = 4
     enqueue_both: bool = False  # MoCo-v2: also enqueue the BatchFormer key stream
@@ -385,8 +385,16 @@ def _check_ranges(cfg: Config) -> None:
 
 
 # key_branch=auto resolves per method: the card's wiring (keys through BatchFormer) wherever a
-# leak-free one exists and was not worse in the ablation (README "Results").
-DEFAULT_KEY_BRANCH = {"mocov2": "pre_only", "mocov3": "same_batch"}
+# leak-free one exists and was not worse in the ablation (README "Results"). MoCo-v2's needs the
+# queue to hold BatchFormer's input, so elsewhere (backbone, vit_blocks, enqueue_both) it is pre_only.
+DEFAULT_KEY_BRANCH = {"mocov2": "context_matched", "mocov3": "same_batch"}
+
+
+def _auto_key_branch(cfg: "Config") -> str:
+    branch = DEFAULT_KEY_BRANCH.get(cfg.method, "pre_only")
+    if branch == "context_matched" and (cfg.batchformer.position != "projection" or cfg.batchformer.enqueue_both):
+        return "pre_only"
+    return branch
 
 
 def validate(cfg: Config) -> None:
@@ -395,7 +403,7 @@ def validate(cfg: Config) -> None:
         cfg.moco.split_bn_groups = 1  # a ViT has no BatchNorm to split
     _check_ranges(cfg)
     if cfg.batchformer.key_branch == "auto":
-        cfg.batchformer.key_branch = DEFAULT_KEY_BRANCH.get(cfg.method, "pre_only")
+        cfg.batchformer.key_branch = _auto_key_branch(cfg)
     if not cfg.run.dir.strip():
         raise ConfigError("run.dir is empty; give the run folder, e.g. run.dir=runs/my-run")
     if cfg.train.device not in ("auto", "cpu", "cuda") and not (

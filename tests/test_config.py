@@ -123,11 +123,14 @@ def test_numbers_must_be_finite_and_in_range():
     assert load_config(TINY, ["data.root=null"]).data.root is None
 
 
-@pytest.mark.parametrize("method,expected", [("mocov2", "pre_only"), ("mocov3", "same_batch")])
-def test_key_branch_auto_resolves_to_the_methods_default_and_is_saved_resolved(method, expected):
+@pytest.mark.parametrize("method,extra,expected", [
+    ("mocov2", (), "context_matched"), ("mocov3", (), "same_batch"),
+    ("mocov2", ("batchformer.position=backbone",), "pre_only"),
+    ("mocov2", ("batchformer.enqueue_both=true",), "pre_only")])
+def test_key_branch_auto_resolves_to_the_methods_default_and_is_saved_resolved(method, extra, expected):
     from ssl_bf.config import to_dict
 
-    cfg = tiny_config(None, f"method={method}", "batchformer.enabled=true")
+    cfg = tiny_config(None, f"method={method}", "batchformer.enabled=true", *extra)
     assert cfg.batchformer.key_branch == expected
     assert to_dict(cfg)["batchformer"]["key_branch"] == expected
 
