@@ -17,7 +17,7 @@ import sys
 from typing import Any, Iterator, Optional
 
 from ssl_bf.cli_args import OneLineParser, one_line
-from ssl_bf.config import format_override_value
+from ssl_bf.config import PRESENTATION_ONLY, format_override_value
 from ssl_bf.io import atomic_write_bytes, strict_json, write_json_atomic
 from ssl_bf.yaml_io import load_yaml_mapping
 
@@ -124,10 +124,11 @@ def is_run(path: str) -> bool:
 
 
 def differing_keys(configs: list[dict]) -> list[str]:
-    """The flat config keys (except run.dir) whose values differ between the runs, sorted."""
+    """The flat config keys whose values differ between the runs, sorted; keys that only say where a
+    run writes or how it shows progress (run.dir, run.progress, run.tensorboard) never split variants."""
     if not configs:
         return []
-    return [k for k in sorted(set().union(*configs)) if k != "run.dir"
+    return [k for k in sorted(set().union(*configs)) if k not in PRESENTATION_ONLY
             and len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
 
 

@@ -519,6 +519,9 @@ RESUME_SAFE = frozenset({
     "run.dir", "run.tensorboard", "run.progress",
 })
 
+# Where a run writes and how it shows progress: two runs that differ only here are the same variant.
+PRESENTATION_ONLY = frozenset({"run.dir", "run.tensorboard", "run.progress"})
+
 # May grow on resume, never shrink. The lr cosine (and MoCo-v3's momentum schedule) is a function
 # of (step, epochs x steps per epoch): with more epochs the remaining steps follow the cosine of the
 # NEW total from the resume step on (the lr jumps up from the old curve to the new one there; the

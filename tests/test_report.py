@@ -155,6 +155,18 @@ def test_report_folder_of_runs_with_a_partial_run(sweep_dir, tmp_path):
     assert s1["train_seconds"] > 0 and s1["eval_seconds"] is None
 
 
+def test_where_a_run_writes_and_how_it_shows_progress_never_split_variants():
+    """Two runs that differ only in run.dir/run.progress/run.tensorboard are one variant; any other
+    differing key (here BatchFormer on/off) still splits them."""
+    from ssl_bf.report.sweep_table import differing_keys
+
+    a = {"seed": 0, "run.dir": "a", "run.progress": True, "run.tensorboard": True, "batchformer.enabled": True}
+    b = dict(a, **{"run.dir": "b", "run.progress": False, "run.tensorboard": False})
+    assert differing_keys([a, b]) == []
+    assert differing_keys([a, dict(b, **{"batchformer.enabled": False})]) == ["batchformer.enabled"]
+    assert differing_keys([a, dict(b, **{"train.log_every": 7})]) == ["train.log_every"]
+
+
 def test_report_errors(tmp_path, capsys):
     from ssl_bf.cli import main
 
