@@ -21,6 +21,7 @@ from ssl_bf.cli_args import one_line
 
 if TYPE_CHECKING:
     from .foreign_encoder import Imported
+    from .import_choices import ImportChoices
 
 
 class CheckpointError(ValueError):
@@ -72,9 +73,9 @@ class Opened:
     imported: Optional["Imported"] = None
 
 
-def open_checkpoint(path: str, what: str = "--checkpoint", vit_heads: Optional[int] = None) -> Opened:
+def open_checkpoint(path: str, what: str = "--checkpoint", choices: Optional["ImportChoices"] = None) -> Opened:
     """`read_checkpoint`, with the format of a foreign checkpoint detected and its architecture
-    decided (`vit_heads` overrides the format's ViT head count)."""
+    decided (`choices`: the ViT head count and the DINO network, else the format's conventions)."""
     from ssl_bf.io import UnreadableFileError, load_tensors
 
     if os.path.isdir(path):
@@ -104,16 +105,23 @@ def open_checkpoint(path: str, what: str = "--checkpoint", vit_heads: Optional[i
         if meta.get("format") in (None, "torchvision"):
             _check_sidecar(meta, sidecar, path, what)
             return Opened("backbone", ckpt)
-        return Opened("foreign", ckpt, _import(ckpt, path, what, vit_heads, meta))
-    return Opened("foreign", ckpt, _import(ckpt, path, what, vit_heads, None))
+        return Opened("foreign", ckpt, _import(ckpt, path, what, choices, meta))
+    return Opened("foreign", ckpt, _import(ckpt, path, what, choices, None))
 
 
-def _import(ckpt: dict, path: str, what: str, vit_heads: Optional[int], sidecar: Optional[dict]) -> "Imported":
+def _import(ckpt: dict, path: str, what: str, choices: Optional["ImportChoices"],
+            sidecar: Optional[dict]) -> "Imported":
     from .foreign_encoder import RebuildError, resolve
     from .foreign_formats import UnknownFormatError, detect
+    from .import_choices import ImportChoices
 
+    choices = choices or ImportChoices()
     try:
-        return resolve(detect(ckpt), vit_heads, sidecar)
+        found = detect(ckpt, choices.dino_network or "teacher")
+        if choices.dino_network is not None and found.format != "dino":
+            raise CheckpointError(f"--dino-network is for DINO training checkpoints ({{student, teacher, ...}}); "
+                                  f"{what} {path} is a {found.format} checkpoint with one network")
+        return resolve(found, choices.vit_heads, sidecar)
     except UnknownFormatError as err:
         hint = ""
         if _is_state_dict(ckpt):
@@ -174,7 +182,7 @@ def _check_sidecar(meta: dict, meta_path: str, path: str, what: str) -> dict:
 
 
 def load_checked_encoder(path: str, features: str = "backbone", device: str | torch.device = "cpu",
-                         what: str = "--checkpoint", vit_heads: Optional[int] = None,
+                         what: str = "--checkpoint", choices: Optional["ImportChoices"] = None,
                          image_size: Optional[int] = None):
     """`ssl_bf.checkpoint.load_encoder` after `read_checkpoint`; returns `(module, config, contents)`.
 
@@ -186,16 +194,16 @@ def load_checked_encoder(path: str, features: str = "backbone", device: str | to
     """
     from ssl_bf.checkpoint import load_encoder
 
-    opened = open_checkpoint(path, what, vit_heads)
+    opened = open_checkpoint(path, what, choices)
     if opened.kind == "foreign":
         if features != "backbone":
             raise CheckpointError(f"--features {features}: {what} {path} is a {opened.imported.found.format} "
                                   f"checkpoint, of which ssl-bf loads the backbone only; use --features backbone")
         model, cfg = _foreign_encoder(opened.imported, path, what, image_size)
         return model.to(device), cfg, opened.contents
-    if vit_heads is not None:
-        raise CheckpointError(f"--vit-heads is for checkpoints of other projects; {what} {path} is an ssl-bf "
-                              f"checkpoint, whose config gives the head count")
+    if choices is not None and choices.given():
+        raise CheckpointError(f"{' and '.join(choices.given())}: for checkpoints of other projects; {what} {path} "
+                              f"is an ssl-bf checkpoint, whose config says its network")
     ckpt, kind = opened.contents, opened.kind
     if kind == "backbone" and features != "backbone":
         raise CheckpointError(f"--features {features} needs a training checkpoint, but {what} {path} is an "

@@ -9,7 +9,7 @@ and rank 0 alone builds the embeddings and writes the file.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from ssl_bf.devices import resolve_device
 from ssl_bf.features import extract_features
 
 from .formats import Embeddings, make_embeddings, write_embeddings
+
+if TYPE_CHECKING:
+    from .import_choices import ImportChoices
 
 FOLDER_EVAL_SIZE = 224  # image folders whose config says "native size" are centre-cropped to this
 
@@ -57,7 +60,8 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
           device: str = "auto", dtype: str = "float32", normalize: bool = False,
           image_size: Optional[int] = None, num_workers: int = 4, save_paths: bool = True,
           subset: Optional[int] = None, progress: bool = True,
-          encoder: Optional[tuple[nn.Module, object]] = None, vit_heads: Optional[int] = None) -> Optional[Embeddings]:
+          encoder: Optional[tuple[nn.Module, object]] = None,
+          choices: Optional[ImportChoices] = None) -> Optional[Embeddings]:
     """Extract features of one split with a checkpoint's encoder; write `out` when given.
 
     Args:
@@ -70,7 +74,8 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
         image_size: eval crop size; None: the run's `augment.image_size` or the native size.
         encoder: `(module, config)` already loaded from `checkpoint` by `load_embedding_encoder`
             (several splits, one load); None: loaded here.
-        vit_heads: the head count of a ViT checkpoint of another project (default: its format's).
+        choices: for a checkpoint of another project, its ViT head count and DINO network (default:
+            its format's conventions).
     Returns:
         The embeddings (also written to `out` atomically, with metadata). Under torchrun
         (WORLD_SIZE > 1) the process group is joined (left for the caller to destroy); rank 0
@@ -86,7 +91,7 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
     dev = resolve_device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or dist_utils.is_initialized():  # torchrun
         dist_utils.init_distributed(dev)
-    model, cfg = encoder if encoder is not None else load_embedding_encoder(checkpoint, features, dev, vit_heads,
+    model, cfg = encoder if encoder is not None else load_embedding_encoder(checkpoint, features, dev, choices,
                                                                             image_size)
     model = model.to(dev)
     require_data(model, data, checkpoint)
@@ -125,13 +130,13 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
 
 
 def load_embedding_encoder(checkpoint: str, features: str = "backbone", device: str | torch.device = "cpu",
-                           vit_heads: Optional[int] = None,
+                           choices: Optional[ImportChoices] = None,
                            image_size: Optional[int] = None) -> tuple[nn.Module, object]:
     """The frozen encoder of a checkpoint and its config, the checkpoint checked first
     (`ssl_bf.eval.checkpoints.load_checked_encoder`: CheckpointError naming the file)."""
     from .checkpoints import load_checked_encoder
 
-    model, cfg, _ = load_checked_encoder(checkpoint, features=features, device=device, vit_heads=vit_heads,
+    model, cfg, _ = load_checked_encoder(checkpoint, features=features, device=device, choices=choices,
                                          image_size=image_size)
     return model, cfg
 

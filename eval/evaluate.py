@@ -18,9 +18,12 @@ import copy
 import json
 import os
 import time
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from .formats import Embeddings, load_embeddings
+
+if TYPE_CHECKING:
+    from .import_choices import ImportChoices
 
 RESULTS = "results.json"
 HISTORY = "evaluations.jsonl"
@@ -58,7 +61,7 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
                  linear: "str | Sequence[str]" = "cached,logreg",
                  reuse_embeddings: bool = False, subset: Optional[int] = None, num_workers: int = 4,
                  seed: int = 0, progress: bool = True, data: Optional[str] = None, root: Optional[str] = None,
-                 vit_heads: Optional[int] = None) -> Optional[dict]:
+                 choices: Optional[ImportChoices] = None) -> Optional[dict]:
     """Evaluate a finished run; returns the entry that was recorded.
 
     All or nothing: everything checkable is checked before any compute (the run folder, the
@@ -74,7 +77,8 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
         subset: embed only the first N images of each split (smoke tests).
         data, root: the dataset (name or folder); default RUN/config.yaml's. A checkpoint of another
             project records none, so it needs `data`; RUN is then only where the results go (created).
-        vit_heads: the head count of a ViT checkpoint of another project (default: its format's).
+        choices: for a checkpoint of another project, its ViT head count and DINO network (default:
+            its format's conventions).
     """
     from ssl_bf import distributed as dist_utils
     from ssl_bf.config import load_config
@@ -106,7 +110,7 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
     dev = resolve_device(device)
     model, cfg, ckpt = load_checked_encoder(ckpt_path, features=features, device=dev,
                                             what="--checkpoint" if checkpoint else "the run's checkpoint",
-                                            vit_heads=vit_heads)
+                                            choices=choices)
     epoch, step = ckpt.get("epoch"), ckpt.get("step")
     epoch, step = (v if isinstance(v, (int, float)) else None for v in (epoch, step))
     del ckpt

@@ -18,6 +18,8 @@ import torch
 from ssl_bf.resnet_layout import is_torchvision_resnet
 from ssl_bf.vit_layout import is_timm_vit
 
+from .import_choices import DINO_NETWORKS
+
 # format id -> what it looks like (printed when a file is none of them)
 FORMATS = {
     "ssl-bf": "a run checkpoint (RUN/checkpoints/last.pt) or an `ssl-bf export` file with its JSON",
@@ -197,7 +199,7 @@ def _solo_learn(keys: dict) -> Found:
 
 
 def _dino(obj: dict, network: str) -> Found:
-    if network not in ("teacher", "student"):
+    if network not in DINO_NETWORKS:
         raise ValueError(f"DINO network must be 'teacher' or 'student', not {network!r}")
     other = "student" if network == "teacher" else "teacher"
     keys, stripped = _strip_dataparallel(obj[network])

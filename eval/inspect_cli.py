@@ -17,6 +17,7 @@ from typing import Optional
 from ssl_bf.cli_args import Parser, positive_int
 
 from .foreign_formats import FORMATS, drop_reason
+from .import_choices import DINO_NETWORKS, ImportChoices
 
 PROG = "ssl-bf inspect"
 
@@ -30,6 +31,8 @@ def inspect_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="FILE", help="a checkpoint of ssl-bf or of another project")
     p.add_argument("--vit-heads", type=positive_int, metavar="N",
                    help="ViT attention heads (default: the format's convention; the report says which and why)")
+    p.add_argument("--dino-network", choices=DINO_NETWORKS,
+                   help="DINO training checkpoints: the network to read (default: teacher, DINO's convention)")
     p.add_argument("--keys", action="store_true", help="print every key, not the first few of each group")
     p.add_argument("--json", metavar="OUT", help="also write the report as JSON ('-': to stdout only)")
     return p
@@ -48,7 +51,7 @@ def _inspect_command(args: argparse.Namespace) -> int:
 
     if args.json and args.json != "-":
         check_outputs([("--json", args.json)], inputs=[args.checkpoint, os.path.splitext(args.checkpoint)[0] + ".json"])
-    report = describe(args.checkpoint, args.vit_heads)
+    report = describe(args.checkpoint, ImportChoices(args.vit_heads, args.dino_network))
     if args.json == "-":
         json.dump(report, sys.stdout, indent=2)
         print()
@@ -59,14 +62,15 @@ def _inspect_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe(path: str, vit_heads: Optional[int] = None) -> dict:
+def describe(path: str, choices: Optional[ImportChoices] = None) -> dict:
     """The inspect report of a checkpoint file (CheckpointError if it cannot be read)."""
     from .checkpoints import open_checkpoint
 
-    opened = open_checkpoint(path, "FILE", vit_heads)
+    choices = choices or ImportChoices()
+    opened = open_checkpoint(path, "FILE", choices)
     if opened.kind == "foreign":
         return _describe_foreign(path, opened.imported)
-    return _describe_sslbf(path, opened.kind, opened.contents, vit_heads)
+    return _describe_sslbf(path, opened.kind, opened.contents, choices)
 
 
 def _describe_foreign(path: str, imported) -> dict:
@@ -91,14 +95,14 @@ def _describe_foreign(path: str, imported) -> dict:
     return report
 
 
-def _describe_sslbf(path: str, kind: str, contents: dict, vit_heads: Optional[int]) -> dict:
+def _describe_sslbf(path: str, kind: str, contents: dict, choices: ImportChoices) -> dict:
     from ssl_bf.checkpoint import load_encoder
 
     from .checkpoints import CheckpointError
 
-    if vit_heads is not None:
-        raise CheckpointError(f"--vit-heads is for checkpoints of other projects; FILE {path} is an ssl-bf "
-                              f"checkpoint, whose config gives the head count")
+    if choices.given():
+        raise CheckpointError(f"{' and '.join(choices.given())}: for checkpoints of other projects; FILE {path} "
+                              f"is an ssl-bf checkpoint, whose config says its network")
     try:
         model, cfg = load_encoder(path)
     except RuntimeError as err:

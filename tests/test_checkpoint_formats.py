@@ -346,6 +346,31 @@ def test_solo_learn_cifar_checkpoint_with_lightning_hparams(tmp_path):
     _close(_embed(path, tmp_path), _resnet_features(net, _reference_input(images, 32)))
 
 
+def test_dino_student_is_read_on_request_and_the_option_is_refused_elsewhere(tmp_path, capsys):
+    """A DINO training checkpoint holds two networks: the teacher by default, the student with
+    --dino-network student (embed gives that network's features); elsewhere the option is an error."""
+    images, _ = _fmnist()
+    teacher, student = _resnet("resnet18", seed=11), _resnet("resnet18", seed=12)
+    path = str(tmp_path / "dino.pth")
+    ckpt = dino_full(_backbone_sd(teacher), teacher_ddp=True)
+    ckpt["student"] = {**_prefixed("module.backbone.", _backbone_sd(student)), **_prefixed("module.head.", _dino_head())}
+    torch.save(ckpt, path)
+    report = _inspect(path, "--dino-network", "student", tmp_path=tmp_path)
+    assert report["format"] == "dino" and report["missing"] == []
+    assert "teacher network (the student is used)" in report["dropped"]
+    assert report["loaded"] and all(k.startswith("student.") for k in report["loaded"])
+    x = _reference_input(images, 224)
+    _close(_embed(path, tmp_path, "--dino-network", "student"), _resnet_features(student, x))
+    _close(_embed(path, tmp_path), _resnet_features(teacher, x))  # the default stays the teacher
+    plain = str(tmp_path / "tv.pth")
+    torch.save(teacher.state_dict(), plain)
+    capsys.readouterr()
+    assert main(["inspect", plain, "--dino-network", "student"]) == 2
+    assert "--dino-network is for DINO training checkpoints" in capsys.readouterr().err
+    assert main(["inspect", path, "--dino-network", "both"]) == 2  # not a choice
+    assert "invalid choice" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_evaluate_and_linear_take_a_foreign_checkpoint(tmp_path, capsys):
     """`evaluate RUN --checkpoint FILE --data NAME` into a new folder, and `linear`, with a small-stem
