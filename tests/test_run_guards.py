@@ -112,6 +112,9 @@ def test_a_signal_saves_at_a_step_boundary_and_the_resume_continues_exactly(tmp_
 def test_stop_signals_are_left_to_slurm_inside_a_job(monkeypatch):
     from ssl_bf.step_signals import StopSignals
 
+    # Python's SIGINT handler, as in a process started from a terminal (under nohup or in a
+    # background job SIGINT starts ignored, and StopSignals rightly leaves an ignored signal alone)
+    outer_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     monkeypatch.setenv("SLURM_JOB_ID", "123")
     stop = StopSignals().install()
     assert not stop.previous and signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -134,6 +137,7 @@ def test_stop_signals_are_left_to_slurm_inside_a_job(monkeypatch):
     finally:
         stop.uninstall()
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, outer_int)
 
 
 # --- the run folder lock --------------------------------------------------------------------------
