@@ -23,6 +23,7 @@ from .import_choices import DINO_NETWORKS, ImportChoices
 from .options import check_outputs, same_file
 
 EXIT_OK, EXIT_INPUT, EXIT_CHECK, EXIT_INTERRUPTED = 0, 2, 3, 130
+DEFAULT_PROBE_SAVE_EVERY = 500  # steps between mid-epoch saves of an image probe with --work-dir
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -364,6 +365,9 @@ def linear_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", metavar="DIR", help="mocov2/mocov3: keep the probe's state in DIR after every "
                    "epoch (DIR/linear-probe.pt); the same command run again continues from it (a killed, "
                    "preempted or requeued probe resumes)")
+    p.add_argument("--save-every", type=positive_int, metavar="STEPS",
+                   help="with --work-dir: also save the state every STEPS steps inside an epoch, so a preempted "
+                   f"probe loses at most STEPS steps (default {DEFAULT_PROBE_SAVE_EVERY})")
     _add_device(p)
     p.add_argument("--save-head", metavar="PATH", help="write the trained head (torch, weights_only-loadable)")
     p.add_argument("--no-progress", action="store_true")
@@ -403,6 +407,8 @@ def _linear_command(args: argparse.Namespace) -> int:
         _check_train_test(args, "the probe would be scored on the rows it was trained on")
     if args.work_dir:
         _check_work_dir(args)
+    elif args.save_every:
+        raise ArgumentError(f"--save-every {args.save_every} saves the probe's state into --work-dir; give --work-dir DIR")
     _check_device(args.device)
     from ssl_bf import distributed as dist_utils
 
@@ -491,7 +497,7 @@ def _linear_images(args):
               f"{recipe.batch_size}", flush=True)
     result = probe_images(model, train_set, test_set, recipe, size, args.protocol, args.bn_head, dev,
                           args.workers, args.seed, progress=not args.no_progress, work_dir=args.work_dir,
-                          identity=identity)
+                          identity=identity, save_every=args.save_every or DEFAULT_PROBE_SAVE_EVERY)
     return (result if dist_utils.is_main() else None), train_set.classes
 
 

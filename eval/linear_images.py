@@ -101,7 +101,7 @@ def probe_images(model: nn.Module, train_set, test_set, recipe: Recipe, image_si
                  protocol: str = "mocov2", bn_head: bool = False, device: str | torch.device = "cpu",
                  num_workers: int = 4, seed: int = 0, amp: bool = True,
                  progress: bool = True, work_dir: Optional[str] = None,
-                 identity: Optional[dict] = None) -> ProbeResult:
+                 identity: Optional[dict] = None, save_every: int = 500) -> ProbeResult:
     """Train a linear head on a frozen `model` with augmented images; test with centre crops.
 
     `model` maps a normalised batch to features (N, D). It stays in eval mode with no gradient;
@@ -111,8 +111,9 @@ def probe_images(model: nn.Module, train_set, test_set, recipe: Recipe, image_si
     of every global batch of `recipe.batch_size` (linear_shards.py), only the head is under DDP,
     and the test accuracy counts every test image once (hits summed over the ranks' shards). Every
     rank returns the same result. With `work_dir`, the probe's state is saved there after every
-    epoch and a rerun continues from it (linear_state.py); `identity` adds what else defines the
-    probe to the resume check (e.g. the checkpoint and data it came from).
+    epoch and every `save_every` steps inside one, and a rerun continues from it (linear_state.py);
+    `identity` adds what else defines the probe to the resume check (e.g. the checkpoint and data
+    it came from).
     """
     from ssl_bf.augment import EvalTransform
     from ssl_bf.features import extract_features
@@ -141,7 +142,7 @@ def probe_images(model: nn.Module, train_set, test_set, recipe: Recipe, image_si
         "backbone_sha256": weights_digest(before), **(identity or {})}))
     with (ProbeCheckpoint(work_dir, definition, dev) if work_dir else contextlib.nullcontext()) as saved:
         _train(model, head, opt, train_set, train_tf, space, train_labels, recipe, protocol, dev, num_workers,
-               seed, use_amp, progress, saved)
+               seed, use_amp, progress, saved, save_every)
     check_unchanged(before, model)
 
     feats, labels = extract_features(model, test_set, eval_tf, dev, batch_size=recipe.batch_size,
@@ -164,8 +165,8 @@ def probe_images(model: nn.Module, train_set, test_set, recipe: Recipe, image_si
 
 def _train(model: nn.Module, head: LinearHead, opt: torch.optim.Optimizer, train_set, train_tf: ProbeTrainTransform,
            space: LabelSpace, train_labels: np.ndarray, recipe: Recipe, protocol: str, dev: torch.device,
-           num_workers: int, seed: int, use_amp: bool, progress: bool, saved) -> None:
-    """The SGD epochs (from the saved state's epoch on, when `saved` holds one)."""
+           num_workers: int, seed: int, use_amp: bool, progress: bool, saved, save_every: int) -> None:
+    """The SGD epochs, from the saved state's epoch and step on when `saved` holds one."""
     from tqdm.auto import tqdm
 
     from .linear_shards import ddp_head, epoch_order, normalise_over_global_batch, shard_batches, shard_loss
@@ -180,7 +181,7 @@ def _train(model: nn.Module, head: LinearHead, opt: torch.optim.Optimizer, train
     steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
     total = recipe.epochs * steps_per_epoch
     gen = torch.Generator().manual_seed(seed)
-    first = 0
+    first, skip = 0, 0
     state = saved.load() if saved is not None else None
     if state is not None:
         head.load_state_dict(state["head"])
@@ -188,17 +189,21 @@ def _train(model: nn.Module, head: LinearHead, opt: torch.optim.Optimizer, train
         gen.set_state(state["order_rng"])
         torch.set_rng_state(state["torch_rng"])
         first = min(state["epoch"], recipe.epochs)
+        skip = min(state.get("batches_done", 0), steps_per_epoch) if first < recipe.epochs else 0
         if dist_utils.is_main():
-            print(f"linear {protocol}: resuming from {saved.path} after epoch {first} of {recipe.epochs}", flush=True)
+            where = f"after step {skip} of {steps_per_epoch} in epoch {first + 1}" if skip else f"after epoch {first}"
+            print(f"linear {protocol}: resuming from {saved.path} {where} of {recipe.epochs}", flush=True)
     fc = ddp_head(head.fc, dev) if dist_utils.is_initialized() else head.fc
     known = space.encode(train_labels) >= 0  # (N,)
-    step = first * steps_per_epoch
+    step = first * steps_per_epoch + skip
     bar = tqdm(total=total, initial=step, desc=f"linear {protocol}", unit="step",
                disable=not progress or not dist_utils.is_main())
     for epoch in range(first, recipe.epochs):
         head.train()
+        epoch_rng = gen.get_state()  # a mid-epoch save keeps it: the resume draws this order again
         order = epoch_order(train_set, gen)  # (N,)
-        for batch in shard_batches(train_set, order, recipe.batch_size, known, num_workers, seed + epoch):
+        done = skip if epoch == first else 0  # steps of this epoch already trained
+        for batch in shard_batches(train_set, order, recipe.batch_size, known, num_workers, seed + epoch, done):
             for group in opt.param_groups:
                 group["lr"] = recipe.lr_at(step / total)
             target = torch.from_numpy(space.encode(batch.labels.numpy())).to(dev)
@@ -212,8 +217,11 @@ def _train(model: nn.Module, head: LinearHead, opt: torch.optim.Optimizer, train
             loss.backward()
             opt.step()
             step += 1
+            done += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if saved is not None and save_every and done % save_every == 0 and done < steps_per_epoch:
+                saved.save(head, opt, epoch, epoch_rng, torch.get_rng_state(), batches_done=done)
         if saved is not None:
             saved.save(head, opt, epoch + 1, gen.get_state(), torch.get_rng_state())
     bar.close()

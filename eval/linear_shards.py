@@ -56,8 +56,9 @@ def epoch_order(dataset, generator: torch.Generator) -> torch.Tensor:
 
 
 def shard_batches(dataset, order: torch.Tensor, batch_size: int, known: np.ndarray, num_workers: int,
-                  loader_seed: int) -> Iterator[ShardBatch]:
-    """This rank's part of every global batch of `order`, in order.
+                  loader_seed: int, skip: int = 0) -> Iterator[ShardBatch]:
+    """This rank's part of every global batch of `order`, in order, from global batch `skip` on
+    (the batches before it are neither loaded nor yielded: a probe resumed mid-epoch).
 
     `known` (N,) bool: whether each image's label is one the train set knows (counted for the loss
     divisor on every rank, from the labels alone, without a collective).
@@ -68,6 +69,7 @@ def shard_batches(dataset, order: torch.Tensor, batch_size: int, known: np.ndarr
         batch = order[start:start + batch_size]  # (m,)
         lo, hi = shard_bounds(len(batch), rank, world)
         parts.append((batch[lo:hi], slice(lo, hi), len(batch), int(known[batch.numpy()].sum())))
+    parts = parts[skip:]
     loaded = _load(dataset, [p[0] for p in parts if len(p[0])], num_workers, loader_seed)
     for mine, rows, size, labelled in parts:
         if len(mine):

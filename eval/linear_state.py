@@ -1,11 +1,13 @@
-"""Per-epoch checkpoints of an image probe (`ssl-bf linear --protocol mocov2|mocov3 --work-dir DIR`).
+"""Checkpoints of an image probe (`ssl-bf linear --protocol mocov2|mocov3 --work-dir DIR`).
 
-`DIR/linear-probe.pt` is rewritten atomically by rank 0 after every epoch. It holds the head, the
-optimiser, the epoch, the order generator and the torch RNG (the crop draws), so a probe killed
-or preempted mid-way and started again with the same command continues from its last finished
-epoch and ends where an uninterrupted run ends (exactly on CPU). It also holds what defines the
-probe (protocol, recipe, seed, data, a digest of the frozen backbone's weights): a folder holding
-another probe is refused rather than continued. `DIR/.lock` keeps a second probe out while one
+`DIR/linear-probe.pt` is rewritten atomically by rank 0 after every epoch, and every `save_every`
+steps inside an epoch. It holds the head, the optimiser, the epoch, the steps done in it, the
+order generator as it stood at the epoch's start (the epoch's order is drawn again from it) and
+the torch RNG (the crop draws), so a probe killed or preempted mid-way and started again with the
+same command continues from its last save, mid-epoch included, and ends where an uninterrupted
+run ends (exactly on CPU). It also holds what defines the probe (protocol, recipe, seed, data, a
+digest of the frozen backbone's weights): a folder holding another probe is refused rather than
+continued. `DIR/.lock` keeps a second probe out while one
 runs (`ssl_bf.run_lock`). The process count may change between attempts: the global batch, its
 order and its random draws do not depend on it.
 """
@@ -76,6 +78,8 @@ class ProbeCheckpoint:
         except UnreadableFileError as e:
             raise ProbeStateError(f"cannot resume the probe: {e}; {_move_aside(self.path)}") from None
         wrong = [k for k, t in _KEYS.items() if not isinstance(state, dict) or not isinstance(state.get(k), t)]
+        if not wrong and not (type(state.get("batches_done", 0)) is int and state.get("batches_done", 0) >= 0):
+            wrong = ["batches_done"]
         if wrong:
             raise ProbeStateError(f"cannot resume the probe: {self.path} is not a probe state written by "
                                   f"`ssl-bf linear` (no valid {', '.join(wrong)}); {_move_aside(self.path)}")
@@ -88,11 +92,13 @@ class ProbeCheckpoint:
         return state
 
     def save(self, head: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, order_rng: torch.Tensor,
-             torch_rng: torch.Tensor) -> None:
-        """Rank 0 writes the state at the end of `epoch` epochs (atomically); the others write nothing."""
+             torch_rng: torch.Tensor, batches_done: int = 0) -> None:
+        """Rank 0 writes the state after `epoch` whole epochs and `batches_done` steps of the next one
+        (atomically; `order_rng`: the order generator at that epoch's start); the others write nothing."""
         if not dist_utils.is_main():
             return
         save_atomic({"head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
-                     "optimizer": optimizer.state_dict(), "epoch": int(epoch), "definition": self.definition,
+                     "optimizer": optimizer.state_dict(), "epoch": int(epoch), "batches_done": int(batches_done),
+                     "definition": self.definition,
                      "order_rng": order_rng, "torch_rng": torch_rng,
                      "world_size": dist_utils.world_size()}, self.path)

@@ -478,6 +478,8 @@ LINEAR_CASES = [
     case("linear-subset-zero", [*MOCOV2, "--subset", "0"], ("--subset",)),
     case("linear-workers-negative", [*MOCOV2, "--workers", "-2"], ("--workers", "-2")),
     case("linear-image-size-zero", [*MOCOV2, "--image-size", "0"], ("--image-size",)),
+    case("linear-save-every-zero", [*MOCOV2, "--work-dir", "{tmp}/probe", "--save-every", "0"], ("--save-every",)),
+    case("linear-save-every-without-work-dir", [*MOCOV2, "--save-every", "5"], ("--save-every", "--work-dir")),
     case("linear-device-tpu", [*CACHED, "--device", "tpu"], ("--device", "tpu")),
     case("linear-protocol-unknown", ["linear", "--protocol", "svm", *TRAIN_TEST, NP], ("--protocol", "svm")),
     # defect 6: checkpoints

@@ -209,32 +209,37 @@ def test_two_process_bn_head_uses_global_batch_statistics(tmp_path):
     assert float(r0["top1"]) == pytest.approx(ref.top1) and float(r1["top5"]) == pytest.approx(ref.top5)
 
 
-@pytest.mark.slow
-def test_probe_killed_mid_way_resumes_to_the_uninterrupted_result(checkpoint, tmp_path):
-    work = tmp_path / "work"
-    args = [sys.executable, "-m", "ssl_bf", *_linear_args(checkpoint, str(tmp_path / "resumed"), "--work-dir", str(work))]
-    args[args.index("--epochs") + 1] = "6"
-    args[args.index("--subset") + 1] = "2000"
+def _kill_once_saved(args: list[str], work, wanted) -> dict:
+    """Start the probe `args`; SIGKILL it (no chance to save more) as soon as its saved state
+    satisfies `wanted`; return that state."""
     proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    killed_after = None
+    seen = None
     try:
         deadline = time.time() + 300
-        while killed_after is None and time.time() < deadline:
+        while seen is None and time.time() < deadline:
             assert proc.poll() is None, "the probe ended before it could be killed"
             try:
-                killed_after = torch.load(state_path(str(work)), weights_only=True)["epoch"]
+                state = torch.load(state_path(str(work)), weights_only=True)
             except (FileNotFoundError, RuntimeError, EOFError):
-                time.sleep(0.02)
+                time.sleep(0.01)
+                continue
+            seen = state if wanted(state) else None
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # no chance to save anything more
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert killed_after is not None and 1 <= killed_after < 6
+    assert seen is not None, "no saved state of the wanted kind within 300 s"
+    return seen
+
+
+def _resume_and_compare(args: list[str], tmp_path, resume_flags: tuple) -> str:
+    """Rerun the killed probe, run it straight without `resume_flags` (each with its value), and
+    require the same head bit for bit and the same top-1; the resumed run's stdout."""
     resumed = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming from {state_path(str(work))} after epoch" in resumed.stdout
-    straight = [a.replace(str(tmp_path / "resumed"), str(tmp_path / "straight")) for a in args
-                if a not in ("--work-dir", str(work))]
+    dropped = {i + k for i, a in enumerate(args) if a in resume_flags for k in (0, 1)}
+    straight = [a.replace(str(tmp_path / "resumed"), str(tmp_path / "straight")) for i, a in enumerate(args)
+                if i not in dropped]
     done = subprocess.run(straight, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     a = torch.load(tmp_path / "resumed.pt", weights_only=True)["head"]
@@ -242,4 +247,36 @@ def test_probe_killed_mid_way_resumes_to_the_uninterrupted_result(checkpoint, tm
     assert all(torch.equal(a[k], b[k]) for k in a), "the resumed probe ended elsewhere"
     assert json.loads((tmp_path / "resumed.json").read_text())["top1"] == \
         json.loads((tmp_path / "straight.json").read_text())["top1"]
+    return resumed.stdout
+
+
+@pytest.mark.slow
+def test_probe_killed_mid_way_resumes_to_the_uninterrupted_result(checkpoint, tmp_path):
+    work = tmp_path / "work"
+    args = [sys.executable, "-m", "ssl_bf", *_linear_args(checkpoint, str(tmp_path / "resumed"), "--work-dir", str(work))]
+    args[args.index("--epochs") + 1] = "6"
+    args[args.index("--subset") + 1] = "2000"
+    killed = _kill_once_saved(args, work, lambda state: True)
+    assert 1 <= killed["epoch"] < 6 and killed["batches_done"] == 0  # 32 steps an epoch: no mid-epoch save
+    out = _resume_and_compare(args, tmp_path, ("--work-dir",))
+    assert f"resuming from {state_path(str(work))} after epoch" in out
     assert torch.load(state_path(str(work)), weights_only=True)["epoch"] == 6
+
+
+@pytest.mark.slow
+def test_probe_killed_mid_epoch_resumes_from_that_step_to_the_uninterrupted_result(checkpoint, tmp_path):
+    """--save-every 5: the state is saved inside the epoch too; a probe SIGKILLed after such a save
+    resumes from that step (not the epoch's start) and ends bit for bit where a straight run ends."""
+    work = tmp_path / "work"
+    args = [sys.executable, "-m", "ssl_bf", *_linear_args(checkpoint, str(tmp_path / "resumed"), "--work-dir",
+                                                         str(work), "--save-every", "5")]
+    args[args.index("--epochs") + 1] = "3"
+    args[args.index("--subset") + 1] = "2000"  # 32 steps an epoch
+    killed = _kill_once_saved(args, work, lambda state: state["batches_done"] > 0 and state["epoch"] < 2)
+    assert killed["batches_done"] % 5 == 0, killed["batches_done"]
+    state = torch.load(state_path(str(work)), weights_only=True)  # a later save may have landed before the kill
+    out = _resume_and_compare(args, tmp_path, ("--work-dir", "--save-every"))
+    if state["batches_done"]:
+        assert f"after step {state['batches_done']} of 32 in epoch {state['epoch'] + 1}" in out, out
+    final = torch.load(state_path(str(work)), weights_only=True)
+    assert final["epoch"] == 3 and final["batches_done"] == 0
