@@ -544,6 +544,39 @@ def test_round_trip_sslbf_timm_sslbf_is_exact(tmp_path):
     assert np.array_equal(a, b)
 
 
+def test_real_timm_loads_our_export_and_we_load_a_real_timm_vit(tmp_path):
+    """timm itself (a test dependency), both ways: `export --format timm` loads strictly into
+    timm.create_model(timm_model, **timm_kwargs) and timm's forward equals `ssl-bf embed` of the
+    export; a ViT built by timm, saved as its plain state dict, embeds in ssl-bf like timm's forward."""
+    import timm
+
+    images, _ = _fmnist()
+    ckpt = _sslbf_checkpoint(tmp_path, "backbone.name=vit_tiny", "backbone.patch_size=4")
+    out = str(tmp_path / "timm.pt")
+    assert main(["export", ckpt, out, "--format", "timm"]) == 0
+    with open(str(tmp_path / "timm.json")) as f:
+        side = json.load(f)
+    ours = timm.create_model(side["timm_model"] or "vit_small_patch16_224", pretrained=False, **side["timm_kwargs"])
+    ours.load_state_dict(torch.load(out, weights_only=True), strict=True)
+    mean, std = torch.tensor(side["mean"]).view(1, -1, 1, 1), torch.tensor(side["std"]).view(1, -1, 1, 1)
+    with torch.no_grad():
+        expected = ours.eval()((images.float() / 255 - mean) / std)  # (N, 192)
+    _close(_embed(out, tmp_path, "--image-size", "28"), expected)
+
+    torch.manual_seed(3)
+    theirs = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=0).eval()
+    with torch.no_grad():  # a trained-looking class token and position embedding, not timm's small init
+        theirs.cls_token.normal_()
+        theirs.pos_embed.normal_(std=0.5)
+    path = str(tmp_path / "timm_vit.pth")
+    torch.save(theirs.state_dict(), path)
+    report = _inspect(path, tmp_path=tmp_path)
+    assert report["format"] == "timm-vit" and report["vit_heads"]["value"] == 3 and report["missing"] == []
+    with torch.no_grad():
+        expected = theirs(_reference_input(images, 32))  # (N, 192)
+    _close(_embed(path, tmp_path), expected)
+
+
 def test_detectron2_export_key_set_and_shapes(tmp_path):
     from ssl_bf.checkpoint import backbone_state_dict
     from ssl_bf.io import NUMPY_ARRAY_GLOBALS, safe_unpickle
