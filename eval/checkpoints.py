@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
+from ssl_bf.checkpoint import sidecar_path
 from ssl_bf.cli_args import one_line
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ def open_checkpoint(path: str, what: str = "--checkpoint", choices: Optional["Im
         return Opened("training", _check_training(ckpt, path, what))
     if any(k in ckpt for k in ("embeddings", "features", "feats", "labels")):
         raise CheckpointError(f"{what} {path} holds embeddings or labels, not model weights; give {_EXPECTED}")
-    sidecar = _sidecar_path(path)
+    sidecar = sidecar_path(path)
     if _is_state_dict(ckpt) and os.path.isfile(sidecar):
         meta = _read_json(sidecar, path, what)
         if meta.get("format") in (None, "torchvision"):
@@ -125,7 +126,7 @@ def _import(ckpt: dict, path: str, what: str, choices: Optional["ImportChoices"]
     except UnknownFormatError as err:
         hint = ""
         if _is_state_dict(ckpt):
-            hint = (f"; if it is a backbone written by `ssl-bf export`, {_sidecar_path(path)} (written beside it) "
+            hint = (f"; if it is a backbone written by `ssl-bf export`, {sidecar_path(path)} (written beside it) "
                     f"is missing: export it again")
         raise CheckpointError(f"{what} {path} is not a checkpoint ssl-bf can read: {one_line(err, limit=1500)}"
                               f"{hint}") from None
@@ -149,10 +150,6 @@ def _check_training(ckpt: dict, path: str, what: str) -> dict:
     except (ConfigError, ValueError, TypeError, KeyError) as err:
         raise CheckpointError(f"{what} {path}: its config is invalid ({one_line(err)})") from None
     return ckpt
-
-
-def _sidecar_path(path: str) -> str:
-    return os.path.splitext(path)[0] + ".json"
 
 
 def _read_json(meta_path: str, path: str, what: str) -> dict:
@@ -201,9 +198,7 @@ def load_checked_encoder(path: str, features: str = "backbone", device: str | to
                                   f"checkpoint, of which ssl-bf loads the backbone only; use --features backbone")
         model, cfg = _foreign_encoder(opened.imported, path, what, image_size)
         return model.to(device), cfg, opened.contents
-    if choices is not None and choices.given():
-        raise CheckpointError(f"{' and '.join(choices.given())}: for checkpoints of other projects; {what} {path} "
-                              f"is an ssl-bf checkpoint, whose config says its network")
+    refuse_import_choices(choices, what, path)
     ckpt, kind = opened.contents, opened.kind
     if kind == "backbone" and features != "backbone":
         raise CheckpointError(f"--features {features} needs a training checkpoint, but {what} {path} is an "
@@ -215,6 +210,13 @@ def load_checked_encoder(path: str, features: str = "backbone", device: str | to
         raise CheckpointError(f"{what} {msg}" if msg.startswith(path) else
                               f"{what} {path} does not fit the model its config describes: {msg}") from None
     return model, cfg, ckpt
+
+
+def refuse_import_choices(choices: Optional["ImportChoices"], what: str, path: str) -> None:
+    """--vit-heads / --dino-network given for an ssl-bf checkpoint: an error (its config says its network)."""
+    if choices is not None and choices.given():
+        raise CheckpointError(f"{' and '.join(choices.given())}: for checkpoints of other projects; {what} {path} "
+                              f"is an ssl-bf checkpoint, whose config says its network")
 
 
 def _foreign_encoder(imported: "Imported", path: str, what: str, image_size: Optional[int]):

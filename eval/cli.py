@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 from ssl_bf.cli_args import (ArgumentError, Parser, device_name, nonneg_float, nonneg_int, one_line, open_fraction,
                              positive_float, positive_int, seed, unique)
 
-from .import_choices import DINO_NETWORKS, ImportChoices
+from .import_choices import ImportChoices, add_import_options
 from .options import check_outputs, same_file
 
 EXIT_OK, EXIT_INPUT, EXIT_CHECK, EXIT_INTERRUPTED = 0, 2, 3, 130
@@ -92,9 +92,9 @@ def _unique(prog: str, option: str, values: Sequence) -> list:
 
 def _sidecar(checkpoint: Optional[str]) -> Optional[str]:
     """The `ssl-bf export` sidecar JSON of an exported backbone (an input too)."""
-    import os
+    from ssl_bf.checkpoint import sidecar_path
 
-    return os.path.splitext(checkpoint)[0] + ".json" if checkpoint else None
+    return sidecar_path(checkpoint) if checkpoint else None
 
 
 def _check_device(device: str) -> None:
@@ -121,20 +121,6 @@ def knn_table(results: list[dict]) -> str:
 # ----------------------------------------------------------------------------------------------
 # embed
 # ----------------------------------------------------------------------------------------------
-
-
-def _add_import_choices(p: argparse.ArgumentParser) -> None:
-    """The choices a checkpoint of another project cannot answer itself."""
-    p.add_argument("--vit-heads", type=positive_int, metavar="N",
-                   help="ViT checkpoints of other projects: the attention head count, which no weight shape "
-                   "holds (default: the format's convention; `ssl-bf inspect` shows it and why)")
-    p.add_argument("--dino-network", choices=DINO_NETWORKS,
-                   help="DINO training checkpoints ({student, teacher, ...}): the network to evaluate "
-                   "(default: teacher, DINO's convention)")
-
-
-def _import_choices(args: argparse.Namespace) -> ImportChoices:
-    return ImportChoices(vit_heads=args.vit_heads, dino_network=args.dino_network)
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
@@ -166,7 +152,7 @@ def embed_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalize", action="store_true", help="store L2-normalised features")
     p.add_argument("--image-size", type=positive_int, help="eval crop size (default: the run's "
                    "augment.image_size, else the native size; 224 for image folders and 224 px checkpoints)")
-    _add_import_choices(p)
+    add_import_options(p)
     p.add_argument("--workers", type=nonneg_int, default=4, help="DataLoader workers for image folders")
     p.add_argument("--subset", type=positive_int, help="embed only the first N images")
     p.add_argument("--no-paths", action="store_true", help="do not store image paths (folders)")
@@ -207,7 +193,7 @@ def _embed_command(args: argparse.Namespace) -> int:
         emb = embed(args.checkpoint, args.data, args.split, args.out, features=args.features, root=args.root,
                     batch_size=args.batch_size, device=args.device, dtype=args.dtype, normalize=args.normalize,
                     image_size=args.image_size, num_workers=args.workers, save_paths=not args.no_paths,
-                    subset=args.subset, progress=not args.no_progress, choices=_import_choices(args))
+                    subset=args.subset, progress=not args.no_progress, choices=ImportChoices.from_args(args))
     finally:
         _leave_group(had_group)
     if emb is None:  # a rank other than 0: its rows went to rank 0
@@ -358,7 +344,7 @@ def linear_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-refit", action="store_true", help="cached/logreg: do not refit on all of train")
     p.add_argument("--image-size", type=positive_int, help="crop size (default: the run's; a checkpoint of "
                    "another project: its native size, 224 for ImageNet ones)")
-    _add_import_choices(p)
+    add_import_options(p)
     p.add_argument("--subset", type=positive_int, help="use only the first N images of each split (smoke tests)")
     p.add_argument("--workers", type=nonneg_int, default=4)
     p.add_argument("--seed", type=seed, default=0)
@@ -478,7 +464,7 @@ def _linear_images(args):
     dev = resolve_device(args.device)
     _join_torchrun(dev)
     model, cfg = load_embedding_encoder(args.checkpoint, features=args.features, device=dev,
-                                        choices=_import_choices(args), image_size=args.image_size)
+                                        choices=ImportChoices.from_args(args), image_size=args.image_size)
     require_data(model, args.data, args.checkpoint)
     name, root = resolve_data(args.data, args.root) if args.data else (cfg.data.name, args.root or cfg.data.root)
     train_set, test_set = (build_dataset(name, root=root, split=split, load_size=cfg.data.load_size,
@@ -528,7 +514,7 @@ def _linear_cached(args):
         from .embed import embed, load_embedding_encoder
 
         encoder = load_embedding_encoder(args.checkpoint, features=args.features, device=resolve_device(args.device),
-                                         choices=_import_choices(args), image_size=args.image_size)
+                                         choices=ImportChoices.from_args(args), image_size=args.image_size)
         train, test = (embed(args.checkpoint, args.data, split, None, features=args.features, root=args.root,
                              device=args.device, num_workers=args.workers, subset=args.subset,
                              progress=not args.no_progress, encoder=encoder, image_size=args.image_size)
@@ -581,7 +567,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset name or image folder (default: RUN/config.yaml's; needed for a "
                    "checkpoint of another project)")
     p.add_argument("--root", help="data root for a dataset name")
-    _add_import_choices(p)
+    add_import_options(p)
     p.add_argument("--features", choices=["backbone", "projection"], default="backbone")
     p.add_argument("--linear", type=_probes, default=("cached", "logreg"), metavar="PROBES",
                    help="linear probes on the embeddings: 'cached,logreg' (default), 'cached', 'logreg' "
@@ -624,7 +610,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     had_group = dist_utils.is_initialized()
     try:
         entry = evaluate_run(args.run, args.checkpoint, features=args.features, device=args.device,
-                             data=args.data, root=args.root, choices=_import_choices(args),
+                             data=args.data, root=args.root, choices=ImportChoices.from_args(args),
                              batch_size=args.batch_size, dtype=args.dtype, index=args.index,
                              memory_budget_gb=args.memory_budget, linear=args.linear,
                              reuse_embeddings=args.reuse_embeddings, subset=args.subset,

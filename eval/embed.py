@@ -175,10 +175,7 @@ def fit_dataset(model: nn.Module, cfg, dataset, checkpoint: str) -> Optional[str
         else:
             dataset.mean, dataset.std = tuple(dataset.mean) * 3, tuple(dataset.std) * 3
         notes.append("gray images repeated to 3 channels")
-    if in_channels is not None and in_channels != dataset.num_channels:
-        raise ValueError(f"{checkpoint} expects {in_channels}-channel images but {dataset.name} "
-                         f"({dataset.root}) has {dataset.num_channels} channels; give --data with "
-                         f"{in_channels}-channel images")
+    check_channels(model, dataset, checkpoint)
     if spec is not None and spec.mean is not None and len(spec.mean) == dataset.num_channels:
         dataset.mean, dataset.std = spec.mean, spec.std
         notes.append(f"normalised with the checkpoint's mean {list(spec.mean)} and std {list(spec.std)}")
@@ -200,7 +197,9 @@ def require_data(model: nn.Module, data: Optional[str], checkpoint: str) -> None
     """A checkpoint of another project records no dataset: `--data` must name one."""
     source = getattr(model, "source_format", None)
     if data is None and source is not None:
-        hint = (f" (if it is an `ssl-bf export`, {os.path.splitext(checkpoint)[0]}.json, written beside it, is "
+        from ssl_bf.checkpoint import sidecar_path
+
+        hint = (f" (if it is an `ssl-bf export`, {sidecar_path(checkpoint)}, written beside it, is "
                 f"missing)" if source == "torchvision" else "")
         raise ValueError(f"--data is needed: {checkpoint} is read as a {source} checkpoint, which records no "
                          f"dataset{hint}; e.g. --data imagefolder --root DIR, or --data fashion-mnist")

@@ -14,10 +14,10 @@ import os
 import sys
 from typing import Optional
 
-from ssl_bf.cli_args import Parser, positive_int
+from ssl_bf.cli_args import Parser
 
 from .foreign_formats import FORMATS, drop_reason
-from .import_choices import DINO_NETWORKS, ImportChoices
+from .import_choices import ImportChoices, add_import_options
 
 PROG = "ssl-bf inspect"
 
@@ -29,10 +29,7 @@ def inspect_parser() -> argparse.ArgumentParser:
                + "\n\nexample: ssl-bf inspect moco_v2_800ep_pretrain.pth.tar --json moco.json",
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", metavar="FILE", help="a checkpoint of ssl-bf or of another project")
-    p.add_argument("--vit-heads", type=positive_int, metavar="N",
-                   help="ViT attention heads (default: the format's convention; the report says which and why)")
-    p.add_argument("--dino-network", choices=DINO_NETWORKS,
-                   help="DINO training checkpoints: the network to read (default: teacher, DINO's convention)")
+    add_import_options(p)
     p.add_argument("--keys", action="store_true", help="print every key, not the first few of each group")
     p.add_argument("--json", metavar="OUT", help="also write the report as JSON ('-': to stdout only)")
     return p
@@ -47,11 +44,12 @@ def inspect_main(argv: Optional[list[str]] = None) -> int:
 def _inspect_command(args: argparse.Namespace) -> int:
     from ssl_bf.io import write_json_atomic
 
+    from .cli import _sidecar
     from .options import check_outputs
 
     if args.json and args.json != "-":
-        check_outputs([("--json", args.json)], inputs=[args.checkpoint, os.path.splitext(args.checkpoint)[0] + ".json"])
-    report = describe(args.checkpoint, ImportChoices(args.vit_heads, args.dino_network))
+        check_outputs([("--json", args.json)], inputs=[args.checkpoint, _sidecar(args.checkpoint)])
+    report = describe(args.checkpoint, ImportChoices.from_args(args))
     if args.json == "-":
         json.dump(report, sys.stdout, indent=2)
         print()
@@ -98,11 +96,9 @@ def _describe_foreign(path: str, imported) -> dict:
 def _describe_sslbf(path: str, kind: str, contents: dict, choices: ImportChoices) -> dict:
     from ssl_bf.checkpoint import load_encoder
 
-    from .checkpoints import CheckpointError
+    from .checkpoints import CheckpointError, refuse_import_choices
 
-    if choices.given():
-        raise CheckpointError(f"{' and '.join(choices.given())}: for checkpoints of other projects; FILE {path} "
-                              f"is an ssl-bf checkpoint, whose config says its network")
+    refuse_import_choices(choices, "FILE", path)
     try:
         model, cfg = load_encoder(path)
     except RuntimeError as err:

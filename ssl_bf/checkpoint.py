@@ -13,6 +13,11 @@ CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 
 
+def sidecar_path(path: str) -> str:
+    """The JSON written beside an exported backbone `X.pt` by `ssl-bf export`: `X.json`."""
+    return os.path.splitext(path)[0] + ".json"
+
+
 def load(path: str, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint with `weights_only=True` (no arbitrary code from the file)."""
     if not os.path.isfile(path):
@@ -60,7 +65,7 @@ def _training_state(path: str) -> dict:
         raise ExportError(f"{path} holds a {type(ckpt).__name__}, not a training checkpoint; give "
                           "RUN/checkpoints/last.pt")
     if "model" not in ckpt and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()) \
-            and os.path.isfile(os.path.splitext(path)[0] + ".json"):
+            and os.path.isfile(sidecar_path(path)):
         raise ExportError(f"{path} is an exported backbone already (written by `ssl-bf export`); give the "
                           "training checkpoint it came from (RUN/checkpoints/last.pt)")
     if not isinstance(ckpt.get("model"), dict):
@@ -88,7 +93,7 @@ def export_backbone(checkpoint_path: str, out_path: str, fmt: str = "torchvision
 
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
-    sidecar = os.path.splitext(out_path)[0] + ".json"
+    sidecar = sidecar_path(out_path)
     if os.path.abspath(sidecar) == os.path.abspath(out_path):
         raise ExportError(f"export OUT {out_path} ends in .json, the name of the config file written beside "
                           "the weights; give a .pt name")
@@ -151,7 +156,7 @@ def load_encoder(path: str, features: str = "backbone", device: str | torch.devi
     else:
         if features != "backbone":
             raise ValueError(f"{path} is an exported backbone; only features='backbone' is available")
-        meta_path = os.path.splitext(path)[0] + ".json"
+        meta_path = sidecar_path(path)
         if not os.path.isfile(meta_path):
             raise FileNotFoundError(f"{meta_path} (written by `ssl-bf export`) is needed to rebuild the backbone")
         with open(meta_path) as f:
