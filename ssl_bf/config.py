@@ -508,6 +508,9 @@ RUN_DEFINING = frozenset({
     "train.warmup_epochs",
 })
 
+# Where a run writes and how it shows progress: two runs that differ only here are the same variant.
+PRESENTATION_ONLY = frozenset({"run.dir", "run.tensorboard", "run.progress"})
+
 # How the run is executed, logged, checkpointed, stopped and monitored: free to change on resume.
 # (data.load_size is the image-folder size of the k-NN monitor's evaluation images only.)
 RESUME_SAFE = frozenset({
@@ -516,11 +519,7 @@ RESUME_SAFE = frozenset({
     "data.num_workers", "data.load_size",
     "monitor.knn_every", "monitor.knn_at_start", "monitor.full_sets", "monitor.knn_k", "monitor.knn_temperature",
     "monitor.bank_subset", "monitor.query_subset",
-    "run.dir", "run.tensorboard", "run.progress",
-})
-
-# Where a run writes and how it shows progress: two runs that differ only here are the same variant.
-PRESENTATION_ONLY = frozenset({"run.dir", "run.tensorboard", "run.progress"})
+}) | PRESENTATION_ONLY
 
 # May grow on resume, never shrink. The lr cosine (and MoCo-v3's momentum schedule) is a function
 # of (step, epochs x steps per epoch): with more epochs the remaining steps follow the cosine of the
