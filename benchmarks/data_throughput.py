@@ -32,7 +32,7 @@ import torch
 
 from bench_common import parse_args_with_threads
 
-from ssl_bf.augment import build_two_views
+from ssl_bf.data.augment import build_two_views
 from ssl_bf.data import IMAGENET_STATS, TwoCropFolder, build_dataset
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",

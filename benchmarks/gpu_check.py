@@ -51,7 +51,7 @@ def _read_json(path: str) -> Optional[dict]:
 # prepare
 # ----------------------------------------------------------------------------------------------
 
-REQUIRED_MODULES = ("numpy", "PIL", "yaml", "tqdm", "torchvision", "kornia", "ssl_bf.train")
+REQUIRED_MODULES = ("numpy", "PIL", "yaml", "tqdm", "torchvision", "kornia", "ssl_bf.train.trainer")
 INSTALL_HINT = ("install ssl-bf for this python ($PYTHON -m pip install -e .; on a machine without "
                 "network: --no-deps --no-build-isolation, with missing packages carried as wheels)")
 
@@ -79,7 +79,7 @@ def environment() -> dict:
         except Exception as err:
             info["missing"].append(f"{name} ({type(err).__name__}: {err})")
     try:  # the online k-NN monitor: ssl_bf.eval (an installed ssl-bf maps it to eval/) and FAISS
-        importlib.import_module("ssl_bf.knn")
+        importlib.import_module("ssl_bf.knn.vote")
         importlib.import_module("faiss")
         info["knn_ok"] = True
     except Exception as err:
@@ -296,7 +296,7 @@ def end_to_end(root: str, device_name: str, backbone: str, size: int, batch: int
     import torch
 
     from data_throughput import ReferenceTwoCrops
-    from ssl_bf.augment import build_two_views, recipe_crop_scale
+    from ssl_bf.data.augment import build_two_views, recipe_crop_scale
     from ssl_bf.data import TwoCropFolder, build_dataset
     from step_throughput import VARIANTS, _config, make_model_step
 

@@ -34,7 +34,7 @@ import torch
 
 from bench_common import parse_args_with_threads
 
-from ssl_bf.knn import knn_accuracy
+from ssl_bf.knn.vote import knn_accuracy
 
 NOISE = 3.5  # class-blob noise: top-1 well below 100%, so a wrong vote would show
 

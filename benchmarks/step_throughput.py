@@ -21,11 +21,11 @@ from typing import Callable, Optional
 
 import torch
 
-from ssl_bf.augment import build_two_views
+from ssl_bf.data.augment import build_two_views
 from ssl_bf.config import load_config
-from ssl_bf.moco import build_model
-from ssl_bf.optim import build_optimizer
-from ssl_bf.vit_shapes import VIT_SHAPES
+from ssl_bf.models.moco import build_model
+from ssl_bf.train.optim import build_optimizer
+from ssl_bf.models.vit_shapes import VIT_SHAPES
 
 VARIANTS = {
     "off": ["batchformer.enabled=false"],

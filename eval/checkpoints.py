@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from ssl_bf.checkpoint import sidecar_path
+from ssl_bf.checkpoints.checkpoint import sidecar_path
 from ssl_bf.cli_args import one_line
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ def load_checked_encoder(path: str, features: str = "backbone", device: str | to
     and `source_format`, and the config returned is the defaults with `augment.image_size` set
     (`image_size`, else the network's native size; a ViT's position embedding is resized to it).
     """
-    from ssl_bf.checkpoint import load_encoder
+    from ssl_bf.checkpoints.checkpoint import load_encoder
 
     opened = open_checkpoint(path, what, choices)
     if opened.kind == "foreign":

@@ -92,7 +92,7 @@ def _unique(prog: str, option: str, values: Sequence) -> list:
 
 def _sidecar(checkpoint: Optional[str]) -> Optional[str]:
     """The `ssl-bf export` sidecar JSON of an exported backbone (an input too)."""
-    from ssl_bf.checkpoint import sidecar_path
+    from ssl_bf.checkpoints.checkpoint import sidecar_path
 
     return sidecar_path(checkpoint) if checkpoint else None
 
@@ -251,7 +251,7 @@ def knn_main(argv: Optional[list[str]] = None) -> int:
 
 def _peak_gb() -> float:
     """This command's peak resident memory (GB)."""
-    from ssl_bf.knn_stream import peak_resident_gb
+    from ssl_bf.knn.stream import peak_resident_gb
 
     return peak_resident_gb()
 
@@ -263,7 +263,7 @@ def _check_train_test(args: argparse.Namespace, why: str) -> None:
 
 def _knn_command(args: argparse.Namespace) -> int:
     from .formats import check_pair, load_embeddings, open_embeddings
-    from ssl_bf.knn import knn_evaluate, use_gpu
+    from ssl_bf.knn.vote import knn_evaluate, use_gpu
 
     prog = "ssl-bf knn"
     ks = _unique(prog, "--k", args.k)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ssl_bf.devices import resolve_device
-from ssl_bf.features import extract_features
+from ssl_bf.knn.features import extract_features
 
 from .formats import Embeddings, make_embeddings, write_embeddings
 
@@ -85,7 +85,7 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
         nothing is written then.
     """
     from ssl_bf import distributed as dist_utils
-    from ssl_bf.augment import EvalTransform
+    from ssl_bf.data.augment import EvalTransform
     from ssl_bf.data import build_dataset
 
     dev = resolve_device(device)
@@ -197,7 +197,7 @@ def require_data(model: nn.Module, data: Optional[str], checkpoint: str) -> None
     """A checkpoint of another project records no dataset: `--data` must name one."""
     source = getattr(model, "source_format", None)
     if data is None and source is not None:
-        from ssl_bf.checkpoint import sidecar_path
+        from ssl_bf.checkpoints.checkpoint import sidecar_path
 
         hint = (f" (if it is an `ssl-bf export`, {sidecar_path(checkpoint)}, written beside it, is "
                 f"missing)" if source == "torchvision" else "")

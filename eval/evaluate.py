@@ -83,7 +83,7 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
     from ssl_bf import distributed as dist_utils
     from ssl_bf.config import load_config
     from ssl_bf.devices import resolve_device
-    from ssl_bf.knn import knn_evaluate
+    from ssl_bf.knn.vote import knn_evaluate
 
     from .checkpoints import load_checked_encoder
     from .embed import embed, require_data, resolve_data

@@ -14,12 +14,11 @@ from typing import Optional, Union
 
 from torch import nn
 
-from ssl_bf.backbones import ViTBackbone, ViTShape, resnet
+from ssl_bf.models.backbones import ViTBackbone, ViTShape, resnet
 from ssl_bf.data import IMAGENET_STATS
-from ssl_bf.moco import Encoder
-from ssl_bf.resnet_layout import ResNetGeometry, ResNetLayoutError, resnet_geometry
-from ssl_bf.vit_layout import (ViTGeometry, ViTLayoutError, is_sincos, resize_pos_embed, timm_geometry,
-                               timm_to_torchvision)
+from ssl_bf.models.moco import Encoder
+from ssl_bf.checkpoints.resnet_layout import ResNetGeometry, ResNetLayoutError, resnet_geometry
+from ssl_bf.checkpoints.vit_layout import ViTGeometry, ViTLayoutError, is_sincos, resize_pos_embed, timm_geometry, timm_to_torchvision
 
 from .foreign_formats import Found
 

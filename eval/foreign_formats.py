@@ -15,8 +15,8 @@ from typing import Optional
 
 import torch
 
-from ssl_bf.resnet_layout import is_torchvision_resnet
-from ssl_bf.vit_layout import is_timm_vit
+from ssl_bf.checkpoints.resnet_layout import is_torchvision_resnet
+from ssl_bf.checkpoints.vit_layout import is_timm_vit
 
 from .import_choices import DINO_NETWORKS
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ssl_bf.io import atomic_path
-from ssl_bf.knn import integer_labels
+from ssl_bf.knn.vote import integer_labels
 
 FORMAT = "ssl-bf-embeddings/1"
 EMBEDDINGS_KEY = "embeddings"
@@ -184,7 +184,7 @@ def open_embeddings(path: str, labels_path: Optional[str] = None) -> Embeddings:
     """Like `load_embeddings`, but a .safetensors or .npy matrix stays in its file: `embeddings` is
     a `ssl_bf.knn_stream.FileRows` read in row blocks (labels and metadata are loaded). Other
     formats are loaded whole. Non-finite rows are found block by block when the rows are read."""
-    from ssl_bf.knn_stream import open_rows
+    from ssl_bf.knn.stream import open_rows
 
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".safetensors", ".npy") or not os.path.isfile(path) or os.path.getsize(path) == 0:

@@ -94,7 +94,7 @@ def _describe_foreign(path: str, imported) -> dict:
 
 
 def _describe_sslbf(path: str, kind: str, contents: dict, choices: ImportChoices) -> dict:
-    from ssl_bf.checkpoint import load_encoder
+    from ssl_bf.checkpoints.checkpoint import load_encoder
 
     from .checkpoints import CheckpointError, refuse_import_choices
 

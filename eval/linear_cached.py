@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ssl_bf.knn import LabelSpace, as_numpy
+from ssl_bf.knn.vote import LabelSpace, as_numpy
 from .linear_common import LinearHead, ProbeResult, Recipe, recipe_for, space_values, topk_correct
 
 CACHED_NOTE = "cached centre-crop features, no augmentation (not the mocov2/mocov3 protocol)"

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ssl_bf.knn import LabelSpace
+from ssl_bf.knn.vote import LabelSpace
 
 PROTOCOLS = ("mocov2", "mocov3", "cached", "logreg")
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_bf import distributed as dist_utils
-from ssl_bf.knn import LabelSpace, as_numpy
+from ssl_bf.knn.vote import LabelSpace, as_numpy
 from .linear_common import LinearHead, ProbeResult, Recipe, space_values, topk_correct
 from .linear_state import ProbeCheckpoint, weights_digest
 
@@ -115,8 +115,8 @@ def probe_images(model: nn.Module, train_set, test_set, recipe: Recipe, image_si
     `identity` adds what else defines the probe to the resume check (e.g. the checkpoint and data
     it came from).
     """
-    from ssl_bf.augment import EvalTransform
-    from ssl_bf.features import extract_features
+    from ssl_bf.data.augment import EvalTransform
+    from ssl_bf.knn.features import extract_features
 
     from .linear_shards import count_hits
 

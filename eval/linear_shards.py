@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_bf import distributed as dist_utils
-from ssl_bf.features import shard_bounds
+from ssl_bf.knn.features import shard_bounds
 
 
 @dataclass

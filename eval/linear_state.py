@@ -22,7 +22,7 @@ from torch import nn
 
 from ssl_bf import distributed as dist_utils
 from ssl_bf.io import UnreadableFileError, load_tensors, save_atomic
-from ssl_bf.run_lock import RunLock, claim_on_main
+from ssl_bf.train.run_lock import RunLock, claim_on_main
 
 STATE_NAME = "linear-probe.pt"
 _KEYS = {"head": dict, "optimizer": dict, "epoch": int, "definition": dict, "order_rng": torch.Tensor,

@@ -71,7 +71,7 @@ class SubcommandJob:
 
         self._checkpointed = True
         try:
-            from ssl_bf.train import current_trainer
+            from ssl_bf.train.trainer import current_trainer
             trainer = current_trainer()
         except ImportError:
             trainer = None
@@ -136,7 +136,7 @@ def weights_digest(model) -> str:
 def _runner(command: str):
     """The entry point of a subcommand that a job may run (the names in submission.COMMANDS)."""
     from ssl_bf.eval import cli as eval_cli
-    from ssl_bf.pretrain_cli import pretrain_main
+    from ssl_bf.train.cli import pretrain_main
 
     runners = {"pretrain": pretrain_main, "embed": eval_cli.embed_main, "knn": eval_cli.knn_main,
                "linear": eval_cli.linear_main, "evaluate": eval_cli.evaluate_main}
@@ -150,8 +150,8 @@ def _run_pretrain(args: list[str]) -> dict:
     import torch.distributed as dist
 
     from ssl_bf.io import write_json_atomic
-    from ssl_bf.pretrain_cli import pretrain_config_from_args
-    from ssl_bf.train import Trainer
+    from ssl_bf.train.cli import pretrain_config_from_args
+    from ssl_bf.train.trainer import Trainer
 
     cfg = pretrain_config_from_args(args)
     trainer = Trainer(cfg)

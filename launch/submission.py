@@ -60,7 +60,7 @@ def with_overrides(args: list[str], overrides: list[str]) -> list[str]:
 
 def pretrain_config(args: list[str]):
     """Parse and validate pretrain arguments at submit time (errors become LaunchError)."""
-    from ssl_bf.pretrain_cli import pretrain_config_from_args
+    from ssl_bf.train.cli import pretrain_config_from_args
     from ssl_bf.config import ConfigError
 
     err = io.StringIO()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ssl_bf.config import format_override_value
-from ssl_bf.metrics import read_metrics
+from ssl_bf.train.metrics import read_metrics
 from ssl_bf.sweep_file import VARIANT_KEY
 
 from . import ReportError

@@ -8,8 +8,8 @@ from typing import Optional
 
 # subcommand -> (module, function, one-line help); each function takes argv and returns an exit code
 _DELEGATED = {
-    "pretrain": ("ssl_bf.pretrain_cli", "pretrain_main", "pretrain MoCo-v2/v3 with or without BatchFormer"),
-    "export": ("ssl_bf.pretrain_cli", "export_main", "export a run's backbone (torchvision, timm, detectron2)"),
+    "pretrain": ("ssl_bf.train.cli", "pretrain_main", "pretrain MoCo-v2/v3 with or without BatchFormer"),
+    "export": ("ssl_bf.train.cli", "export_main", "export a run's backbone (torchvision, timm, detectron2)"),
     "inspect": ("ssl_bf.eval.inspect_cli", "inspect_main", "format, architecture and loaded tensors of any checkpoint"),
     "embed": ("ssl_bf.eval.cli", "embed_main", "checkpoint -> embeddings file (safetensors)"),
     "knn": ("ssl_bf.eval.cli", "knn_main", "FAISS weighted k-NN accuracy on embeddings files"),

@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from .vit_shapes import VIT_SHAPES
+from .models.vit_shapes import VIT_SHAPES
 from .yaml_io import did_you_mean, load_yaml_mapping
 
 
@@ -32,7 +32,7 @@ class BackboneConfig:
 class BatchFormerConfig:
     enabled: bool = False
     # projection / backbone: BatchFormer (v1) before the heads; vit_blocks: BatchFormerV2 inside a
-    # ViT, between its transformer blocks (ssl_bf/batchformer_v2.py)
+    # ViT, between its transformer blocks (ssl_bf/models/batchformer_v2.py)
     position: Literal["projection", "backbone", "vit_blocks"] = "projection"
     insert_after: list[int] = field(default_factory=list)  # vit_blocks: after these blocks (0-based)
     share_across_inserts: bool = True  # vit_blocks: one layer for every insertion point, else one each
@@ -42,7 +42,7 @@ class BatchFormerConfig:
     dropout: float = 0.5
     lr_scale: float = 1.0  # lr multiplier for BatchFormer parameters
     weight_decay: Optional[float] = None  # None: the optimiser's weight decay
-    # How the key (target) side meets BatchFormer; see docs in ssl_bf/batchformer.py.
+    # How the key (target) side meets BatchFormer; see docs in ssl_bf/models/batchformer.py.
     #   pre_only:   keys never pass BatchFormer; both query streams target the plain key (default)
     #   same_batch: keys pass the same BatchFormer in the same batch order, all four stream pairs
     #               (the reference code's behaviour; leaks batch context into the positive pair)

@@ -203,7 +203,7 @@ def torchvision_resnet(env, tmp):
 
 
 def backbone_without_sidecar(env, tmp):
-    from ssl_bf.checkpoint import backbone_state_dict
+    from ssl_bf.checkpoints.checkpoint import backbone_state_dict
 
     _save(backbone_state_dict(_ckpt(env)["model"]), os.path.join(tmp, "backbone.pt"))
 
@@ -215,7 +215,7 @@ def backbone_broken_sidecar(env, tmp):
 
 
 def exported_backbone(env, tmp):
-    from ssl_bf.checkpoint import export_backbone
+    from ssl_bf.checkpoints.checkpoint import export_backbone
 
     export_backbone(env.ckpt, os.path.join(tmp, "backbone.pt"))
 

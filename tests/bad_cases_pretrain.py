@@ -109,7 +109,7 @@ def _copy_file(src_key: str, name: str):
 
 
 def _exported_backbone(env, tmp):
-    from ssl_bf.checkpoint import export_backbone
+    from ssl_bf.checkpoints.checkpoint import export_backbone
 
     export_backbone(env.ckpt, os.path.join(tmp, "backbone.pt"))
 

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from ssl_bf.augment import EvalTransform, build_two_views
+from ssl_bf.data.augment import EvalTransform, build_two_views
 
 PLAIN = dict(jitter_strength=0.0, blur=False)  # geometry, grayscale and solarize only
 

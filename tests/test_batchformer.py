@@ -4,9 +4,9 @@ import copy
 import pytest
 import torch
 
-from ssl_bf.batchformer import BatchFormer, transform_recomposed
-from ssl_bf.checkpoint import backbone_state_dict
-from ssl_bf.moco import build_encoder, build_model
+from ssl_bf.models.batchformer import BatchFormer, transform_recomposed
+from ssl_bf.checkpoints.checkpoint import backbone_state_dict
+from ssl_bf.models.moco import build_encoder, build_model
 
 from tiny_run import tiny_config
 
@@ -105,7 +105,7 @@ def test_eval_path_never_contains_batchformer(tmp_path):
 def test_context_attention_treats_each_row_as_one_more_batch_member(layers):
     """transform_with_context: the context's output is BF(context); with one layer each row's output
     is BF(cat([context, row]))[-1]; rows never see each other (chunking changes nothing)."""
-    from ssl_bf.batchformer import transform_with_context
+    from ssl_bf.models.batchformer import transform_with_context
 
     torch.manual_seed(0)
     bf = BatchFormer(32, layers, 4, 0, 0.5).eval()

@@ -5,12 +5,12 @@ import pytest
 import torch
 from torchvision.models.vision_transformer import VisionTransformer
 
-from ssl_bf.backbones import ViTBackbone
-from ssl_bf.batchformer import BatchFormer
-from ssl_bf.batchformer_v2 import BatchFormerV2, across_batch, across_recomposed
-from ssl_bf.checkpoint import backbone_state_dict
+from ssl_bf.models.backbones import ViTBackbone
+from ssl_bf.models.batchformer import BatchFormer
+from ssl_bf.models.batchformer_v2 import BatchFormerV2, across_batch, across_recomposed
+from ssl_bf.checkpoints.checkpoint import backbone_state_dict
 from ssl_bf.config import ConfigError
-from ssl_bf.moco import build_encoder, build_model
+from ssl_bf.models.moco import build_encoder, build_model
 
 from tiny_run import tiny_config
 

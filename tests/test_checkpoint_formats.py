@@ -488,7 +488,7 @@ def test_vit_position_embedding_follows_the_image_size(tmp_path, case):
 
 
 def test_sincos_matches_moco_v3_formula():
-    from ssl_bf.vit_layout import is_sincos, sincos_pos_embed
+    from ssl_bf.checkpoints.vit_layout import is_sincos, sincos_pos_embed
 
     for grid, dim in ((4, 384), (14, 384), (7, 192)):
         assert torch.equal(sincos_pos_embed(grid, dim), _moco_v3_sincos(grid, dim))
@@ -503,7 +503,7 @@ def test_sincos_matches_moco_v3_formula():
 def _sslbf_checkpoint(tmp_path, *overrides: str, in_channels: int = 1, image_size: int = 28) -> str:
     from ssl_bf.config import load_config, save_config, to_dict
     from ssl_bf.io import save_atomic
-    from ssl_bf.moco import build_model
+    from ssl_bf.models.moco import build_model
 
     run = str(tmp_path / "run")
     cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
@@ -518,8 +518,8 @@ def _sslbf_checkpoint(tmp_path, *overrides: str, in_channels: int = 1, image_siz
 
 
 def test_round_trip_sslbf_timm_sslbf_is_exact(tmp_path):
-    from ssl_bf.checkpoint import backbone_state_dict
-    from ssl_bf.vit_layout import timm_to_torchvision
+    from ssl_bf.checkpoints.checkpoint import backbone_state_dict
+    from ssl_bf.checkpoints.vit_layout import timm_to_torchvision
 
     _fmnist()
     ckpt = _sslbf_checkpoint(tmp_path, "backbone.name=vit_tiny", "backbone.patch_size=4")
@@ -578,7 +578,7 @@ def test_real_timm_loads_our_export_and_we_load_a_real_timm_vit(tmp_path):
 
 
 def test_detectron2_export_key_set_and_shapes(tmp_path):
-    from ssl_bf.checkpoint import backbone_state_dict
+    from ssl_bf.checkpoints.checkpoint import backbone_state_dict
     from ssl_bf.io import NUMPY_ARRAY_GLOBALS, safe_unpickle
 
     ckpt = _sslbf_checkpoint(tmp_path, "backbone.name=resnet50", "backbone.stem=imagenet", "backbone.width=64",

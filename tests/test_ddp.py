@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from ssl_bf import distributed as dist_utils
-from ssl_bf.moco import build_model
+from ssl_bf.models.moco import build_model
 
 from tiny_run import tiny_config
 
@@ -49,7 +49,7 @@ def _worker(rank: int, port: int, out_dir: str, bf: str) -> None:
     shuffled, restore = dist_utils.shuffle_batch(rows)
     feats = torch.randn(2 * N, 16, generator=torch.Generator().manual_seed(5))
     torch.manual_seed(1)
-    from ssl_bf.batchformer import BatchFormer
+    from ssl_bf.models.batchformer import BatchFormer
     bf_module = BatchFormer(16, dropout=0.0).train()
     global_out = bf_module.transform(feats[mine], dist_utils.gather_rows_with_grad)
     local_out = bf_module.transform(feats[mine])
@@ -107,7 +107,7 @@ def test_two_process_gradients_equal_one_process_on_the_global_batch(tmp_path, b
     assert not torch.equal(ranks[0]["shuffled"], ranks[0]["rows"])
 
     # global-scope BatchFormer on each rank = one process on the concatenated batch
-    from ssl_bf.batchformer import BatchFormer
+    from ssl_bf.models.batchformer import BatchFormer
     torch.manual_seed(1)
     reference = BatchFormer(16, dropout=0.0).train()
     feats = torch.randn(2 * N, 16, generator=torch.Generator().manual_seed(5))

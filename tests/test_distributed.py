@@ -14,8 +14,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ssl_bf import distributed as dist_utils
-from ssl_bf.norm import SplitBatchNorm2d, plan_normalisation
-from ssl_bf.train import Trainer
+from ssl_bf.models.norm import SplitBatchNorm2d, plan_normalisation
+from ssl_bf.train.trainer import Trainer
 
 from tiny_run import tiny_config
 

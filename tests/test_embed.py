@@ -156,7 +156,7 @@ def make_run(tmp_path, *overrides: str) -> str:
     """A run folder with config.yaml and a freshly initialised checkpoint (tiny preset)."""
     from ssl_bf.io import save_atomic
     from ssl_bf.config import load_config, save_config, to_dict
-    from ssl_bf.moco import build_model
+    from ssl_bf.models.moco import build_model
 
     run = str(tmp_path / "run")
     cfg = load_config(os.path.join(ROOT, "configs", "tiny.yaml"), [f"run.dir={run}", *overrides])
@@ -208,7 +208,7 @@ def test_embed_image_folder_with_paths(tmp_path):
     assert embed_main(argv) == 2
     from ssl_bf.io import save_atomic
     from ssl_bf.config import load_config, to_dict
-    from ssl_bf.moco import build_model
+    from ssl_bf.models.moco import build_model
 
     cfg = load_config(os.path.join(run, "config.yaml"))
     ckpt3 = str(tmp_path / "rgb.pt")

@@ -13,9 +13,9 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from ssl_bf.augment import EvalTransform
+from ssl_bf.data.augment import EvalTransform
 from ssl_bf.data import TensorImageDataset, build_dataset
-from ssl_bf.features import extract_features, shard_bounds
+from ssl_bf.knn.features import extract_features, shard_bounds
 
 from image_folder import make_jpeg_folder
 from tiny_run import ROOT, TINY

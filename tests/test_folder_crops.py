@@ -11,7 +11,7 @@ import torchvision.transforms as T
 from PIL import Image, JpegImagePlugin
 from torch import nn
 
-from ssl_bf.augment import TwoViews, build_two_views
+from ssl_bf.data.augment import TwoViews, build_two_views
 from ssl_bf.data import TwoCropFolder, build_dataset, load_image
 from ssl_bf.data.crops import crop_box, decode_two_crops, draft_scale
 from ssl_bf.data.fashion_mnist import FASHION_MNIST_SYSTEM_DIR

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_bf import knn as knn_mod
-from ssl_bf import knn_stream
+from ssl_bf.knn import vote as knn_mod
+from ssl_bf.knn import stream as knn_stream
 from ssl_bf.eval.cli import knn_main
 from ssl_bf.eval.formats import save_embeddings
-from ssl_bf.knn import knn_accuracy, knn_evaluate, knn_predict, knn_vote
+from ssl_bf.knn.vote import knn_accuracy, knn_evaluate, knn_predict, knn_vote
 
 
 def blobs(n: int, d: int, classes: int, seed: int = 0, noise: float = 1.5, labels=None):
@@ -380,7 +380,7 @@ def test_cli_bad_numbers_refused_at_parse_time(tmp_path, capsys, monkeypatch, op
 
 
 def test_cli_outputs_checked_before_any_compute(tmp_path, capsys, monkeypatch):
-    import ssl_bf.knn as knn
+    import ssl_bf.knn.vote as knn
 
     tr, te = _files(tmp_path)
     before = open(tr, "rb").read()

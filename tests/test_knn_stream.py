@@ -1,4 +1,4 @@
-"""k-NN with the bank streamed from its file in row blocks (ssl_bf/knn_stream.py)."""
+"""k-NN with the bank streamed from its file in row blocks (ssl_bf/knn/stream.py)."""
 from __future__ import annotations
 
 import json
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_bf import knn_stream
+from ssl_bf.knn import stream as knn_stream
 from ssl_bf.eval.formats import open_embeddings, save_embeddings
-from ssl_bf.knn import knn_evaluate
-from ssl_bf.knn_stream import ArrayRows, open_rows, plan_stream, stream_search
+from ssl_bf.knn.vote import knn_evaluate
+from ssl_bf.knn.stream import ArrayRows, open_rows, plan_stream, stream_search
 
 
 def blobs(n, d, classes, seed=0, noise=1.5):

@@ -223,7 +223,7 @@ def test_local_two_task_pretrain_then_evaluate_on_both_tasks(tmp_path, capsys, o
 
 # --- the job object -----------------------------------------------------------------------------
 def test_checkpoint_saves_state_and_returns_a_clean_job(monkeypatch):
-    import ssl_bf.train
+    import ssl_bf.train.trainer
 
     class FakeTrainer:
         step = 7
@@ -234,7 +234,7 @@ def test_checkpoint_saves_state_and_returns_a_clean_job(monkeypatch):
             return "/run/checkpoints/last.pt"
 
     trainer = FakeTrainer()
-    monkeypatch.setattr(ssl_bf.train, "current_trainer", lambda: trainer)
+    monkeypatch.setattr(ssl_bf.train.trainer, "current_trainer", lambda: trainer)
     job = SubcommandJob(["pretrain", "--config", "c.yaml", "run.dir=/run"], then=["evaluate", "/run"])
     job.extra_state = "not carried over"
     delayed = job.checkpoint()

@@ -146,7 +146,7 @@ def _env() -> dict:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """An untrained tiny ResNet-18 checkpoint (train.epochs=0): fixed random features."""
-    from ssl_bf.train import pretrain
+    from ssl_bf.train.trainer import pretrain
 
     run = tmp_path_factory.mktemp("tiny")
     pretrain(tiny_config(run, "train.epochs=0"))

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_bf.losses import info_nce_in_batch
-from ssl_bf.moco import build_model
-from ssl_bf.optim import LARS
-from ssl_bf.schedule import cosine_momentum
+from ssl_bf.models.losses import info_nce_in_batch
+from ssl_bf.models.moco import build_model
+from ssl_bf.train.optim import LARS
+from ssl_bf.train.schedule import cosine_momentum
 
 from tiny_run import tiny_config
 

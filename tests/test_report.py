@@ -30,7 +30,7 @@ def sweep_dir(tmp_path_factory):
     """A sweep of two seeds of one variant, each trained 1 epoch and evaluated on 300 images."""
     from ssl_bf.eval.cli import evaluate_main
     from ssl_bf.launch.sweep import expand, write_sweep
-    from ssl_bf.train import pretrain
+    from ssl_bf.train.trainer import pretrain
 
     _fashion_mnist_or_skip()
     base = str(tmp_path_factory.mktemp("sweep"))

@@ -16,11 +16,11 @@ import time
 import pytest
 import torch
 
-from ssl_bf import checkpoint as ckpt_io
+from ssl_bf.checkpoints import checkpoint as ckpt_io
 from ssl_bf.cli import main
-from ssl_bf.metrics import read_metrics
-from ssl_bf.schedule import warmup_cosine
-from ssl_bf.train import RunFolderError, Trainer
+from ssl_bf.train.metrics import read_metrics
+from ssl_bf.train.schedule import warmup_cosine
+from ssl_bf.train.trainer import RunFolderError, Trainer
 
 from tiny_run import TINY, tiny_config
 
@@ -110,7 +110,7 @@ def test_a_signal_saves_at_a_step_boundary_and_the_resume_continues_exactly(tmp_
 
 
 def test_stop_signals_are_left_to_slurm_inside_a_job(monkeypatch):
-    from ssl_bf.step_signals import StopSignals
+    from ssl_bf.train.step_signals import StopSignals
 
     # Python's SIGINT handler, as in a process started from a terminal (under nohup or in a
     # background job SIGINT starts ignored, and StopSignals rightly leaves an ignored signal alone)
@@ -263,7 +263,7 @@ def test_a_requeued_attempt_waits_for_the_lock_of_the_attempt_still_ending(tmp_p
     waited for; one that does not is named after the wait."""
     import threading
 
-    from ssl_bf.run_lock import RunLock, RunLockError
+    from ssl_bf.train.run_lock import RunLock, RunLockError
 
     holder = RunLock(str(tmp_path)).acquire()
     threading.Timer(1.0, holder.release).start()

@@ -13,10 +13,10 @@ import typing
 import pytest
 import torch
 
-from ssl_bf.augment import build_two_views
+from ssl_bf.data.augment import build_two_views
 from ssl_bf.config import VIT_BLOCKS_KEY_BRANCHES, BatchFormerConfig, ConfigError
 from ssl_bf.data import build_dataset
-from ssl_bf.moco import build_model
+from ssl_bf.models.moco import build_model
 
 from tiny_run import tiny_config
 

@@ -4,7 +4,7 @@ import signal
 import threading
 import time
 
-from ssl_bf.step_signals import StepSignalGuard
+from ssl_bf.train.step_signals import StepSignalGuard
 
 
 def _spin(seconds: float) -> None:

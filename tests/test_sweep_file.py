@@ -150,8 +150,8 @@ def test_merge_keys_null_values_commas_and_folder_clashes(tmp_path):
 def test_lanes_deal_round_robin_and_a_chain_requeues_the_rest(monkeypatch):
     assert lanes([0, 1, 2, 3, 4], 2) == [[0, 2, 4], [1, 3]]
     assert lanes([0, 1], 5) == [[0], [1]]
-    import ssl_bf.train
-    monkeypatch.setattr(ssl_bf.train, "current_trainer", lambda: None)
+    import ssl_bf.train.trainer
+    monkeypatch.setattr(ssl_bf.train.trainer, "current_trainer", lambda: None)
     chain = SubcommandChain([SubcommandJob(["pretrain", f"run.dir=/r{i}"], then=["evaluate", f"/r{i}"])
                              for i in range(3)])
     chain.current = 1  # preempted while the second job runs

@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from ssl_bf import checkpoint as ckpt_io
-from ssl_bf.metrics import read_metrics
+from ssl_bf.checkpoints import checkpoint as ckpt_io
+from ssl_bf.train.metrics import read_metrics
 
 from image_folder import make_jpeg_folder
 from tiny_run import TINY

@@ -5,11 +5,11 @@ import os
 import pytest
 import torch
 
-from ssl_bf import checkpoint as ckpt_io
+from ssl_bf.checkpoints import checkpoint as ckpt_io
 from ssl_bf.cli import main
 from ssl_bf.io import save_atomic, write_json_atomic
-from ssl_bf.metrics import read_metrics
-from ssl_bf.train import NonFiniteLossError, Trainer
+from ssl_bf.train.metrics import read_metrics
+from ssl_bf.train.trainer import NonFiniteLossError, Trainer
 
 from tiny_run import TINY, tiny_config
 
@@ -153,7 +153,7 @@ def test_atomic_writes_keep_the_usual_file_mode(tmp_path):
 
 
 def test_a_torn_last_metrics_line_does_not_block_a_resume(tmp_path):
-    from ssl_bf.metrics import truncate_metrics
+    from ssl_bf.train.metrics import truncate_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
@@ -198,7 +198,7 @@ def test_a_preemption_during_the_k_nn_check_keeps_the_epoch_record(tmp_path, mon
 def test_val_holdout_trains_without_the_held_out_images_and_never_reads_the_test_split(tmp_path, monkeypatch):
     """data.val_holdout (tuning): the last N train images are the monitor's queries, the rest its
     bank and the training set; the test split is not opened at all."""
-    import ssl_bf.train as train_module
+    import ssl_bf.train.trainer as train_module
     from ssl_bf.data import build_dataset
 
     opened = []

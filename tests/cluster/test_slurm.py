@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from slurm_helpers import PRESET, TINY, logs, metrics, starts, wait_for, wait_job
-from ssl_bf import checkpoint
+from ssl_bf.checkpoints import checkpoint
 from ssl_bf.cli import main as ssl_bf_main
 from ssl_bf.launch import make_options, submit
 
@@ -214,7 +214,7 @@ def test_bad_request_fails_clearly_at_submit_time(tmp_path, options, message):
 # (g) ---------------------------------------------------------------------------------------------
 def test_two_task_linear_probe(tmp_path, cancel_on_exit):
     from ssl_bf.config import load_config
-    from ssl_bf.train import pretrain
+    from ssl_bf.train.trainer import pretrain
 
     pretrain(load_config(TINY, [f"run.dir={tmp_path / 'run'}", "train.epochs=0"]))  # fixed random features
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"

@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from . import distributed as dist_utils
+from .. import distributed as dist_utils
 
 
 def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed as dist_utils
+from .. import distributed as dist_utils
 from .backbones import build_backbone
 from .batchformer import BatchFormer, transform_recomposed, transform_with_context
 from .batchformer_v2 import BatchFormerV2, build_batchformer_v2, key_side_apply, query_side_apply
-from .config import Config
+from ..config import Config
 from .heads import mlp
 from .losses import info_nce_in_batch, info_nce_queue
 

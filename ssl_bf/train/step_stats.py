@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from . import distributed as dist_utils
+from .. import distributed as dist_utils
 
 
 @dataclass

@@ -29,7 +29,7 @@ class ExportFormatError(ValueError):
 
 
 def _stats(config: dict) -> tuple[list[float], list[float]]:
-    from .data import DATASET_STATS
+    from ..data import DATASET_STATS
 
     mean, std = DATASET_STATS.get(config.get("data", {}).get("name"), DATASET_STATS["imagenet"])
     return list(mean), list(std)
@@ -46,7 +46,7 @@ def timm_export(state: dict, config: dict) -> tuple[dict, dict]:
     timm_state = torchvision_to_timm(state)
     geo = timm_geometry(timm_state)
     name = config.get("backbone", {}).get("name")
-    from .backbones import VIT_SHAPES
+    from ..models.backbones import VIT_SHAPES
 
     heads = VIT_SHAPES[name].heads if name in VIT_SHAPES else None
     base = _TIMM_NAMES.get((geo.dim, geo.layers, heads))
@@ -87,12 +87,12 @@ def detectron2_export(state: dict, config: dict) -> tuple[dict, dict]:
 
 def write_pickle(obj: Any, path: str) -> None:
     """Pickle `obj` (plain containers of numpy arrays) atomically."""
-    from .io import atomic_write_bytes
+    from ..io import atomic_write_bytes
 
     atomic_write_bytes(path, lambda f: pickle.dump(obj, f, protocol=4))
 
 
 def save_state(state: dict, path: str) -> None:
-    from .io import save_atomic
+    from ..io import save_atomic
 
     save_atomic({k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}, path)

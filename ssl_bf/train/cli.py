@@ -24,7 +24,7 @@ def pretrain_parser() -> argparse.ArgumentParser:
 
 def pretrain_config_from_args(argv: list[str]):
     """Parse pretrain arguments (`--config FILE key=value ...`) into a validated Config."""
-    from .config import load_config
+    from ..config import load_config
     args = pretrain_parser().parse_intermixed_args(argv)
     return load_config(args.config, args.overrides)
 
@@ -45,9 +45,9 @@ def pretrain_main(argv: list[str]) -> int:
 
 def _interrupted(argv: list[str]) -> int:
     import os
-    from .checkpoint import last_path
+    from ..checkpoints.checkpoint import last_path
     try:
-        from .config import load_config
+        from ..config import load_config
         args = pretrain_parser().parse_intermixed_args(argv)
         run_dir = load_config(args.config, args.overrides).run.dir
     except Exception:  # noqa: BLE001 - only for the message
@@ -64,11 +64,11 @@ def _pretrain(argv: list[str]) -> int:
     import signal
 
     import yaml
-    from .checkpoint import last_path
-    from .config import ConfigError, load_config, to_dict
-    from .data import DataError
-    from .io import OutputError, check_output, write_json_atomic
-    from .train import NonFiniteLossError, RunFolderError, TrainingInterrupted, pretrain
+    from ..checkpoints.checkpoint import last_path
+    from ..config import ConfigError, load_config, to_dict
+    from ..data import DataError
+    from ..io import OutputError, check_output, write_json_atomic
+    from .trainer import NonFiniteLossError, RunFolderError, TrainingInterrupted, pretrain
 
     prog = "ssl-bf pretrain"
     args = pretrain_parser().parse_intermixed_args(argv)
@@ -123,9 +123,9 @@ def _pretrain(argv: list[str]) -> int:
 
 
 def export_main(argv: list[str]) -> int:
-    from .checkpoint import ExportError, export_backbone
-    from .export_formats import EXPORT_FORMATS
-    from .io import OutputError, UnreadableFileError
+    from ..checkpoints.checkpoint import ExportError, export_backbone
+    from ..checkpoints.export_formats import EXPORT_FORMATS
+    from ..io import OutputError, UnreadableFileError
 
     p = argparse.ArgumentParser(prog="ssl-bf export", description="Write the query backbone (no BatchFormer, "
                                 "no heads) in the layout the next tool loads, plus OUT.json with its config.",

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from .io import check_output, load_tensors, save_atomic, write_json_atomic
+from ..io import check_output, load_tensors, save_atomic, write_json_atomic
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -88,8 +88,7 @@ def export_backbone(checkpoint_path: str, out_path: str, fmt: str = "torchvision
     (ExportError / io.OutputError; FileNotFoundError or io.UnreadableFileError for a checkpoint
     that cannot be read).
     """
-    from .export_formats import (EXPORT_FORMATS, ExportFormatError, detectron2_export, save_state, timm_export,
-                                 write_pickle)
+    from .export_formats import EXPORT_FORMATS, ExportFormatError, detectron2_export, save_state, timm_export, write_pickle
 
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
@@ -139,8 +138,8 @@ def load_encoder(path: str, features: str = "backbone", device: str | torch.devi
     features (N, D), in eval mode. `features` is `backbone` or `projection` (the latter needs a
     training checkpoint). BatchFormer is never part of it.
     """
-    from .config import from_dict
-    from .moco import build_encoder
+    from ..config import from_dict
+    from ..models.moco import build_encoder
 
     ckpt = load(path)
     if "model" in ckpt and "config" in ckpt:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .batchformer import BatchFormer
-from .config import BatchFormerConfig
+from ..config import BatchFormerConfig
 
 Gather = Callable[[torch.Tensor], tuple[torch.Tensor, slice]]
 # how one BatchFormer layer is applied to the (N, T, C) tokens of one stream

@@ -241,7 +241,7 @@ def blas_blocks(memory_budget_gb: float) -> Iterator[None]:
     full speed: about 1.8x faster searches measured on 2 cores. The block buffer (4096 x 8192
     float32, 128 MiB) is capped at an eighth of the memory budget.
     """
-    from .knn_stream import blas_tiles
+    from .stream import blas_tiles
 
     query_bs = 4096
     db_bs = int(min(8192, max(1024, memory_budget_gb * (1 << 30) / 8 / (query_bs * 4))))
@@ -338,7 +338,7 @@ def knn_evaluate(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: Ar
         raise ValueError(f"temperatures must be positive and finite, got {temperatures}")
     if not (math.isfinite(memory_budget_gb) and memory_budget_gb > 0):
         raise ValueError(f"the memory budget must be a positive number of GB, got {memory_budget_gb}")
-    from .knn_stream import RowSource
+    from .stream import RowSource
 
     train = train_feats if isinstance(train_feats, RowSource) else as_numpy(train_feats)
     test = test_feats if isinstance(test_feats, RowSource) else as_numpy(test_feats)
@@ -396,7 +396,7 @@ def knn_evaluate(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: Ar
 
 def _streamed(train, test, k: int, memory_budget_gb: float, progress: bool):
     """The exact CPU search: the bank streamed in blocks within the budget (knn_stream.py)."""
-    from .knn_stream import ArrayRows, RowSource, plan_stream, stream_search, working_budget_gb
+    from .stream import ArrayRows, RowSource, plan_stream, stream_search, working_budget_gb
 
     bank = train if isinstance(train, RowSource) else ArrayRows(train, "train features")
     queries = test if isinstance(test, RowSource) else ArrayRows(test, "test features")

@@ -6,7 +6,7 @@ import math
 import os
 from typing import Any, Optional
 
-from .io import atomic_write_bytes
+from ..io import atomic_write_bytes
 
 
 def read_metrics(path: str, skip_bad_lines: bool = False) -> list[dict]:

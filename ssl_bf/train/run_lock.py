@@ -145,7 +145,7 @@ def claim_on_main(lock: RunLock, device, wait_s: float = 0.0) -> None:
     RunLockError (on every rank) when the folder cannot be made or is held by another process."""
     import torch
 
-    from . import distributed as dist_utils
+    from .. import distributed as dist_utils
 
     problem = ""
     if dist_utils.is_main():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import Config
+from ..config import Config
 
 
 def param_groups(model: nn.Module, cfg: Config) -> list[dict]:

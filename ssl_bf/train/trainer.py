@@ -23,17 +23,17 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint as ckpt_io
-from . import distributed as dist_utils
-from .augment import EvalTransform, build_two_views, recipe_crop_scale
-from .config import Config, ConfigError, format_override_value, resume_differences, save_config, to_dict
-from .data import TwoCropFolder, build_dataset
-from .devices import resolve_device
-from .features import extract_features
-from .io import UnreadableFileError, folder_problem, save_atomic
+from ..checkpoints import checkpoint as ckpt_io
+from .. import distributed as dist_utils
+from ..data.augment import EvalTransform, build_two_views, recipe_crop_scale
+from ..config import Config, ConfigError, format_override_value, resume_differences, save_config, to_dict
+from ..data import TwoCropFolder, build_dataset
+from ..devices import resolve_device
+from ..knn.features import extract_features
+from ..io import UnreadableFileError, folder_problem, save_atomic
 from .metrics import MetricsLogger, truncate_metrics
-from .moco import build_model
-from .norm import plan_normalisation
+from ..models.moco import build_model
+from ..models.norm import plan_normalisation
 from .optim import build_optimizer, set_lr
 from .schedule import cosine_momentum, warmup_cosine
 from .run_lock import RunLock, RunLockError, claim_on_main
@@ -558,7 +558,7 @@ class Trainer:
     def knn_monitor(self, full: bool) -> Optional[float]:
         """k-NN top-1 (%) of test images against the train bank, backbone features (rank 0's
         figure; the other ranks help extract and get None)."""
-        from .knn import knn_accuracy
+        from ..knn.vote import knn_accuracy
 
         if not self.train_set.classes:  # unlabeled data: nothing to score
             return None

@@ -1,0 +1,1 @@
+"""Training checkpoints on disk: where they live, safe loading, export formats, ResNet/ViT key layouts."""
