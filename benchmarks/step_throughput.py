@@ -5,7 +5,7 @@ BatchFormer off vs on, side by side in one run; prints medians and ratios.
     python benchmarks/step_throughput.py --quick               # fewer steps
     python benchmarks/step_throughput.py --device cuda --image-size 224 --backbone resnet50
     python benchmarks/step_throughput.py --device cuda --image-size 224 --backbone resnet50 --channels-last --pre-cut
-    python benchmarks/step_throughput.py --methods mocov3 --backbones vit_tiny --positions vit_blocks \
+    python benchmarks/step_throughput.py --methods mocov3 --backbones vit_mini --positions vit_blocks \
         --image-size 28 --channels 1              # BatchFormerV2 inside the ViT (after the middle block)
 
 On CUDA each variant's peak memory is printed too (its own: the other variants' resident models
@@ -22,8 +22,8 @@ from typing import Callable, Optional
 import torch
 
 from ssl_bf.data.augment import build_two_views
-from ssl_bf.config import load_config
-from ssl_bf.models.moco import build_model
+from ssl_bf.run_config import load_config
+from ssl_bf.models.registry import build_model
 from ssl_bf.train.optim import build_optimizer
 from ssl_bf.models.vit_shapes import VIT_SHAPES
 
@@ -199,7 +199,7 @@ def main() -> None:
         args.rounds, args.steps = 3, 2
     device = torch.device(args.device)
     if "vit_blocks" in args.positions and not all(b.startswith("vit") for b in args.backbones):
-        p.error("--positions vit_blocks needs ViT backbones only (e.g. --backbones vit_tiny)")
+        p.error("--positions vit_blocks needs ViT backbones only (e.g. --backbones vit_mini)")
     print(f"device {device}, batch {args.batch}, {args.image_size}px, {torch.get_num_threads()} threads; "
           f"{args.rounds} interleaved rounds x {args.steps} steps, median images/s"
           f"{'' if args.no_amp or device.type != 'cuda' else ', bf16 autocast'}"

@@ -135,7 +135,8 @@ def _import(ckpt: dict, path: str, what: str, choices: Optional["ImportChoices"]
 
 
 def _check_training(ckpt: dict, path: str, what: str) -> dict:
-    from ssl_bf.config import ConfigError, from_dict
+    from ssl_bf.config import ConfigError
+    from ssl_bf.run_config import saved_config
 
     missing = [k for k in ("model", "config") if k not in ckpt]
     if missing:
@@ -146,7 +147,7 @@ def _check_training(ckpt: dict, path: str, what: str) -> dict:
     if not isinstance(ckpt["config"], dict):
         raise CheckpointError(f"{what} {path}: its 'config' is a {type(ckpt['config']).__name__}, not a mapping")
     try:
-        from_dict(ckpt["config"])
+        saved_config(ckpt["config"])
     except (ConfigError, ValueError, TypeError, KeyError) as err:
         raise CheckpointError(f"{what} {path}: its config is invalid ({one_line(err)})") from None
     return ckpt
@@ -166,13 +167,14 @@ def _read_json(meta_path: str, path: str, what: str) -> dict:
 
 def _check_sidecar(meta: dict, meta_path: str, path: str, what: str) -> dict:
     """The `ssl-bf export` sidecar `X.json` of an exported backbone `X.pt`, checked."""
-    from ssl_bf.config import ConfigError, from_dict
+    from ssl_bf.config import ConfigError
+    from ssl_bf.run_config import saved_config
 
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{what} {path}: its sidecar {meta_path} holds no 'config' mapping; export the "
                               f"backbone again")
     try:
-        from_dict(meta["config"])
+        saved_config(meta["config"])
     except (ConfigError, ValueError, TypeError, KeyError) as err:
         raise CheckpointError(f"{what} {path}: the config in {meta_path} is invalid ({one_line(err)})") from None
     return meta

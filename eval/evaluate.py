@@ -81,7 +81,7 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
             its format's conventions).
     """
     from ssl_bf import distributed as dist_utils
-    from ssl_bf.config import load_config
+    from ssl_bf.run_config import load_config
     from ssl_bf.devices import resolve_device
     from ssl_bf.knn.vote import knn_evaluate
 

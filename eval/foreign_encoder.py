@@ -16,7 +16,7 @@ from torch import nn
 
 from ssl_bf.models.backbones import ViTBackbone, ViTShape, resnet
 from ssl_bf.data import IMAGENET_STATS
-from ssl_bf.models.moco import Encoder
+from ssl_bf.models.registry import Encoder
 from ssl_bf.checkpoints.resnet_layout import ResNetGeometry, ResNetLayoutError, resnet_geometry
 from ssl_bf.checkpoints.vit_layout import ViTGeometry, ViTLayoutError, is_sincos, resize_pos_embed, timm_geometry, timm_to_torchvision
 

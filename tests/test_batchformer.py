@@ -6,7 +6,7 @@ import torch
 
 from ssl_bf.models.batchformer import BatchFormer, transform_recomposed
 from ssl_bf.checkpoints.checkpoint import backbone_state_dict
-from ssl_bf.models.moco import build_encoder, build_model
+from ssl_bf.models.registry import build_encoder, build_model
 
 from tiny_run import tiny_config
 

@@ -10,12 +10,12 @@ from ssl_bf.models.batchformer import BatchFormer
 from ssl_bf.models.batchformer_v2 import BatchFormerV2, across_batch, across_recomposed
 from ssl_bf.checkpoints.checkpoint import backbone_state_dict
 from ssl_bf.config import ConfigError
-from ssl_bf.models.moco import build_encoder, build_model
+from ssl_bf.models.registry import build_encoder, build_model
 
 from tiny_run import tiny_config
 
 # a real ViT-tiny (6 blocks, 192 wide) on 28 px images in 7 px patches: 16 patches + the class token
-VIT = ("backbone.name=vit_tiny", "backbone.patch_size=7")
+VIT = ("backbone.name=vit_mini", "backbone.patch_size=7")
 V3 = ("method=mocov3", "moco.dim=32", "moco.hidden_dim=64", "moco.pred_hidden_dim=64")
 
 
@@ -43,7 +43,7 @@ def _block_outputs(vit_backbone: ViTBackbone, run) -> list[torch.Tensor]:
 
 def test_block_by_block_forward_is_torchvisions_and_keeps_its_keys():
     torch.manual_seed(0)
-    backbone = ViTBackbone("vit_tiny", 28, 7, in_channels=1).eval()
+    backbone = ViTBackbone("vit_mini", 28, 7, in_channels=1).eval()
     x = _images()
     with torch.no_grad():
         assert torch.equal(backbone(x), backbone.vit(x))  # torchvision's own forward

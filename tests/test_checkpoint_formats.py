@@ -501,9 +501,10 @@ def test_sincos_matches_moco_v3_formula():
 
 
 def _sslbf_checkpoint(tmp_path, *overrides: str, in_channels: int = 1, image_size: int = 28) -> str:
-    from ssl_bf.config import load_config, save_config, to_dict
+    from ssl_bf.config import save_config, to_dict
+    from ssl_bf.run_config import load_config
     from ssl_bf.io import save_atomic
-    from ssl_bf.models.moco import build_model
+    from ssl_bf.models.registry import build_model
 
     run = str(tmp_path / "run")
     cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
@@ -522,7 +523,7 @@ def test_round_trip_sslbf_timm_sslbf_is_exact(tmp_path):
     from ssl_bf.checkpoints.vit_layout import timm_to_torchvision
 
     _fmnist()
-    ckpt = _sslbf_checkpoint(tmp_path, "backbone.name=vit_tiny", "backbone.patch_size=4")
+    ckpt = _sslbf_checkpoint(tmp_path, "backbone.name=vit_mini", "backbone.patch_size=4")
     out = str(tmp_path / "timm.pt")
     assert main(["export", ckpt, out, "--format", "timm"]) == 0
     sd = torch.load(out, weights_only=True)
@@ -551,7 +552,7 @@ def test_real_timm_loads_our_export_and_we_load_a_real_timm_vit(tmp_path):
     import timm
 
     images, _ = _fmnist()
-    ckpt = _sslbf_checkpoint(tmp_path, "backbone.name=vit_tiny", "backbone.patch_size=4")
+    ckpt = _sslbf_checkpoint(tmp_path, "backbone.name=vit_mini", "backbone.patch_size=4")
     out = str(tmp_path / "timm.pt")
     assert main(["export", ckpt, out, "--format", "timm"]) == 0
     with open(str(tmp_path / "timm.json")) as f:

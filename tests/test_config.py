@@ -1,12 +1,14 @@
 """Typed config: presets, overrides, errors that help."""
+import os
 import re
 
 import pytest
 import yaml
 
-from ssl_bf.config import ConfigError, load_config, save_config
+from ssl_bf.config import ConfigError, save_config
+from ssl_bf.run_config import load_config
 
-from tiny_run import TINY, tiny_config
+from tiny_run import ROOT, TINY, tiny_config
 
 
 def test_overrides_are_typed():
@@ -76,7 +78,6 @@ def test_saved_config_round_trips(tmp_path):
 
 
 def test_a_monitor_bank_smaller_than_k_is_refused_at_load_time():
-    from ssl_bf.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="bank_subset \\(16\\) is smaller than monitor.knn_k \\(20\\)"):
         load_config(None, ["monitor.knn_every=1", "monitor.bank_subset=16"])
@@ -90,7 +91,7 @@ def test_every_config_key_is_classified_for_resume():
     keys = set(all_keys())
     sets = {"RUN_DEFINING": RUN_DEFINING, "RESUME_SAFE": RESUME_SAFE, "EXTEND_ONLY": EXTEND_ONLY}
     unclassified = keys - RUN_DEFINING - RESUME_SAFE - EXTEND_ONLY
-    assert not unclassified, f"classify these keys in ssl_bf/config.py: {sorted(unclassified)}"
+    assert not unclassified, f"give these keys a Role in ssl_bf/config/schema.py: {sorted(unclassified)}"
     for name, members in sets.items():
         assert members <= keys, f"{name} names keys that do not exist: {sorted(members - keys)}"
     assert not (RUN_DEFINING & RESUME_SAFE) and not (RUN_DEFINING & EXTEND_ONLY) and not (RESUME_SAFE & EXTEND_ONLY)
@@ -143,3 +144,60 @@ def test_key_branch_auto_resolves_to_the_methods_default_and_is_saved_resolved(m
 def test_context_matched_refuses_what_it_cannot_do(overrides, says):
     with pytest.raises(ConfigError, match=says):
         tiny_config(None, "batchformer.enabled=true", "batchformer.key_branch=context_matched", *overrides)
+
+
+def test_docs_config_md_is_the_schemas_reference():
+    from ssl_bf.config.reference import reference_markdown
+
+    with open(os.path.join(ROOT, "docs", "config.md")) as f:
+        assert f.read() == reference_markdown(), "regenerate: python -m ssl_bf.config.reference > docs/config.md"
+
+
+def test_every_key_states_its_facts_beside_its_default():
+    from ssl_bf.config import Range, Role, all_keys, key_field
+
+    for key in all_keys():
+        meta = key_field(key).metadata
+        assert isinstance(meta.get("role"), Role) and meta.get("help"), key
+        assert meta.get("range") is None or isinstance(meta["range"], Range), key
+
+
+def test_loading_resolves_a_copy_and_the_checks_change_nothing():
+    import copy
+
+    from ssl_bf.config import read_config
+    from ssl_bf.run_config import finish_config
+
+    raw = read_config(TINY, ["method=mocov3", "batchformer.enabled=true", "backbone.name=vit_mini",
+                             "moco.split_bn_groups=4"])
+    before = copy.deepcopy(raw)
+    done = finish_config(raw)
+    assert raw == before and raw.train.optimizer == "auto" and raw.batchformer.key_branch == "auto"
+    assert (done.train.optimizer, done.train.base_lr, done.train.weight_decay, done.train.warmup_epochs) == \
+        ("adamw", 0.06, 0.1, 40.0)  # tiny.yaml gives base_lr; the rest is MoCo-v3's ViT recipe
+    assert done.batchformer.key_branch == "same_batch"
+    assert finish_config(done) == done  # resolving a resolved config is the identity
+
+
+@pytest.mark.parametrize("method,backbone,expected", [
+    ("mocov2", "resnet18", ("sgd", 0.03, 1e-4, 0.0)),
+    ("mocov3", "resnet50", ("lars", 0.6, 1e-6, 10.0)),
+    ("mocov3", "vit_small", ("adamw", 1.5e-4, 0.1, 40.0))])
+def test_optimizer_defaults_are_the_methods_reference_recipes(method, backbone, expected):
+    t = load_config(None, [f"method={method}", f"backbone.name={backbone}"]).train
+    assert (t.optimizer, t.base_lr, t.weight_decay, t.warmup_epochs) == expected
+    given = load_config(None, [f"method={method}", "train.optimizer=sgd", "train.base_lr=0.5"]).train
+    assert (given.optimizer, given.base_lr) == ("sgd", 0.5)  # what the user gives is kept
+
+
+def test_vit_tiny_is_refused_with_its_new_name_and_saved_configs_migrate():
+    from ssl_bf.config import resume_differences, to_dict
+    from ssl_bf.run_config import saved_config
+
+    with pytest.raises(ConfigError, match="vit_mini.*timm's vit_tiny_patch16_224 has 12 blocks"):
+        load_config(TINY, ["backbone.name=vit_tiny"])
+    cfg = load_config(TINY, ["backbone.name=vit_mini", "method=mocov3", "backbone.patch_size=4"])
+    saved = to_dict(cfg)
+    saved["backbone"]["name"] = "vit_tiny"  # what a checkpoint of 2026-12-04 or earlier holds
+    assert saved_config(saved) == cfg
+    assert resume_differences(saved, cfg) == []

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from ssl_bf import distributed as dist_utils
-from ssl_bf.models.moco import build_model
+from ssl_bf.models.registry import build_model
 
 from tiny_run import tiny_config
 
@@ -62,7 +62,7 @@ def _worker(rank: int, port: int, out_dir: str, bf: str) -> None:
 
 # BatchFormerV2 between the blocks of a real ViT-tiny, global scope at both insertions; the key side
 # passes it too (same_batch), so the no-gradient gather of the key stream is covered as well
-VIT_BLOCKS = ("backbone.name=vit_tiny", "backbone.patch_size=7", "batchformer.position=vit_blocks",
+VIT_BLOCKS = ("backbone.name=vit_mini", "backbone.patch_size=7", "batchformer.position=vit_blocks",
               "batchformer.insert_after=[0,2]", "batchformer.share_across_inserts=false",
               "batchformer.key_branch=same_batch")
 

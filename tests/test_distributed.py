@@ -14,7 +14,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ssl_bf import distributed as dist_utils
-from ssl_bf.models.norm import SplitBatchNorm2d, plan_normalisation
+from ssl_bf.models.norm import SplitBatchNorm2d
+from ssl_bf.models.registry import method_class
 from ssl_bf.train.trainer import Trainer
 
 from tiny_run import tiny_config
@@ -144,16 +145,18 @@ def test_training_steps_make_no_host_sync_between_log_points(tmp_path, monkeypat
 
 # --- normalisation under DDP -------------------------------------------------------------------
 def test_normalisation_plan_follows_the_process_count():
-    one = plan_normalisation("mocov2", 8, True, 1, "cuda")
+    v2 = tiny_config(None, "moco.split_bn_groups=8")
+    v3 = tiny_config(None, "method=mocov3")
+    one = method_class("mocov2").norm_plan(v2, 1, "cuda")
     assert (one.split_bn_groups, one.sync_bn) == (8, False) and "split BatchNorm (8 groups)" in one.description
-    many = plan_normalisation("mocov2", 8, True, 16, "cuda")
+    many = method_class("mocov2").norm_plan(v2, 16, "cuda")
     assert (many.split_bn_groups, many.sync_bn) == (1, False)
     assert "shuffle-BN" in many.description and "split_bn_groups=8 is ignored" in many.description
-    v3_gpu = plan_normalisation("mocov3", 1, True, 8, "cuda")
+    v3_gpu = method_class("mocov3").norm_plan(v3, 8, "cuda")
     assert v3_gpu.sync_bn and "SyncBatchNorm across 8 ranks" in v3_gpu.description
-    v3_cpu = plan_normalisation("mocov3", 1, True, 2, "cpu")
+    v3_cpu = method_class("mocov3").norm_plan(v3, 2, "cpu")
     assert not v3_cpu.sync_bn and "only on CUDA" in v3_cpu.description
-    assert not plan_normalisation("mocov3", 1, True, 1, "cuda").sync_bn
+    assert not method_class("mocov3").norm_plan(v3, 1, "cuda").sync_bn
 
 
 def _norm_worker(rank: int, port: int, out_dir: str, run_dir: str) -> None:

@@ -155,8 +155,9 @@ def _fashion_mnist_or_skip():
 def make_run(tmp_path, *overrides: str) -> str:
     """A run folder with config.yaml and a freshly initialised checkpoint (tiny preset)."""
     from ssl_bf.io import save_atomic
-    from ssl_bf.config import load_config, save_config, to_dict
-    from ssl_bf.models.moco import build_model
+    from ssl_bf.config import save_config, to_dict
+    from ssl_bf.run_config import load_config
+    from ssl_bf.models.registry import build_model
 
     run = str(tmp_path / "run")
     cfg = load_config(os.path.join(ROOT, "configs", "tiny.yaml"), [f"run.dir={run}", *overrides])
@@ -207,8 +208,9 @@ def test_embed_image_folder_with_paths(tmp_path):
             "--split", "test", "--out", out, "--no-progress", "--workers", "0", "--image-size", "32"]
     assert embed_main(argv) == 2
     from ssl_bf.io import save_atomic
-    from ssl_bf.config import load_config, to_dict
-    from ssl_bf.models.moco import build_model
+    from ssl_bf.config import to_dict
+    from ssl_bf.run_config import load_config
+    from ssl_bf.models.registry import build_model
 
     cfg = load_config(os.path.join(run, "config.yaml"))
     ckpt3 = str(tmp_path / "rgb.pt")

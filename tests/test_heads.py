@@ -9,7 +9,7 @@ The reference descriptions, written out layer by layer:
 import pytest
 from torch import nn
 
-from ssl_bf.models.moco import build_model
+from ssl_bf.models.registry import build_model
 
 from tiny_run import tiny_config
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from ssl_bf.knn import index as knn_index
 from ssl_bf.knn import vote as knn_mod
 from ssl_bf.knn import stream as knn_stream
 from ssl_bf.eval.cli import knn_main
@@ -136,19 +137,19 @@ def test_memory_budget_chunks_queries(monkeypatch):
     train, ty = blobs(600, 8, 4)
     test, sy = blobs(300, 8, 4, seed=6)
     full = knn_accuracy(train, ty, test, sy, ks=(5, 50))
-    assert knn_mod.query_chunk_size(50, 4, 1e-6) == 1
+    assert knn_index.query_chunk_size(50, 4, 1e-6) == 1
     tiny = knn_accuracy(train, ty, test, sy, ks=(5, 50), memory_budget_gb=40 * 50 / 2**30)
     assert tiny == full
-    assert knn_mod.query_chunk_size(200, 1000, 2.0) > 10_000  # a sane default is not tiny
+    assert knn_index.query_chunk_size(200, 1000, 2.0) > 10_000  # a sane default is not tiny
 
 
 def test_blas_blocks_are_restored():
     import faiss
 
     before = (faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs)
-    with knn_mod.blas_blocks(2.0):
+    with knn_index.blas_blocks(2.0):
         assert faiss.cvar.distance_compute_blas_database_bs == 8192
-    with knn_mod.blas_blocks(0.01):  # a small budget keeps FAISS's small blocks
+    with knn_index.blas_blocks(0.01):  # a small budget keeps FAISS's small blocks
         assert faiss.cvar.distance_compute_blas_database_bs == 1024
     assert (faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs) == before
 

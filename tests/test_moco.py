@@ -9,7 +9,7 @@ import torchvision
 from ssl_bf import distributed as dist_utils
 from ssl_bf.models.backbones import build_backbone
 from ssl_bf.models.losses import info_nce_queue
-from ssl_bf.models.moco import build_model
+from ssl_bf.models.registry import build_model
 from ssl_bf.models.norm import SplitBatchNorm2d
 
 from tiny_run import tiny_config

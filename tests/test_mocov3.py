@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from ssl_bf.models.losses import info_nce_in_batch
-from ssl_bf.models.moco import build_model
+from ssl_bf.models.registry import build_model
 from ssl_bf.train.optim import LARS
-from ssl_bf.train.schedule import cosine_momentum
+from ssl_bf.models.mocov3 import cosine_momentum
 
 from tiny_run import tiny_config
 
@@ -88,7 +88,7 @@ def test_batchformer_is_trainable_in_mocov3(position):
 
 
 def test_vit_patch_projection_stays_frozen():
-    cfg = tiny_config(None, *V3, "backbone.name=vit_tiny", "backbone.patch_size=4",
+    cfg = tiny_config(None, *V3, "backbone.name=vit_mini", "backbone.patch_size=4",
                       "backbone.freeze_patch_embed=true", "train.optimizer=adamw")
     model = build_model(cfg, 1, 28).train()
     proj = model.backbone.vit.conv_proj

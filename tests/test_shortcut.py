@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from ssl_bf.data.augment import build_two_views
-from ssl_bf.config import VIT_BLOCKS_KEY_BRANCHES, BatchFormerConfig, ConfigError
+from ssl_bf.config import BatchFormerConfig, ConfigError
+from ssl_bf.models.batchformer_v2 import VIT_BLOCKS_KEY_BRANCHES
 from ssl_bf.data import build_dataset
-from ssl_bf.models.moco import build_model
+from ssl_bf.models.registry import build_model
 
 from tiny_run import tiny_config
 
@@ -154,7 +155,7 @@ def test_mocov3_same_batch_is_leak_free_under_two_process_ddp(tmp_path, scope):
     assert max(abs(v) for v in values) < LEAK_FREE, values  # measured: |leak| < 0.011 in both scopes
 
 
-VIT = ("backbone.name=vit_tiny", "backbone.patch_size=7", "batchformer.position=vit_blocks", "batchformer.insert_after=[2]")
+VIT = ("backbone.name=vit_mini", "backbone.patch_size=7", "batchformer.position=vit_blocks", "batchformer.insert_after=[2]")
 # The verdict each key branch gets at the other positions, for vit_blocks too. Measured after 20
 # steps: leak-free rows |leak| <= 0.012, MoCo-v2's same_batch 0.159 and recomposed 0.147. The
 # batch context has three more blocks, a norm and the projector to cross, so the shortcut is a

@@ -26,7 +26,7 @@ V3 = ("method=mocov3", "moco.dim=32", "moco.hidden_dim=64", "moco.pred_hidden_di
 
 
 # MoCo-v3 with BatchFormerV2 between the blocks of a real ViT-tiny (7 px patches), two insertions
-V3_VIT = (*V3[:4], "train.optimizer=adamw", "train.base_lr=1e-3", "moco.momentum=0.99", "backbone.name=vit_tiny",
+V3_VIT = (*V3[:4], "train.optimizer=adamw", "train.base_lr=1e-3", "moco.momentum=0.99", "backbone.name=vit_mini",
           "backbone.patch_size=7", "batchformer.position=vit_blocks", "batchformer.insert_after=[1,3]",
           "batchformer.share_across_inserts=false", "train.batch_size=32", "data.subset=160")  # 5 steps an epoch
 
@@ -198,7 +198,8 @@ def test_a_preemption_during_the_k_nn_check_keeps_the_epoch_record(tmp_path, mon
 def test_val_holdout_trains_without_the_held_out_images_and_never_reads_the_test_split(tmp_path, monkeypatch):
     """data.val_holdout (tuning): the last N train images are the monitor's queries, the rest its
     bank and the training set; the test split is not opened at all."""
-    import ssl_bf.train.trainer as train_module
+    import ssl_bf.train.data_setup as data_setup
+    import ssl_bf.train.monitor as monitor
     from ssl_bf.data import build_dataset
 
     opened = []
@@ -207,7 +208,8 @@ def test_val_holdout_trains_without_the_held_out_images_and_never_reads_the_test
         opened.append(split)
         return build_dataset(name, root, split, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "build_dataset", spy)
+    monkeypatch.setattr(data_setup, "build_dataset", spy)
+    monkeypatch.setattr(monitor, "build_dataset", spy)
     cfg = tiny_config(tmp_path, "data.val_holdout=1000", "data.subset=320", "train.epochs=1",
                       "monitor.knn_every=1", "monitor.full_sets=false", "monitor.bank_subset=600",
                       "monitor.query_subset=300")
@@ -217,8 +219,8 @@ def test_val_holdout_trains_without_the_held_out_images_and_never_reads_the_test
     assert torch.equal(trainer.train_set.images, full.images[:320])
     summary = trainer.fit()
     assert "test" not in opened and summary["knn_top1"] is not None
-    assert torch.equal(trainer._test_set.images, full.images[-1000:])  # the monitor's queries
-    assert torch.equal(trainer._bank_set.images, full.images[:-1000])
+    assert torch.equal(trainer.monitor.query_set.images, full.images[-1000:])  # the monitor's queries
+    assert torch.equal(trainer.monitor.bank_set.images, full.images[:-1000])
     assert "val_holdout: 1000" in open(os.path.join(cfg.run.dir, "config.yaml")).read()
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from ssl_bf.config import load_config
+from ssl_bf.run_config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")

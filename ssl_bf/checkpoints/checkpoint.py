@@ -138,12 +138,12 @@ def load_encoder(path: str, features: str = "backbone", device: str | torch.devi
     features (N, D), in eval mode. `features` is `backbone` or `projection` (the latter needs a
     training checkpoint). BatchFormer is never part of it.
     """
-    from ..config import from_dict
-    from ..models.moco import build_encoder
+    from ..run_config import saved_config
+    from ..models.registry import build_encoder
 
     ckpt = load(path)
     if "model" in ckpt and "config" in ckpt:
-        cfg = from_dict(ckpt["config"])
+        cfg = saved_config(ckpt["config"])
         state = ckpt["model"]
         encoder = build_encoder(cfg, in_channels=ckpt.get("in_channels", 3), features=features,
                                 image_size=ckpt.get("image_size", 224))
@@ -160,7 +160,7 @@ def load_encoder(path: str, features: str = "backbone", device: str | torch.devi
             raise FileNotFoundError(f"{meta_path} (written by `ssl-bf export`) is needed to rebuild the backbone")
         with open(meta_path) as f:
             meta = json.load(f)
-        cfg = from_dict(meta["config"])
+        cfg = saved_config(meta["config"])
         in_channels = meta.get("in_channels", 3)
         encoder = build_encoder(cfg, in_channels=in_channels, features="backbone", image_size=meta.get("image_size", 224))
         encoder.backbone.load_state_dict(ckpt, strict=True)

@@ -14,19 +14,16 @@ Design choices, each against a bug seen in the peers:
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
-INDEX_KINDS = ("flat", "flat-fp16", "ivf", "hnsw")
-GPU_MAX_K = 2048
-_EPS = 1e-12
+from .arrays import ArrayLike, as_numpy, l2_normalize
+from .index import GPU_MAX_K, build_index, query_chunk_size, search_chunks, search_recall, use_gpu
 
 
 # ----------------------------------------------------------------------------------------------
@@ -64,27 +61,8 @@ def topk_predictions(scores: torch.Tensor, n: int = 5) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# Inputs: arrays, normalisation, labels
+# Inputs: labels
 # ----------------------------------------------------------------------------------------------
-
-
-def as_numpy(x: ArrayLike) -> np.ndarray:
-    """A numpy view (or copy, for tensors on a device) of a tensor or array."""
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def l2_normalize(x: ArrayLike, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Row-wise L2 normalisation to a new float32 array (the input is never modified)."""
-    x = as_numpy(x)
-    out = np.empty(x.shape, dtype=np.float32) if out is None else out
-    step = max(1, (64 << 20) // max(1, x.shape[1] * 4))  # ~64 MiB of rows at a time
-    for start in range(0, x.shape[0], step):
-        block = x[start:start + step].astype(np.float32)  # (B, D)
-        norms = np.sqrt(np.einsum("ij,ij->i", block, block))[:, None]  # (B, 1)
-        np.divide(block, np.maximum(norms, _EPS), out=out[start:start + step])
-    return out
 
 
 @dataclass
@@ -149,117 +127,6 @@ def _check_inputs(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray,
         raise ValueError(f"k={kmax} is larger than the train set ({len(train)} rows)")
     if kmax < 1:
         raise ValueError(f"k must be at least 1, got {kmax}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Index and search
-# ----------------------------------------------------------------------------------------------
-
-
-def _faiss():
-    import faiss  # imported lazily: a heavy import the CLI's --help should not pay
-
-    return faiss
-
-
-def use_gpu(device: str = "auto") -> bool:
-    """Whether to put the FAISS index on a GPU: 'auto' uses one when FAISS sees one."""
-    if device == "cpu":
-        return False
-    faiss = _faiss()
-    available = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    if device.startswith("cuda") and not available:
-        raise RuntimeError("device='cuda' was asked for but this FAISS build sees no GPU "
-                           "(install faiss-gpu, or use device='cpu')")
-    return available
-
-
-_GPU_RESOURCES = None
-
-
-def _gpu_resources():
-    """One StandardGpuResources per process, kept alive as long as the indexes that use it."""
-    global _GPU_RESOURCES
-    if _GPU_RESOURCES is None:
-        _GPU_RESOURCES = _faiss().StandardGpuResources()
-    return _GPU_RESOURCES
-
-
-def build_index(train: ArrayLike, kind: str = "flat", device: str = "auto", *,
-                normalize: bool = True, nlist: Optional[int] = None, nprobe: int = 32,
-                hnsw_m: int = 32, ef_search: int = 256, seed: int = 0):
-    """A FAISS inner-product index over the rows of `train` (N, D).
-
-    kinds: `flat` (exact, IndexFlatIP), `flat-fp16` (exact search over float16 storage, half
-    the memory, slower), `ivf` (IVF-Flat, approximate), `hnsw` (HNSW-Flat, approximate, CPU).
-    With `normalize`, rows are L2-normalised block by block as they are added, so no second
-    full-size copy of `train` is ever made.
-    """
-    faiss = _faiss()
-    train = as_numpy(train)
-    n, d = train.shape
-    prep = (lambda x: l2_normalize(x)) if normalize else (lambda x: np.ascontiguousarray(x, np.float32))
-    if kind == "flat":
-        index = faiss.IndexFlatIP(d)
-    elif kind == "flat-fp16":
-        index = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-    elif kind == "ivf":
-        nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))  # >= 39 training rows per list
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(seed)
-        index.train(prep(train[np.sort(rng.choice(n, size=min(n, 256 * nlist), replace=False))]))
-        index.nprobe = min(nprobe, nlist)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = ef_search
-    else:
-        raise ValueError(f"unknown index '{kind}'; choose one of {', '.join(INDEX_KINDS)}")
-    if kind in ("flat", "ivf") and use_gpu(device):
-        index = faiss.index_cpu_to_gpu(_gpu_resources(), 0, index)
-    step = 1 << 16
-    for start in range(0, n, step):
-        index.add(prep(train[start:start + step]))
-    return index
-
-
-def query_chunk_size(k: int, num_classes: int, memory_budget_gb: float, num_pairs: int = 1) -> int:
-    """Queries per chunk so that search results and vote scores fit the budget.
-
-    Per query: k similarities (4 B) and ids (8 B), their labels and weights (16 B), and a few
-    (C,) float32 score rows. FAISS's own blocked search uses a fixed few MiB on top.
-    """
-    per_query = k * 28 + num_classes * 4 * 3 + num_pairs * 5 * 8
-    return int(max(1, min(1 << 16, memory_budget_gb * (1 << 30) // per_query)))
-
-
-@contextlib.contextmanager
-def blas_blocks(memory_budget_gb: float) -> Iterator[None]:
-    """Larger FAISS brute-force blocks while searching (restored afterwards).
-
-    FAISS's CPU flat search multiplies 4096 queries by 1024 database rows at a time, then
-    updates the top-k heaps. With 8192-row blocks the sgemm calls are large enough to run at
-    full speed: about 1.8x faster searches measured on 2 cores. The block buffer (4096 x 8192
-    float32, 128 MiB) is capped at an eighth of the memory budget.
-    """
-    from .stream import blas_tiles
-
-    query_bs = 4096
-    db_bs = int(min(8192, max(1024, memory_budget_gb * (1 << 30) / 8 / (query_bs * 4))))
-    with blas_tiles(query_bs, db_bs):
-        yield
-
-
-def search_chunks(index, queries: np.ndarray, k: int, chunk: int, progress: bool = False,
-                  memory_budget_gb: float = 2.0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield `(start, similarities (B, k) float32, ids (B, k) int64)` per block of queries."""
-    from tqdm.auto import tqdm
-
-    starts = range(0, len(queries), chunk)
-    for start in tqdm(starts, desc="k-NN search", unit="chunk", disable=not progress or len(starts) < 2):
-        block = np.ascontiguousarray(queries[start:start + chunk], dtype=np.float32)
-        with blas_blocks(memory_budget_gb):
-            sims, ids = index.search(block, k)
-        yield start, sims, ids
 
 
 # ----------------------------------------------------------------------------------------------
@@ -395,7 +262,7 @@ def knn_evaluate(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: Ar
 
 
 def _streamed(train, test, k: int, memory_budget_gb: float, progress: bool):
-    """The exact CPU search: the bank streamed in blocks within the budget (knn_stream.py)."""
+    """The exact CPU search: the bank streamed in blocks within the budget (stream.py)."""
     from .stream import ArrayRows, RowSource, plan_stream, stream_search, working_budget_gb
 
     bank = train if isinstance(train, RowSource) else ArrayRows(train, "train features")
@@ -403,22 +270,3 @@ def _streamed(train, test, k: int, memory_budget_gb: float, progress: bool):
     plan = plan_stream(len(bank), len(queries), bank.shape[1], k, working_budget_gb(memory_budget_gb),
                        bank.stored_bytes_per_row)
     return stream_search(bank, queries, k, plan, progress), plan
-
-
-def search_recall(train_feats: ArrayLike, queries: ArrayLike, k: int, index,
-                  sample: int = 1000, seed: int = 0) -> float:
-    """Recall@k of a built approximate `index` against exact search, on a sample of queries.
-
-    The fraction of the exact top-k neighbours (brute force, `faiss.knn`, no second index) that
-    the approximate index also returns. `queries` must already be L2-normalised.
-    """
-    faiss = _faiss()
-    q = as_numpy(queries)
-    rows = np.sort(np.random.default_rng(seed).choice(len(q), size=min(sample, len(q)), replace=False))
-    sample_q = np.ascontiguousarray(q[rows], dtype=np.float32)
-    train = l2_normalize(train_feats)
-    _, exact = faiss.knn(sample_q, train, k, metric=faiss.METRIC_INNER_PRODUCT)
-    del train
-    _, approx = index.search(sample_q, k)
-    found = sum(len(np.intersect1d(a[a >= 0], e)) for a, e in zip(approx, exact))
-    return found / exact.size

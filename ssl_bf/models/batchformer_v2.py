@@ -18,8 +18,9 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from ..config import BatchFormerConfig, Config, ConfigError
 from .batchformer import BatchFormer
-from ..config import BatchFormerConfig
+from .vit_shapes import VIT_SHAPES
 
 Gather = Callable[[torch.Tensor], tuple[torch.Tensor, slice]]
 # how one BatchFormer layer is applied to the (N, T, C) tokens of one stream
@@ -122,3 +123,31 @@ def key_side_apply(opts: BatchFormerConfig, n: int, gather: Optional[Gather], de
         perm = torch.randperm(n, device=device)  # (N,)
         return lambda bf, tokens: across_recomposed(bf, tokens, perm, opts.recompose_groups)
     raise ValueError(f"batchformer.key_branch={opts.key_branch} has no key-side BatchFormerV2 stream")
+
+
+# The key branches BatchFormerV2 (position vit_blocks) implements on the key side.
+VIT_BLOCKS_KEY_BRANCHES = ("pre_only", "same_batch", "recomposed")
+
+
+def check_vit_blocks(cfg: Config) -> None:
+    """BatchFormerV2's settings (ConfigError): a ViT, valid distinct block indices, a width the
+    heads divide, a key branch it implements."""
+    bf = cfg.batchformer
+    if not bf.enabled or bf.position != "vit_blocks":
+        return
+    if cfg.backbone.name not in VIT_SHAPES:
+        raise ConfigError(f"batchformer.position=vit_blocks needs a ViT backbone, got backbone.name="
+                          f"{cfg.backbone.name}; use backbone.name={' or '.join(VIT_SHAPES)}")
+    shape = VIT_SHAPES[cfg.backbone.name]
+    blocks = f"{cfg.backbone.name} has blocks 0-{shape.layers - 1}"
+    if not bf.insert_after:
+        raise ConfigError(f"batchformer.position=vit_blocks needs batchformer.insert_after, the blocks to insert "
+                          f"BatchFormerV2 after, e.g. batchformer.insert_after=[{shape.layers // 2 - 1}] ({blocks})")
+    if len(set(bf.insert_after)) != len(bf.insert_after) or any(not 0 <= i < shape.layers for i in bf.insert_after):
+        raise ConfigError(f"batchformer.insert_after must list distinct block indices of the ViT ({blocks}), "
+                          f"got {bf.insert_after}")
+    if shape.dim % bf.heads:
+        raise ConfigError(f"the ViT width ({shape.dim}) must be divisible by batchformer.heads ({bf.heads})")
+    if bf.key_branch not in VIT_BLOCKS_KEY_BRANCHES:
+        raise ConfigError(f"batchformer.key_branch={bf.key_branch} is not available with position=vit_blocks; "
+                          f"choose one of {', '.join(VIT_BLOCKS_KEY_BRANCHES)}")

@@ -52,31 +52,3 @@ class NormPlan:
     split_bn_groups: int
     sync_bn: bool
     description: str
-
-
-def plan_normalisation(method: str, split_bn_groups: int, shuffle_keys: bool, world: int,
-                       device_type: str) -> NormPlan:
-    """Choose the normalisation for `method` on `world` processes of `device_type`.
-
-    MoCo-v2: one process -> split BN with shuffled keys; several -> shuffle-BN across ranks with
-    plain BN (the preset's split groups are ignored). MoCo-v3: SyncBN on CUDA under DDP; torch's
-    SyncBatchNorm has no CPU kernel, so on CPU each process normalises over its own batch.
-    """
-    if method == "mocov2":
-        if world == 1:
-            if split_bn_groups > 1:
-                keys = "shuffled keys" if shuffle_keys else "UNshuffled keys (moco.shuffle_keys=false)"
-                return NormPlan(split_bn_groups, False,
-                                f"split BatchNorm ({split_bn_groups} groups) with {keys} (one process)")
-            return NormPlan(1, False, "plain BatchNorm over the whole batch (moco.split_bn_groups=1, "
-                                      "one process: no shuffle-BN protection)")
-        ignored = f"; moco.split_bn_groups={split_bn_groups} is ignored" if split_bn_groups > 1 else ""
-        keys = "shuffle-BN: keys shuffled across" if shuffle_keys else "keys NOT shuffled across"
-        return NormPlan(1, False, f"plain BatchNorm per process, {keys} {world} ranks{ignored}")
-    if world > 1 and device_type == "cuda":
-        return NormPlan(1, True, f"SyncBatchNorm across {world} ranks")
-    if world > 1:
-        return NormPlan(1, False, f"plain BatchNorm over each process's own batch: torch's SyncBatchNorm "
-                                  f"runs only on CUDA, so on {device_type} the {world} ranks do not share "
-                                  f"batch statistics")
-    return NormPlan(1, False, "plain BatchNorm over the whole batch (one process)")

@@ -14,4 +14,6 @@ class ViTShape:
     mlp_dim: int
 
 
-VIT_SHAPES = {"vit_small": ViTShape(12, 6, 384, 1536), "vit_tiny": ViTShape(6, 3, 192, 768)}
+# vit_small is timm's / MoCo-v3's ViT-S. vit_mini is ssl-bf's own small ViT for CPU runs: half the
+# depth of timm's vit_tiny (which has 12 blocks), hence its own name.
+VIT_SHAPES = {"vit_small": ViTShape(12, 6, 384, 1536), "vit_mini": ViTShape(6, 3, 192, 768)}

@@ -24,7 +24,7 @@ def pretrain_parser() -> argparse.ArgumentParser:
 
 def pretrain_config_from_args(argv: list[str]):
     """Parse pretrain arguments (`--config FILE key=value ...`) into a validated Config."""
-    from ..config import load_config
+    from ..run_config import load_config
     args = pretrain_parser().parse_intermixed_args(argv)
     return load_config(args.config, args.overrides)
 
@@ -47,7 +47,7 @@ def _interrupted(argv: list[str]) -> int:
     import os
     from ..checkpoints.checkpoint import last_path
     try:
-        from ..config import load_config
+        from ..run_config import load_config
         args = pretrain_parser().parse_intermixed_args(argv)
         run_dir = load_config(args.config, args.overrides).run.dir
     except Exception:  # noqa: BLE001 - only for the message
@@ -65,7 +65,8 @@ def _pretrain(argv: list[str]) -> int:
 
     import yaml
     from ..checkpoints.checkpoint import last_path
-    from ..config import ConfigError, load_config, to_dict
+    from ..config import ConfigError, to_dict
+    from ..run_config import load_config
     from ..data import DataError
     from ..io import OutputError, check_output, write_json_atomic
     from .trainer import NonFiniteLossError, RunFolderError, TrainingInterrupted, pretrain

@@ -1,4 +1,5 @@
-"""Learning-rate and momentum schedules as pure functions of the step."""
+"""The learning-rate schedule as a pure function of the step (MoCo-v3's momentum schedule is the
+method's own: ssl_bf/models/mocov3.py)."""
 from __future__ import annotations
 
 import math
@@ -12,8 +13,3 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, peak: float, f
     progress = min(max(progress, 0.0), 1.0)
     return final + (peak - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-
-def cosine_momentum(step: int, total_steps: int, base: float) -> float:
-    """MoCo-v3 momentum: `base` at step 0, rising on a half cosine to 1 at `total_steps`."""
-    progress = min(max(step / max(1, total_steps), 0.0), 1.0)
-    return 1.0 - (1.0 - base) * 0.5 * (1.0 + math.cos(math.pi * progress))

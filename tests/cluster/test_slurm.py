@@ -213,7 +213,7 @@ def test_bad_request_fails_clearly_at_submit_time(tmp_path, options, message):
 
 # (g) ---------------------------------------------------------------------------------------------
 def test_two_task_linear_probe(tmp_path, cancel_on_exit):
-    from ssl_bf.config import load_config
+    from ssl_bf.run_config import load_config
     from ssl_bf.train.trainer import pretrain
 
     pretrain(load_config(TINY, [f"run.dir={tmp_path / 'run'}", "train.epochs=0"]))  # fixed random features
