@@ -1,9 +1,11 @@
 """What `ssl-bf embed | knn | linear | evaluate | inspect` share: the runner and the output helpers.
 
 `run_command` parses a command's arguments and runs its body, turning every bad input into the
-one line `ssl-bf CMD: error: ...` on stderr and exit code 2 (Ctrl-C: 130), never a traceback.
-The rest are small pieces more than one command uses: the result tables, `--json` writing, notes
-on stderr, `--device`, the torchrun process group, and the checks of inputs against each other.
+one line `ssl-bf CMD: error: ...` on stderr and exit code 2 (3: a failed check; Ctrl-C: 130),
+never a traceback. Every number is checked at parse time (`ssl_bf.cli_args`) and every output path
+before any compute (`options.check_outputs`); heavy imports wait until after parsing, so `--help`
+is instant. The rest are small pieces more than one command uses: the result tables, `--json`
+writing, notes on stderr, `--device`, the torchrun process group, and checks of inputs.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from ssl_bf.cli_args import ArgumentError, Parser, device_name, fail, unique
 
 from .options import same_file
 
-EXIT_OK, EXIT_INPUT, EXIT_CHECK, EXIT_INTERRUPTED = 0, 2, 3, 130
+EXIT_OK, EXIT_CHECK, EXIT_INTERRUPTED = 0, 3, 130  # a bad input: 2 (ssl_bf.cli_args.EXIT_BAD_INPUT)
 
 
 def run_command(prog: str, parser: Callable[[], Parser], body: Callable[[argparse.Namespace], int],
