@@ -16,13 +16,15 @@ from typing import Optional
 
 from ssl_bf.cli_args import Parser
 
+from .cli_common import run_command, sidecar
 from .foreign_formats import FORMATS, drop_reason
 from .import_choices import ImportChoices, add_import_options
+from .options import check_outputs
 
 PROG = "ssl-bf inspect"
 
 
-def inspect_parser() -> argparse.ArgumentParser:
+def inspect_parser() -> Parser:
     p = Parser(prog=PROG, description="Detect a checkpoint's format, read its architecture from the weights, "
                "and list the tensors loaded, dropped and missing.",
                epilog="formats:\n" + "\n".join(f"  {k}: {v}" for k, v in FORMATS.items())
@@ -36,19 +38,14 @@ def inspect_parser() -> argparse.ArgumentParser:
 
 
 def inspect_main(argv: Optional[list[str]] = None) -> int:
-    from .cli import _run
-
-    return _run(PROG, inspect_parser, _inspect_command, argv)
+    return run_command(PROG, inspect_parser, _inspect_command, argv)
 
 
 def _inspect_command(args: argparse.Namespace) -> int:
     from ssl_bf.io import write_json_atomic
 
-    from .cli import _sidecar
-    from .options import check_outputs
-
     if args.json and args.json != "-":
-        check_outputs([("--json", args.json)], inputs=[args.checkpoint, _sidecar(args.checkpoint)])
+        check_outputs([("--json", args.json)], inputs=[args.checkpoint, sidecar(args.checkpoint)])
     report = describe(args.checkpoint, ImportChoices.from_args(args))
     if args.json == "-":
         json.dump(report, sys.stdout, indent=2)

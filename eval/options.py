@@ -1,5 +1,5 @@
-"""Output checks of `ssl-bf embed | knn | linear | evaluate`: every output path is checked before
-any compute starts (the argument types and parsers are `ssl_bf.cli_args`)."""
+"""Output checks of `ssl-bf embed | knn | linear | evaluate | inspect`: every output path is checked
+before any compute starts (the argument types and the parser are `ssl_bf.cli_args`)."""
 from __future__ import annotations
 
 import os

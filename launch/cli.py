@@ -8,7 +8,7 @@ import shlex
 import sys
 from typing import Optional
 
-from ssl_bf.cli_args import OneLineParser, one_line
+from ssl_bf.cli_args import ArgumentError, Parser, fail
 from ssl_bf.io import OutputError, check_output, strict_json, write_json_atomic
 
 from .options import CLUSTERS, PRESET_ENV, LaunchError, make_options, parse_extra
@@ -34,9 +34,12 @@ exit codes: 0 submitted (or dry run); 1 --wait: a job failed; 2 a bad option or 
 nothing submitted (one line on stderr names the option or file)."""
 
 
-def _submit_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
-        prog="ssl-bf submit", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
+PROG = "ssl-bf submit"
+
+
+def _submit_parser() -> Parser:
+    p = Parser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG,
         usage="ssl-bf submit {%s} [launcher options] -- [the subcommand's arguments]" % "|".join(COMMANDS),
         description="Run an ssl-bf subcommand as a SLURM job (submitit), or locally with the same job "
                     "code. Pretraining jobs checkpoint and requeue on preemption and at the time limit.")
@@ -95,8 +98,10 @@ def submit_main(argv: list[str]) -> int:
         mine, rest = argv[:cut], argv[cut + 1:]
     else:
         mine, rest = argv, []
-    parser = _submit_parser()
-    args = parser.parse_args(mine)
+    try:
+        args = _submit_parser().parse_args(mine)
+    except ArgumentError as err:
+        return fail(PROG, err)
     try:
         if args.json and args.json != "-":  # before anything is submitted: an input is never overwritten
             inputs = [p for p in (*rest, args.sweep_file, args.preset) if p and os.path.isfile(p)]
@@ -119,8 +124,7 @@ def submit_main(argv: list[str]) -> int:
                      sweep_variants=variants or None, variants_first=variants_first,
                      then=args.then, dry_run=args.dry_run, then_args=then_args)
     except (LaunchError, OutputError) as e:
-        print(f"ssl-bf submit: error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return fail(PROG, e)
     print(sub.describe(), flush=True)
     record = {"cluster": sub.cluster, "command": sub.command, "folder": sub.folder, "run_dirs": sub.run_dirs,
               "dry_run": sub.dry_run, "job_ids": sub.job_ids, "eval_job_ids": [j.job_id for j in sub.eval_jobs],

@@ -32,7 +32,6 @@ class SubcommandJob:
     def __init__(self, argv: list[str], then: Optional[list[str]] = None):
         self.argv = list(argv)
         self.then = list(then) if then else None
-        self._checkpointed = False
 
     def __call__(self) -> dict:
         import submitit
@@ -69,7 +68,6 @@ class SubcommandJob:
         """
         import submitit
 
-        self._checkpointed = True
         try:
             from ssl_bf.train.trainer import current_trainer
             trainer = current_trainer()
@@ -84,12 +82,9 @@ class SubcommandJob:
         return submitit.helpers.DelayedSubmission(SubcommandJob(self.argv, self.then))
 
     def _run_cli(self, argv: list[str]) -> int:
-        try:
-            rc = int(_runner(argv[0])(list(argv[1:])) or 0)
-        except SystemExit as e:  # argparse errors
-            if self._checkpointed:  # submitit's exit after a requeue: let it through
-                raise
-            rc = e.code if isinstance(e.code, int) else 1
+        # A bad argument is exit code 2 here (the subcommands never exit); submitit's own exit
+        # after a requeue passes through.
+        rc = int(_runner(argv[0])(list(argv[1:])) or 0)
         if rc != 0:
             raise RuntimeError(f"`ssl-bf {shlex.join(argv)}` exited with code {rc}")
         return rc
@@ -135,11 +130,14 @@ def weights_digest(model) -> str:
 
 def _runner(command: str):
     """The entry point of a subcommand that a job may run (the names in submission.COMMANDS)."""
-    from ssl_bf.eval import cli as eval_cli
+    from ssl_bf.eval.embed_cli import embed_main
+    from ssl_bf.eval.evaluate_cli import evaluate_main
+    from ssl_bf.eval.knn_cli import knn_main
+    from ssl_bf.eval.linear_cli import linear_main
     from ssl_bf.train.cli import pretrain_main
 
-    runners = {"pretrain": pretrain_main, "embed": eval_cli.embed_main, "knn": eval_cli.knn_main,
-               "linear": eval_cli.linear_main, "evaluate": eval_cli.evaluate_main}
+    runners = {"pretrain": pretrain_main, "embed": embed_main, "knn": knn_main, "linear": linear_main,
+               "evaluate": evaluate_main}
     if command not in runners:
         raise ValueError(f"a job cannot run `ssl-bf {command}`; choose one of {', '.join(runners)}")
     return runners[command]

@@ -60,43 +60,40 @@ def with_overrides(args: list[str], overrides: list[str]) -> list[str]:
 
 def pretrain_config(args: list[str]):
     """Parse and validate pretrain arguments at submit time (errors become LaunchError)."""
-    from ssl_bf.train.cli import pretrain_config_from_args
+    from ssl_bf.cli_args import ArgumentError
     from ssl_bf.config import ConfigError
+    from ssl_bf.train.cli import pretrain_config_from_args
 
-    err = io.StringIO()
     try:
-        with contextlib.redirect_stderr(err):
-            return pretrain_config_from_args(list(args))
+        return pretrain_config_from_args(list(args))
     except ConfigError as e:
         raise LaunchError(f"pretrain config error: {e}") from None
-    except SystemExit:
-        msg = err.getvalue().strip().splitlines()
-        raise LaunchError(f"bad pretrain arguments: {msg[-1] if msg else shlex.join(args)}") from None
+    except ArgumentError as e:
+        raise LaunchError(f"bad pretrain arguments: {e}") from None
 
 
 def _subcommand_parser(command: str):
     """The argument parser of `ssl-bf COMMAND` (an evaluation command)."""
-    from ssl_bf.eval import cli as eval_cli
+    from ssl_bf.eval.embed_cli import embed_parser
+    from ssl_bf.eval.evaluate_cli import evaluate_parser
+    from ssl_bf.eval.knn_cli import knn_parser
+    from ssl_bf.eval.linear_cli import linear_parser
 
-    return {"embed": eval_cli.embed_parser, "knn": eval_cli.knn_parser, "linear": eval_cli.linear_parser,
-            "evaluate": eval_cli.evaluate_parser}[command]()
+    return {"embed": embed_parser, "knn": knn_parser, "linear": linear_parser, "evaluate": evaluate_parser}[command]()
 
 
 def check_subcommand_args(command: str, args: list[str], what: str = "") -> None:
     """Parse the arguments a job will give `ssl-bf COMMAND` now, so a job never starts only to
-    fail on them (LaunchError with argparse's reason). `what` names the option they came from."""
-    err = io.StringIO()
-    where = f"{what}: " if what else ""
+    fail on them (LaunchError with the parser's reason). `what` names the option they came from."""
+    from ssl_bf.cli_args import ArgumentError
+
     try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()):  # --help prints the help, then exits 0
             _subcommand_parser(command).parse_args(list(args))
-    except SystemExit as exc:  # argparse's usual way out (--help exits 0)
-        if exc.code in (0, None):
-            raise LaunchError(f"{what or f'the {command} arguments'} ask for help only: nothing to submit") from None
-        lines = err.getvalue().strip().splitlines()
-        reason = lines[-1].split("error: ", 1)[-1] if lines else shlex.join(args)
-        raise LaunchError(f"{where}`ssl-bf {command}` would refuse these arguments: {reason}") from None
-    except ValueError as exc:  # a parser that raises its errors instead of exiting
+    except SystemExit:  # only --help (or -h) exits the parser now
+        raise LaunchError(f"{what or f'the {command} arguments'} ask for help only: nothing to submit") from None
+    except ArgumentError as exc:
+        where = f"{what}: " if what else ""
         raise LaunchError(f"{where}`ssl-bf {command}` would refuse these arguments: {exc}") from None
 
 

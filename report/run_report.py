@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Optional
 
-from ssl_bf.cli_args import OneLineParser, one_line
+from ssl_bf.cli_args import ArgumentError, Parser, fail
 from ssl_bf.io import write_json_atomic
 
 from . import ReportError
@@ -295,8 +295,8 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def report_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
+def report_parser() -> Parser:
+    p = Parser(
         prog="ssl-bf report", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=exit_codes_help(False),
         description="Plots (loss and online k-NN curves, evaluation bars, t-SNE of the test embeddings) and "
         "report.md/report.json for a run folder or a folder of runs (a sweep). Every run that could not be "
@@ -331,16 +331,18 @@ def _check_options(args: argparse.Namespace) -> None:
 
 def report_main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = report_parser().parse_args(argv)
     prog = "ssl-bf report"
+    try:
+        args = report_parser().parse_args(argv)
+    except ArgumentError as err:
+        return fail(prog, err)
     try:
         _check_options(args)
         rep = build_report(args.folder, args.out, tsne_sample=args.tsne_sample, tsne=not args.no_tsne,
                            perplexity=args.perplexity, band=not args.no_band,
                            command=shlex.join(["ssl-bf", "report", *argv]), verbose=True)
     except ReportError as err:
-        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
-        return EXIT_INPUT
+        return fail(prog, err, EXIT_INPUT)
     for path in rep["paths"].values():
         print(f"wrote {path}")
     partial = [r["name"] for r in rep["runs"] if r["missing"]]

@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Any, Iterator, Optional
 
-from ssl_bf.cli_args import OneLineParser, one_line
+from ssl_bf.cli_args import ArgumentError, Parser, fail
 from ssl_bf.config import PRESENTATION_ONLY, format_override_value
 from ssl_bf.io import atomic_write_bytes, strict_json, write_json_atomic
 from ssl_bf.yaml_io import load_yaml_mapping
@@ -229,8 +229,8 @@ def sweep_report(folder: str, out_dir: Optional[str] = None) -> dict:
             "markdown": md, "paths": paths if rows else {}}
 
 
-def sweep_report_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
+def sweep_report_parser() -> Parser:
+    p = Parser(
         prog="ssl-bf sweep-report", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=exit_codes_help(True),
         description="Aggregate RUN/results.json over a sweep into a mean ± std table (markdown + CSV), "
                     "grouped by the swept keys except the seed. Every run that could not be read is listed "
@@ -246,8 +246,11 @@ def sweep_report_parser() -> argparse.ArgumentParser:
 
 def sweep_report_main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = sweep_report_parser().parse_args(argv)
     prog = "ssl-bf sweep-report"
+    try:
+        args = sweep_report_parser().parse_args(argv)
+    except ArgumentError as err:
+        return fail(prog, err)
     try:
         check_folder_argument(args.folder)
         inputs = run_inputs(args.folder)
@@ -257,8 +260,7 @@ def sweep_report_main(argv: Optional[list[str]] = None) -> int:
                           "--json")
         rep = sweep_report(args.folder, args.out)
     except ReportError as err:
-        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
-        return EXIT_INPUT
+        return fail(prog, err, EXIT_INPUT)
     not_read = rep["not_read"]
     if rep["rows"]:
         print(rep["markdown"], end="")

@@ -1,28 +1,29 @@
 """The `ssl-bf` command: pretrain, export, inspect, embed, knn, linear, evaluate, submit, sweep-report, report."""
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 from typing import Optional
 
+from .cli_args import Parser, fail
+
 # subcommand -> (module, function, one-line help); each function takes argv and returns an exit code
 _DELEGATED = {
     "pretrain": ("ssl_bf.train.cli", "pretrain_main", "pretrain MoCo-v2/v3 with or without BatchFormer"),
-    "export": ("ssl_bf.train.cli", "export_main", "export a run's backbone (torchvision, timm, detectron2)"),
+    "export": ("ssl_bf.checkpoints.cli", "export_main", "export a run's backbone (torchvision, timm, detectron2)"),
     "inspect": ("ssl_bf.eval.inspect_cli", "inspect_main", "format, architecture and loaded tensors of any checkpoint"),
-    "embed": ("ssl_bf.eval.cli", "embed_main", "checkpoint -> embeddings file (safetensors)"),
-    "knn": ("ssl_bf.eval.cli", "knn_main", "FAISS weighted k-NN accuracy on embeddings files"),
-    "linear": ("ssl_bf.eval.cli", "linear_main", "linear probe (mocov2, mocov3, cached, logreg)"),
-    "evaluate": ("ssl_bf.eval.cli", "evaluate_main", "embed + knn + linear for a finished run"),
+    "embed": ("ssl_bf.eval.embed_cli", "embed_main", "checkpoint -> embeddings file (safetensors)"),
+    "knn": ("ssl_bf.eval.knn_cli", "knn_main", "FAISS weighted k-NN accuracy on embeddings files"),
+    "linear": ("ssl_bf.eval.linear_cli", "linear_main", "linear probe (mocov2, mocov3, cached, logreg)"),
+    "evaluate": ("ssl_bf.eval.evaluate_cli", "evaluate_main", "embed + knn + linear for a finished run"),
     "submit": ("ssl_bf.launch.cli", "submit_main", "submit a subcommand to SLURM (submitit)"),
     "sweep-report": ("ssl_bf.report.sweep_table", "sweep_report_main", "mean +- std table over a sweep"),
     "report": ("ssl_bf.report.run_report", "report_main", "plots + report.md for a run or a sweep folder"),
 }
 
 
-def _main_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ssl-bf", description=__doc__)
+def _main_parser() -> Parser:
+    p = Parser(prog="ssl-bf", description=__doc__)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, _, text) in _DELEGATED.items():
         sub.add_parser(name, help=text, add_help=False)
@@ -38,8 +39,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if command in _DELEGATED:
         module, func, _ = _DELEGATED[command]
         return int(getattr(importlib.import_module(module), func)(rest) or 0)
-    _main_parser().error(f"unknown command '{command}'")
-    return 2
+    return fail("ssl-bf", f"unknown command '{command}' (see ssl-bf --help)")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@
 - `argparse` `type=` functions (`positive_int`, `nonneg_int`, `positive_float`, `nonneg_float`,
   `open_fraction`, `seed`, `device_name`): a bad value is refused at parse time with a message
   naming the option, the value and what is expected. NaN and infinities are never accepted.
-- `Parser`: an ArgumentParser whose errors come back as `ArgumentError` (one line), so the command
-  prints `ssl-bf CMD: error: ...` and returns 2; `OneLineParser` prints that line and exits 2 itself.
+- `Parser`: the argument parser of every `ssl-bf` subcommand. A parse error raises `ArgumentError`
+  (one line naming the option, ending `(see PROG --help)`); the command's `main(argv)` catches it,
+  prints it with `fail` and returns 2. `--help` prints the help and exits 0, as argparse does.
+- `fail`: the one error line `PROG: error: MESSAGE` on stderr, returning the exit code (2);
+  `refuse`: a line `PROG: MESSAGE` for commands whose messages carry their own kind of error.
 - `one_line`: any error message on one line, shortened.
 - `unique`: a list without repeats, in order, with the repeated values (for a note).
 """
@@ -23,11 +26,28 @@ class ArgumentError(ValueError):
     """A command-line argument that cannot be used; the message names the option."""
 
 
+EXIT_BAD_INPUT = 2  # the exit code of every refused argument or input
+
+
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors raise ArgumentError (one line) instead of printing the usage."""
+    """The argument parser of every `ssl-bf` subcommand: a parse error raises `ArgumentError`
+    (never argparse's usage dump and exit), one line that names the option and ends with
+    `(see PROG --help)`. `--help` still prints the help and exits 0."""
 
     def error(self, message: str):  # argparse's hook for every parse error
-        raise ArgumentError(f"{message} (see {self.prog} --help)")
+        raise ArgumentError(f"{one_line(message, limit=900)} (see {self.prog} --help)")
+
+
+def fail(prog: str, err: BaseException | str, code: int = EXIT_BAD_INPUT) -> int:
+    """Print the one error line `PROG: error: MESSAGE` on stderr; returns `code`."""
+    print(f"{prog}: error: {one_line(err, limit=1000)}", file=sys.stderr, flush=True)
+    return code
+
+
+def refuse(prog: str, message: str, code: int = EXIT_BAD_INPUT) -> int:
+    """Print `PROG: MESSAGE` as one line on stderr (white space folded); returns `code`."""
+    print(f"{prog}: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    return code
 
 
 def _number(text: str, kind: type, what: str):
@@ -97,10 +117,3 @@ def one_line(err: BaseException | str, limit: int = 400) -> str:
         text = type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
-
-class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line on stderr (exit 2), naming the option."""
-
-    def error(self, message: str):
-        print(f"{self.prog}: error: {one_line(message, limit=1000)} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)

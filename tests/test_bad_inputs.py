@@ -41,3 +41,29 @@ def test_bad_input(case, env, tmp_path, capsys, monkeypatch):
     for path in watched:
         assert digest(path) == before[path], f"{path} changed"
     assert not (tmp_path / "pwned").exists(), "a pickle in a data file was executed"
+
+
+SUBCOMMANDS = ["pretrain", "export", "inspect", "embed", "knn", "linear", "evaluate", "submit", "sweep-report",
+               "report"]
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_refuses_a_bad_argument_in_one_line(command, capsys):
+    """One parser, one error behaviour: exit code 2 and the one line `ssl-bf CMD: error: ...
+    (see ssl-bf CMD --help)` on stderr (never argparse's usage dump); `--help` still exits 0."""
+    from ssl_bf.cli import main
+
+    assert main([command, "--no-such-option"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.count("\n") == 1, out.err
+    assert out.err.startswith(f"ssl-bf {command}: error: ") and out.err.endswith(f" (see ssl-bf {command} --help)\n")
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0 and f"usage: ssl-bf {command}" in capsys.readouterr().out
+
+
+def test_an_unknown_subcommand_is_one_line(capsys):
+    from ssl_bf.cli import main
+
+    assert main(["pretrian"]) == 2
+    assert capsys.readouterr().err == "ssl-bf: error: unknown command 'pretrian' (see ssl-bf --help)\n"

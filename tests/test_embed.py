@@ -192,7 +192,7 @@ def test_embed_checkpoint_eval_mode_batch_independent(tmp_path):
 def test_embed_image_folder_with_paths(tmp_path):
     from PIL import Image
 
-    from ssl_bf.eval.cli import embed_main
+    from ssl_bf.eval.embed_cli import embed_main
 
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
@@ -225,7 +225,7 @@ def test_embed_image_folder_with_paths(tmp_path):
 
 
 def test_evaluate_run(tmp_path, capsys):
-    from ssl_bf.eval.cli import evaluate_main
+    from ssl_bf.eval.evaluate_cli import evaluate_main
 
     _fashion_mnist_or_skip()
     run = make_run(tmp_path)
@@ -260,7 +260,7 @@ def test_evaluate_run(tmp_path, capsys):
 
 
 def test_evaluate_missing_checkpoint(tmp_path, capsys):
-    from ssl_bf.eval.cli import evaluate_main
+    from ssl_bf.eval.evaluate_cli import evaluate_main
 
     os.makedirs(tmp_path / "empty_run")
     assert evaluate_main([str(tmp_path / "empty_run"), "--no-progress"]) == 2
@@ -303,7 +303,7 @@ def test_read_checkpoint_refuses_what_is_not_one(tmp_path, make, fragment):
 
 def test_embed_refuses_outputs_before_loading_anything(tmp_path, capsys, monkeypatch):
     import ssl_bf.eval.embed as embed_mod
-    from ssl_bf.eval.cli import embed_main
+    from ssl_bf.eval.embed_cli import embed_main
 
     run = make_run(tmp_path)
     ckpt = os.path.join(run, "checkpoints", "last.pt")
@@ -324,7 +324,7 @@ def test_failed_evaluate_leaves_the_run_byte_identical(tmp_path, capsys, monkeyp
     """A failure at any point, even while the new files are being put in place, keeps RUN as it was."""
     import ssl_bf.eval.linear_cached as cached
     import ssl_bf.eval.linear_common as common
-    from ssl_bf.eval.cli import evaluate_main
+    from ssl_bf.eval.evaluate_cli import evaluate_main
 
     _fashion_mnist_or_skip()
     run = make_run(tmp_path)

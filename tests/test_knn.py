@@ -11,7 +11,7 @@ import torch
 from ssl_bf.knn import index as knn_index
 from ssl_bf.knn import vote as knn_mod
 from ssl_bf.knn import stream as knn_stream
-from ssl_bf.eval.cli import knn_main
+from ssl_bf.eval.knn_cli import knn_main
 from ssl_bf.eval.formats import save_embeddings
 from ssl_bf.knn.vote import knn_accuracy, knn_evaluate, knn_predict, knn_vote
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ssl_bf.eval.cli import linear_main
+from ssl_bf.eval.linear_cli import linear_main
 from ssl_bf.eval.formats import save_embeddings
 from ssl_bf.eval.linear_cached import fit_logreg, holdout_split, probe_cached, probe_logreg, train_linear_heads
 from ssl_bf.eval.linear_common import LinearHead, load_head, recipe_for, save_head

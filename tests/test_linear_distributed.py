@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from ssl_bf.data import build_dataset
-from ssl_bf.eval.cli import linear_main
+from ssl_bf.eval.linear_cli import linear_main
 from ssl_bf.eval.linear_common import recipe_for
 from ssl_bf.eval.linear_images import ProbeTrainTransform, probe_images
 from ssl_bf.eval.linear_state import ProbeStateError, state_path

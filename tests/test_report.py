@@ -28,7 +28,7 @@ def _fashion_mnist_or_skip():
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory):
     """A sweep of two seeds of one variant, each trained 1 epoch and evaluated on 300 images."""
-    from ssl_bf.eval.cli import evaluate_main
+    from ssl_bf.eval.evaluate_cli import evaluate_main
     from ssl_bf.launch.sweep import expand, write_sweep
     from ssl_bf.train.trainer import pretrain
 

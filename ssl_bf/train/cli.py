@@ -1,18 +1,20 @@
-"""`ssl-bf pretrain` and `ssl-bf export`: the core's own command-line entry points.
+"""`ssl-bf pretrain`: the core's training entry point.
 
-They import only the core, so launch/ (which runs them inside SLURM jobs) can import them without
-reaching up into `ssl_bf.cli`.
+It imports only the core, so launch/ (which runs it inside SLURM jobs) can import it without
+reaching up into `ssl_bf.cli`. (`ssl-bf export` is `ssl_bf.checkpoints.cli`.)
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
+
+from ..cli_args import ArgumentError, Parser, fail, refuse
+
+PROG = "ssl-bf pretrain"
 
 
-def pretrain_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ssl-bf pretrain", description="Pretrain MoCo-v2/v3 (optionally with BatchFormer). "
+def pretrain_parser() -> Parser:
+    p = Parser(
+        prog=PROG, description="Pretrain MoCo-v2/v3 (optionally with BatchFormer). "
         "Resumes automatically from RUN/checkpoints/last.pt.",
         epilog="Overrides are key=value, e.g. batchformer.enabled=true train.epochs=10 run.dir=runs/x")
     p.add_argument("--config", help="YAML preset (see configs/)")
@@ -23,42 +25,41 @@ def pretrain_parser() -> argparse.ArgumentParser:
 
 
 def pretrain_config_from_args(argv: list[str]):
-    """Parse pretrain arguments (`--config FILE key=value ...`) into a validated Config."""
+    """Parse pretrain arguments (`--config FILE key=value ...`) into a validated Config
+    (ArgumentError: a bad argument; ConfigError: a bad config)."""
     from ..run_config import load_config
     args = pretrain_parser().parse_intermixed_args(argv)
     return load_config(args.config, args.overrides)
-
-
-def _fail(prog: str, message: str, code: int = 2) -> int:
-    print(f"{prog}: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-    return code
 
 
 def pretrain_main(argv: list[str]) -> int:
     """`ssl-bf pretrain`; every refusal is one line on stderr and exit 2 (3: the loss became NaN;
     130 / 143: stopped by Ctrl-C / SIGTERM after saving a checkpoint)."""
     try:
-        return _pretrain(argv)
+        args = pretrain_parser().parse_intermixed_args(argv)
+    except ArgumentError as err:
+        return fail(PROG, err)
+    try:
+        return _pretrain(argv, args)
     except KeyboardInterrupt:  # before training started, or a second Ctrl-C
-        return _interrupted(argv)
+        return _interrupted(args)
 
 
-def _interrupted(argv: list[str]) -> int:
+def _interrupted(args: argparse.Namespace) -> int:
     import os
     from ..checkpoints.checkpoint import last_path
     try:
         from ..run_config import load_config
-        args = pretrain_parser().parse_intermixed_args(argv)
         run_dir = load_config(args.config, args.overrides).run.dir
     except Exception:  # noqa: BLE001 - only for the message
         run_dir = None
     saved = last_path(run_dir) if run_dir else None
     where = (f"the last checkpoint is {saved}: run the same command to resume from it"
              if saved and os.path.isfile(saved) else "no checkpoint was written")
-    return _fail("ssl-bf pretrain", f"interrupted (Ctrl-C) before a checkpoint could be saved; {where}", 130)
+    return refuse(PROG, f"interrupted (Ctrl-C) before a checkpoint could be saved; {where}", 130)
 
 
-def _pretrain(argv: list[str]) -> int:
+def _pretrain(argv: list[str], args: argparse.Namespace) -> int:
     import os
     import shlex
     import signal
@@ -71,12 +72,10 @@ def _pretrain(argv: list[str]) -> int:
     from ..io import OutputError, check_output, write_json_atomic
     from .trainer import NonFiniteLossError, RunFolderError, TrainingInterrupted, pretrain
 
-    prog = "ssl-bf pretrain"
-    args = pretrain_parser().parse_intermixed_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
-        return _fail(prog, f"config error: {e}")
+        return refuse(PROG, f"config error: {e}")
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
@@ -86,22 +85,22 @@ def _pretrain(argv: list[str]) -> int:
             check_output(args.json, protected=[args.config, last_path(run), os.path.join(run, "config.yaml"),
                                                os.path.join(run, "metrics.jsonl")], what="--json")
         except OutputError as e:
-            return _fail(prog, str(e))
+            return refuse(PROG, str(e))
     try:
         summary = pretrain(cfg)
     except ConfigError as e:
-        return _fail(prog, f"config error: {e}")
+        return refuse(PROG, f"config error: {e}")
     except DataError as e:
-        return _fail(prog, f"data error: {e}")
+        return refuse(PROG, f"data error: {e}")
     except NonFiniteLossError as e:
-        return _fail(prog, str(e), 3)
+        return refuse(PROG, str(e), 3)
     except RunFolderError as e:
-        return _fail(prog, str(e))
+        return refuse(PROG, str(e))
     except TrainingInterrupted as stop:
         name = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}.get(stop.signum, f"signal {stop.signum}")
         saved = (f"checkpoint saved to {stop.path}" if stop.path else
                  f"no checkpoint saved (the last one on disk is kept: {last_path(cfg.run.dir)})")
-        return _fail(prog, f"stopped by {name} at step {stop.step} ({stop.where}); {saved}. "
+        return refuse(PROG, f"stopped by {name} at step {stop.step} ({stop.where}); {saved}. "
                            f"Resume with the same command: ssl-bf pretrain {shlex.join(argv)}", 128 + stop.signum)
     if summary.get("knn_top1") is None:  # e.g. the run had already finished: report its last figure
         from .metrics import read_metrics
@@ -118,32 +117,7 @@ def _pretrain(argv: list[str]) -> int:
         try:
             write_json_atomic(summary, args.json)
         except OSError as e:
-            return _fail(prog, f"--json {args.json}: cannot write the summary ({e.strerror or e}); the run "
+            return refuse(PROG, f"--json {args.json}: cannot write the summary ({e.strerror or e}); the run "
                                f"itself is saved in {cfg.run.dir}")
     return 0
 
-
-def export_main(argv: list[str]) -> int:
-    from ..checkpoints.checkpoint import ExportError, export_backbone
-    from ..checkpoints.export_formats import EXPORT_FORMATS
-    from ..io import OutputError, UnreadableFileError
-
-    p = argparse.ArgumentParser(prog="ssl-bf export", description="Write the query backbone (no BatchFormer, "
-                                "no heads) in the layout the next tool loads, plus OUT.json with its config.",
-                                epilog="formats: torchvision (default): ssl-bf's state dict, which every ssl-bf "
-                                "command reads back; timm: ViT tensors under timm's names (vit_small_patch16_224 "
-                                "...), OUT.json gives timm's arguments and the head count; detectron2 (ResNets with "
-                                "the ImageNet stem): MoCo's detectron2 renaming, pickled numpy arrays with "
-                                "matching_heuristics, OUT.json gives PIXEL_MEAN/PIXEL_STD and the RGB format.")
-    p.add_argument("checkpoint", help="RUN/checkpoints/last.pt")
-    p.add_argument("out", help="output file (.pt; .pkl for detectron2); OUT.json is written beside it")
-    p.add_argument("--format", choices=EXPORT_FORMATS, default="torchvision", help="layout of OUT (default torchvision)")
-    args = p.parse_args(argv)
-    prog = "ssl-bf export"
-    try:
-        meta = export_backbone(args.checkpoint, args.out, args.format)
-    except (ExportError, OutputError, UnreadableFileError, FileNotFoundError) as e:
-        return _fail(prog, str(e))
-    print(f"wrote {args.out} ({args.format} layout; backbone {meta['config']['backbone']['name']}, epoch "
-          f"{meta['epoch']}) and {os.path.splitext(args.out)[0]}.json")
-    return 0

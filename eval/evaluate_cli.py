@@ -1,0 +1,107 @@
+"""`ssl-bf evaluate RUN`: embed + k-NN + linear probes for a finished run, recorded in RUN."""
+from __future__ import annotations
+
+import argparse
+from typing import Optional
+
+from ssl_bf.cli_args import ArgumentError, Parser, nonneg_int, positive_float, positive_int, seed
+
+from .cli_common import (EXIT_OK, add_device, add_progress_and_json, check_device, knn_table, leave_group,
+                         run_command, sidecar, table, write_json)
+from .import_choices import ImportChoices, add_import_options
+from .options import check_outputs
+
+
+def _probes(text: str) -> tuple[str, ...]:
+    """`--linear`: 'cached,logreg' | 'cached' | 'logreg' | 'none', checked at parse time."""
+    from .evaluate import parse_probes
+
+    try:
+        return parse_probes(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def evaluate_parser() -> Parser:
+    p = Parser(
+        prog="ssl-bf evaluate",
+        description="Evaluate a finished run: embed train and test with RUN/checkpoints/last.pt (data from "
+        "RUN/config.yaml) into RUN/embeddings/, k-NN at (k=20, T=0.07) and (k=200, T=0.1), a cached "
+        "linear probe and logistic regression. Sets the knn/linear/logreg/evaluated keys of "
+        "RUN/results.json (other keys kept) and "
+        "appends the full record to RUN/evaluations.jsonl. All or nothing: a failed evaluation "
+        "leaves RUN as it was.")
+    p.add_argument("run", metavar="RUN", help="run folder (with --checkpoint of another project: the folder "
+                   "the results go to, created if needed)")
+    p.add_argument("--checkpoint", help="default RUN/checkpoints/last.pt; also a checkpoint of another project "
+                   "(see `ssl-bf inspect`), with --data")
+    p.add_argument("--data", help="dataset name or image folder (default: RUN/config.yaml's; needed for a "
+                   "checkpoint of another project)")
+    p.add_argument("--root", help="data root for a dataset name")
+    add_import_options(p)
+    p.add_argument("--features", choices=["backbone", "projection"], default="backbone")
+    p.add_argument("--linear", type=_probes, default=("cached", "logreg"), metavar="PROBES",
+                   help="linear probes on the embeddings: 'cached,logreg' (default), 'cached', 'logreg' "
+                        "or 'none'")
+    p.add_argument("--index", choices=["flat", "flat-fp16", "ivf", "hnsw"], default="flat")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--memory-budget", type=positive_float, default=2.0, metavar="GB")
+    p.add_argument("--reuse-embeddings", action="store_true",
+                   help="keep RUN/embeddings files already made from this checkpoint")
+    p.add_argument("--subset", type=positive_int,
+                   help="embed only the first N images of each split (smoke tests; at least 200, the largest k)")
+    p.add_argument("--workers", type=nonneg_int, default=4)
+    p.add_argument("--seed", type=seed, default=0)
+    add_device(p)
+    add_progress_and_json(p, "also write the recorded entry as JSON")
+    return p
+
+
+def evaluate_main(argv: Optional[list[str]] = None) -> int:
+    return run_command("ssl-bf evaluate", evaluate_parser, _evaluate_command, argv)
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    import os
+
+    from ssl_bf import distributed as dist_utils
+
+    from .evaluate import evaluate_run, run_paths
+
+    paths = run_paths(args.run)
+    if args.json:
+        own = [p for p in paths.values() if os.path.abspath(p) == os.path.abspath(args.json)]
+        if own:
+            raise ArgumentError(f"--json {args.json} is one of the run's own files, which evaluate keeps; "
+                                f"write the JSON elsewhere")
+    check_outputs([("--json", args.json)], inputs=[args.checkpoint, sidecar(args.checkpoint), *paths.values()])
+    check_device(args.device)
+    had_group = dist_utils.is_initialized()
+    try:
+        entry = evaluate_run(args.run, args.checkpoint, features=args.features, device=args.device,
+                             data=args.data, root=args.root, choices=ImportChoices.from_args(args),
+                             batch_size=args.batch_size, dtype=args.dtype, index=args.index,
+                             memory_budget_gb=args.memory_budget, linear=args.linear,
+                             reuse_embeddings=args.reuse_embeddings, subset=args.subset,
+                             num_workers=args.workers, seed=args.seed, progress=not args.no_progress)
+    finally:
+        leave_group(had_group)
+    if entry is None:  # a rank other than 0 of a torchrun job: it only helped extract
+        return EXIT_OK
+    ev = entry["evaluated"]
+    print(f"evaluated {ev['checkpoint']} (epoch {ev['epoch']}, {ev['features']} features, "
+          f"{ev['train_rows']} train / {ev['test_rows']} test, D={ev['dim']}) in {ev['seconds']:.1f} s")
+    print("k-NN:")
+    print(knn_table(entry["knn"]))
+    rows = []
+    for lin in (entry.get("linear"), entry.get("logreg")):
+        if lin:
+            chosen = lin["hyperparameters"].get("lr", lin["hyperparameters"].get("l2"))
+            rows.append([lin["protocol"], lin["top1"], lin["top5"], chosen])
+            print(f"{lin['protocol']}: {lin.get('note', '')}")
+    if rows:
+        print(table(["probe", "top-1 %", "top-5 %", "chosen lr / l2"], rows))
+    print(f"results: {args.run}/results.json")
+    write_json(entry, args.json)
+    return EXIT_OK
