@@ -8,6 +8,9 @@ Layout of a run folder: `RUN/config.yaml`, `RUN/checkpoints/last.pt`. Written he
   and keeps every other key (the sweep report reads the numbers from it);
 - `RUN/evaluations.jsonl`: one line per evaluation, full detail, never rewritten;
 - `RUN/linear_head.pt`, `RUN/logreg_head.pt`: the probes' heads.
+Paths recorded in these files (the checkpoint, the heads, an embeddings file's checkpoint) are
+relative to RUN when they lie inside it, so a run folder can be moved or committed; a path outside
+RUN is recorded absolute. Files of older versions, which hold absolute paths, are still read.
 All or nothing: everything is checked before any compute and written to temporary names, moved
 into place only when the whole evaluation succeeded; a failed evaluate leaves RUN byte-identical.
 """
@@ -123,15 +126,20 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
         require_data(model, None, ckpt_path)  # a checkpoint of another project records no dataset
 
     # decided before any rank computes, so every rank of a torchrun job takes the same path
-    reuse = {split: reuse_embeddings and _reusable(paths[split], ckpt_path, features) for split in ("train", "test")}
+    reuse = {split: reuse_embeddings and _reusable(paths[split], ckpt_path, features, run_dir)
+             for split in ("train", "test")}
     splits: dict[str, Optional[Embeddings]] = {}
+    recorded_ckpt = recorded_path(ckpt_path, run_dir)
     for split in ("train", "test"):  # in memory: written only once everything succeeded
         if reuse[split]:
             splits[split] = load_embeddings(paths[split])
             continue
-        splits[split] = embed(ckpt_path, data_cfg.name, split, None, features=features, root=data_cfg.root,
-                              batch_size=batch_size, device=str(dev), dtype=dtype, subset=subset,
-                              num_workers=num_workers, progress=progress, encoder=(model, cfg))
+        emb = embed(ckpt_path, data_cfg.name, split, None, features=features, root=data_cfg.root,
+                    batch_size=batch_size, device=str(dev), dtype=dtype, subset=subset,
+                    num_workers=num_workers, progress=progress, encoder=(model, cfg))
+        if emb is not None:  # the file goes into RUN/embeddings: its checkpoint as RUN records it
+            emb.metadata["checkpoint"] = recorded_ckpt
+        splits[split] = emb
     if not dist_utils.is_main():  # torchrun: this rank's shards went to rank 0, which scores them
         return None
     train, test = splits["train"], splits["test"]
@@ -151,9 +159,9 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
                     num_classes=train.num_classes, seed=seed, device=dev)
         head = paths["head"] if name == "cached" else paths["logreg_head"]
         heads[head] = res
-        probe_results[RESULT_KEY[name]] = {**res.to_dict(), "head": head}
+        probe_results[RESULT_KEY[name]] = {**res.to_dict(), "head": recorded_path(head, run_dir)}
 
-    evaluated = {"checkpoint": os.path.abspath(ckpt_path), "epoch": epoch,
+    evaluated = {"checkpoint": recorded_ckpt, "epoch": epoch,
                  "step": step, "features": features, "dataset": data_cfg.name,
                  "train_rows": len(train), "test_rows": len(test), "dim": train.dim,
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.perf_counter() - tic, 2)}
@@ -201,15 +209,47 @@ def _commit(paths: dict[str, str], embeddings: dict[str, Embeddings], heads: dic
         emb.path = paths[split]
 
 
-def _reusable(path: str, checkpoint: str, features: str) -> bool:
-    """An embeddings file made from this checkpoint file, not older than it, same features."""
+def recorded_path(path: str, run_dir: str) -> str:
+    """`path` as RUN's files record it: relative to RUN when it lies inside RUN (so the folder
+    can move), else absolute (a relative path would be read as relative to RUN)."""
+    for norm in (os.path.abspath, os.path.realpath):  # RUN or the file may be reached by a link
+        rel = os.path.relpath(norm(path), norm(run_dir))
+        if rel != os.curdir and rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+            return rel
+    return os.path.abspath(path)
+
+
+def resolve_recorded(recorded: str, run_dir: str) -> str:
+    """A path read from RUN's files: a relative one is relative to RUN; an absolute one (outside
+    RUN, or written by an older version) is taken as it is."""
+    return recorded if os.path.isabs(recorded) else os.path.join(run_dir, recorded)
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def _reusable(path: str, checkpoint: str, features: str, run_dir: str) -> bool:
+    """An embeddings file made from this checkpoint file, not older than it, same features.
+
+    The file records its checkpoint relative to RUN (or absolute, when written by an older version
+    or outside RUN); it is resolved against RUN as it is now, so a moved run folder still reuses
+    its embeddings."""
     if not os.path.isfile(path) or os.path.getmtime(path) < os.path.getmtime(checkpoint):
         return False
     try:
         meta = load_embeddings(path, check=False).metadata
     except ValueError:
         return False
-    return meta.get("checkpoint") == os.path.abspath(checkpoint) and meta.get("features") == features
+    recorded = meta.get("checkpoint")
+    if not recorded or meta.get("features") != features:
+        return False
+    return _same_file(resolve_recorded(recorded, run_dir), checkpoint)
 
 
 def _read_results(path: str) -> dict:

@@ -62,9 +62,11 @@ class SubcommandJob:
     def checkpoint(self, *args: Any, **kwargs: Any):
         """Save the training state (rank 0 writes) and requeue a clean copy of this job.
 
-        submitit calls this on rank 0 only, from the signal handler; the trainer blocks the
-        signal during a step, so the state saved is that of the last completed step. No barrier
-        here: the other ranks may sit in an all-reduce, and a collective in a handler deadlocks.
+        submitit calls this on rank 0 only, from its signal handler. Signals are not blocked: during
+        a training step the trainer's guard (`ssl_bf/train/step_signals.py`) only records the signal
+        and runs the handler when the step ends, so the state saved is that of the last completed
+        step. No barrier here: the other ranks may sit in an all-reduce, and a collective in a
+        handler deadlocks.
         """
         import submitit
 
