@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Optional
 
 from ssl_bf.cli_args import ArgumentError, Parser, nonneg_int, positive_float, positive_int, seed
@@ -90,7 +91,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     if entry is None:  # a rank other than 0 of a torchrun job: it only helped extract
         return EXIT_OK
     ev = entry["evaluated"]
-    print(f"evaluated {ev['checkpoint']} (epoch {ev['epoch']}, {ev['features']} features, "
+    print(f"evaluated {os.path.join(args.run, ev['checkpoint'])} (epoch {ev['epoch']}, {ev['features']} features, "
           f"{ev['train_rows']} train / {ev['test_rows']} test, D={ev['dim']}) in {ev['seconds']:.1f} s")
     print("k-NN:")
     print(knn_table(entry["knn"]))

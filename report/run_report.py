@@ -35,7 +35,7 @@ HEADLINE = (
     ("linear.top1", "linear top-1 (cached)", "linear\n(cached)"),
     ("logreg.top1", "logreg top-1", "logreg"),
 )
-# Raw-pixel k-NN anchors (784-d, cosine, 60k train / 10k test; README, tests/test_knn.py).
+# Raw-pixel k-NN anchors (784-d, cosine, 60k train / 10k test; docs/protocols.md, tests/test_knn.py).
 RAW_PIXEL_ANCHORS = {
     "fashion-mnist": {"knn[k=20,temperature=0.07].top1": 84.59, "knn[k=200,temperature=0.1].top1": 78.85},
 }

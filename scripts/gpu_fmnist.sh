@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU table of README "Results": MoCo-v2 on Fashion-MNIST for 100 epochs with BatchFormer off
+# The GPU table of docs/results.md: MoCo-v2 on Fashion-MNIST for 100 epochs with BatchFormer off
 # and on (configs/gpu_fmnist.yaml), the two runs side by side on one GPU, then `ssl-bf evaluate`.
 #
 #   bash scripts/gpu_fmnist.sh [OUT_DIR] [extra key=value overrides...]

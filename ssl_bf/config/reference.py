@@ -37,7 +37,7 @@ def reference_markdown() -> str:
              "Generated from `ssl_bf/config/schema.py` by `python -m ssl_bf.config.reference` (a test keeps it",
              "current). `auto` and null defaults take the method's value when the config is loaded; the run",
              "folder's `config.yaml` holds the resolved values. A resume may not change a key that defines the",
-             "run (README, \"What ssl-bf guarantees\")."]
+             "run (docs/guarantees.md)."]
     section = None
     for key in all_keys():
         head = key.split(".")[0] if "." in key else ""
