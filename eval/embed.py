@@ -57,7 +57,7 @@ def eval_image_size(config_size: int, dataset) -> int:
 
 def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out: Optional[str] = None,
           features: str = "backbone", root: Optional[str] = None, batch_size: int = 256,
-          device: str = "auto", dtype: str = "float32", normalize: bool = False,
+          device: str = "auto", dtype: str = "float32", normalise: bool = False,
           image_size: Optional[int] = None, num_workers: int = 4, save_paths: bool = True,
           subset: Optional[int] = None, progress: bool = True,
           encoder: Optional[tuple[nn.Module, object]] = None,
@@ -70,7 +70,7 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
         split: train | test.
         features: backbone (the usual choice) or projection (the projector's output).
         dtype: stored precision, float32 or float16.
-        normalize: L2-normalise the stored features (k-NN normalises anyway).
+        normalise: L2-normalise the stored features (k-NN normalises anyway).
         image_size: eval crop size; None: the run's `augment.image_size` or the native size.
         encoder: `(module, config)` already loaded from `checkpoint` by `load_embedding_encoder`
             (several splits, one load); None: loaded here.
@@ -114,12 +114,12 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
     if bad:
         raise ValueError(f"{checkpoint}: the encoder gives NaN or Inf features for {bad} of {len(feats)} "
                          f"{split} images (a diverged checkpoint?); nothing written")
-    if normalize:
+    if normalise:
         feats = torch.nn.functional.normalize(feats, dim=1)
     paths = [p for p, _ in dataset.samples] if save_paths and hasattr(dataset, "samples") else None
     emb = make_embeddings(feats, labels, checkpoint=os.path.abspath(checkpoint), features=features,
                           dataset=name, split=split, classes=list(dataset.classes) or None,
-                          normalized=normalize, image_paths=paths,
+                          normalized=normalise, image_paths=paths,
                           extra={"data_root": str(dataset.root), "image_size": str(size),
                                  **({"input_adapted": adapted} if adapted else {}),
                                  **({"checkpoint_format": model.source_format}

@@ -37,7 +37,8 @@ def embed_parser() -> Parser:
     p.add_argument("--batch-size", type=positive_int, default=256)
     add_device(p)
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored precision")
-    p.add_argument("--normalize", action="store_true", help="store L2-normalised features")
+    p.add_argument("--normalise", "--normalize", dest="normalise", action="store_true",
+                   help="store L2-normalised features")
     p.add_argument("--image-size", type=positive_int, help="eval crop size (default: the run's "
                    "augment.image_size, else the native size; 224 for image folders and 224 px checkpoints)")
     add_import_options(p)
@@ -67,7 +68,7 @@ def _embed_command(args: argparse.Namespace) -> int:
     had_group = dist_utils.is_initialized()
     try:
         emb = embed(args.checkpoint, args.data, args.split, args.out, features=args.features, root=args.root,
-                    batch_size=args.batch_size, device=args.device, dtype=args.dtype, normalize=args.normalize,
+                    batch_size=args.batch_size, device=args.device, dtype=args.dtype, normalise=args.normalise,
                     image_size=args.image_size, num_workers=args.workers, save_paths=not args.no_paths,
                     subset=args.subset, progress=not args.no_progress, choices=ImportChoices.from_args(args))
     finally:

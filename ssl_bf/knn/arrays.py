@@ -17,7 +17,7 @@ def as_numpy(x: ArrayLike) -> np.ndarray:
     return np.asarray(x)
 
 
-def l2_normalize(x: ArrayLike, out: Optional[np.ndarray] = None) -> np.ndarray:
+def l2_normalise(x: ArrayLike, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Row-wise L2 normalisation to a new float32 array (the input is never modified)."""
     x = as_numpy(x)
     out = np.empty(x.shape, dtype=np.float32) if out is None else out

@@ -8,7 +8,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from .arrays import ArrayLike, as_numpy, l2_normalize
+from .arrays import ArrayLike, as_numpy, l2_normalise
 
 INDEX_KINDS = ("flat", "flat-fp16", "ivf", "hnsw")
 GPU_MAX_K = 2048
@@ -46,19 +46,19 @@ def _gpu_resources():
 
 
 def build_index(train: ArrayLike, kind: str = "flat", device: str = "auto", *,
-                normalize: bool = True, nlist: Optional[int] = None, nprobe: int = 32,
+                normalise: bool = True, nlist: Optional[int] = None, nprobe: int = 32,
                 hnsw_m: int = 32, ef_search: int = 256, seed: int = 0):
     """A FAISS inner-product index over the rows of `train` (N, D).
 
     kinds: `flat` (exact, IndexFlatIP), `flat-fp16` (exact search over float16 storage, half
     the memory, slower), `ivf` (IVF-Flat, approximate), `hnsw` (HNSW-Flat, approximate, CPU).
-    With `normalize`, rows are L2-normalised block by block as they are added, so no second
+    With `normalise`, rows are L2-normalised block by block as they are added, so no second
     full-size copy of `train` is ever made.
     """
     faiss = _faiss()
     train = as_numpy(train)
     n, d = train.shape
-    prep = (lambda x: l2_normalize(x)) if normalize else (lambda x: np.ascontiguousarray(x, np.float32))
+    prep = (lambda x: l2_normalise(x)) if normalise else (lambda x: np.ascontiguousarray(x, np.float32))
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
     elif kind == "flat-fp16":
@@ -133,7 +133,7 @@ def search_recall(train_feats: ArrayLike, queries: ArrayLike, k: int, index,
     q = as_numpy(queries)
     rows = np.sort(np.random.default_rng(seed).choice(len(q), size=min(sample, len(q)), replace=False))
     sample_q = np.ascontiguousarray(q[rows], dtype=np.float32)
-    train = l2_normalize(train_feats)
+    train = l2_normalise(train_feats)
     _, exact = faiss.knn(sample_q, train, k, metric=faiss.METRIC_INNER_PRODUCT)
     del train
     _, approx = index.search(sample_q, k)

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .arrays import ArrayLike, as_numpy, l2_normalize
+from .arrays import ArrayLike, as_numpy, l2_normalise
 from .index import GPU_MAX_K, build_index, query_chunk_size, search_chunks, search_recall, use_gpu
 
 
@@ -227,7 +227,7 @@ def knn_evaluate(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: Ar
         if isinstance(train, RowSource) or isinstance(test, RowSource):
             raise ValueError(f"--index {index} (or a GPU) needs the whole bank in memory; load the files")
         index_obj = build_index(train, index, device)
-        queries = l2_normalize(test)  # (Q, D) float32
+        queries = l2_normalise(test)  # (Q, D) float32
         chunk = query_chunk_size(kmax, space.num_classes, memory_budget_gb, len(pairs))
         chunks, plan = search_chunks(index_obj, queries, kmax, chunk, progress, memory_budget_gb), None
     top1 = dict.fromkeys(pairs, 0)
