@@ -1,8 +1,38 @@
-"""Shared fixtures: deterministic seeds."""
+"""Shared fixtures: deterministic seeds, and the hypothesis profile of the fuzz suites.
+
+The fuzz suites (tests/test_fuzz_*.py) run derandomized with no example database, so every run
+tries the same generated inputs: a failure in CI reproduces with the same command. Their budget
+is `max_examples` per test times SSL_BF_FUZZ_SCALE (default 1; e.g. 10 for a longer local hunt).
+"""
+import os
+
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ssl-bf", derandomize=True, database=None, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                           HealthCheck.data_too_large])
+settings.load_profile("ssl-bf")
+
+FUZZ_SCALE = max(1, int(os.environ.get("SSL_BF_FUZZ_SCALE", "1") or 1))
+
+
+def fuzz_examples(n: int) -> int:
+    """The example budget of one fuzz test: `n` times SSL_BF_FUZZ_SCALE."""
+    return n * FUZZ_SCALE
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """After a run that included fuzz suites: how many generated inputs they tried."""
+    import sys
+
+    contract = sys.modules.get("fuzz_contract")
+    if contract is not None and contract.TRIED:
+        terminalreporter.write_line(contract.tried_report())
