@@ -22,9 +22,10 @@ _RESNETS = {
 class _WidthResNet(tv_resnet.ResNet):
     """torchvision's ResNet with every stage width scaled by `width / 64` (same key names)."""
 
-    def __init__(self, block, layers, width: int, norm_layer: Optional[Callable] = None):
+    def __init__(self, block, layers, width: int, norm_layer: Optional[Callable] = None,
+                 zero_init_residual: bool = False):
         self._scale = width / 64
-        super().__init__(block, layers, norm_layer=norm_layer)
+        super().__init__(block, layers, norm_layer=norm_layer, zero_init_residual=zero_init_residual)
 
     def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
         if planes == 64:  # first stage: its input is the stem's output width
@@ -33,21 +34,23 @@ class _WidthResNet(tv_resnet.ResNet):
 
 
 def resnet(name: str = "resnet18", stem: str = "imagenet", width: int = 64, in_channels: int = 3,
-           stem_stride: int = 1, norm_layer: Optional[Callable[..., nn.Module]] = None) -> nn.Module:
+           stem_stride: int = 1, norm_layer: Optional[Callable[..., nn.Module]] = None,
+           zero_init_residual: bool = False) -> nn.Module:
     """A torchvision ResNet without its classifier (`fc` is Identity): (N, C, H, W) -> (N, D).
 
     stem="imagenet": 7x7/2 conv + max-pool (torchvision's). stem="small": one 3x3 conv with
     `stem_stride` and no max-pool, for 28-32 px images. With width=64, stem="imagenet" and
     3 input channels the state dict loads into `torchvision.models.<name>()` with strict=True.
+    `zero_init_residual` starts each residual branch's last BatchNorm at zero (torchvision's option).
     """
     if name not in _RESNETS:
         raise ValueError(f"unknown ResNet '{name}'; choose from {sorted(_RESNETS)}")
     block, layers = _RESNETS[name]
     norm_layer = norm_layer or nn.BatchNorm2d
     if width == 64:
-        net = tv_resnet.ResNet(block, layers, norm_layer=norm_layer)
+        net = tv_resnet.ResNet(block, layers, norm_layer=norm_layer, zero_init_residual=zero_init_residual)
     else:
-        net = _WidthResNet(block, layers, width, norm_layer=norm_layer)
+        net = _WidthResNet(block, layers, width, norm_layer=norm_layer, zero_init_residual=zero_init_residual)
     if stem == "small":
         net.conv1 = nn.Conv2d(in_channels, width, 3, stride=stem_stride, padding=1, bias=False)
         net.maxpool = nn.Identity()
@@ -118,7 +121,7 @@ class ViTBackbone(nn.Module):
 
 def build_backbone(name: str, stem: str, width: int, in_channels: int, stem_stride: int = 1,
                    split_bn_groups: int = 1, image_size: int = 224, patch_size: int = 16,
-                   freeze_patch_embed: bool = False) -> nn.Module:
+                   freeze_patch_embed: bool = False, zero_init_residual: bool = False) -> nn.Module:
     """Backbone from config values; split_bn_groups > 1 uses SplitBatchNorm2d (ResNets)."""
     if name.startswith("vit"):
         return ViTBackbone(name, image_size, patch_size, in_channels, freeze_patch_embed)
@@ -126,4 +129,4 @@ def build_backbone(name: str, stem: str, width: int, in_channels: int, stem_stri
     if split_bn_groups > 1:
         from .norm import SplitBatchNorm2d
         norm_layer = partial(SplitBatchNorm2d, groups=split_bn_groups)
-    return resnet(name, stem, width, in_channels, stem_stride, norm_layer)
+    return resnet(name, stem, width, in_channels, stem_stride, norm_layer, zero_init_residual)

@@ -74,11 +74,13 @@ class Encoder(nn.Module):
         return self.projector(h) if hasattr(self, "projector") else h
 
 
-def build_config_backbone(cfg: Config, in_channels: int, image_size: int, split_bn_groups: int = 1) -> nn.Module:
-    """The backbone `cfg.backbone` describes."""
+def build_config_backbone(cfg: Config, in_channels: int, image_size: int, split_bn_groups: int = 1,
+                          zero_init_residual: bool = False) -> nn.Module:
+    """The backbone `cfg.backbone` describes (`zero_init_residual`: ResNets' last BN of each
+    residual branch starts at zero)."""
     b = cfg.backbone
     return build_backbone(b.name, b.stem, b.width, in_channels, b.stem_stride, split_bn_groups,
-                          image_size, b.patch_size, b.freeze_patch_embed)
+                          image_size, b.patch_size, b.freeze_patch_embed, zero_init_residual)
 
 
 class MoCoBase(nn.Module):
@@ -89,12 +91,13 @@ class MoCoBase(nn.Module):
     uses_momentum_encoder = True
     default_key_branch = "pre_only"  # what batchformer.key_branch=auto becomes
     supports_context_matched = False  # key_branch=context_matched needs a queue of negatives
+    zero_init_residual = False  # ResNets: start each residual branch's last BN at zero
 
     def __init__(self, cfg: Config, in_channels: int = 3, image_size: int = 224, split_bn_groups: int = 1):
         super().__init__()
         self.cfg = cfg
         bf = cfg.batchformer
-        self.backbone = build_config_backbone(cfg, in_channels, image_size, split_bn_groups)
+        self.backbone = build_config_backbone(cfg, in_channels, image_size, split_bn_groups, self.zero_init_residual)
         feature_dim = self.backbone.feature_dim
         self.projector = self.build_projector(cfg, feature_dim)
         self.predictor: nn.Module = nn.Identity()  # MoCo-v3 replaces it

@@ -18,7 +18,7 @@ from .. import distributed as dist_utils
 from ..config import Config
 from .base import KeyStream, MoCoBase, OptimizerDefaults, PairTerm
 from .heads import mlp
-from .losses import info_nce_in_batch
+from .losses import float32_logits, info_nce_in_batch
 from .norm import NormPlan
 
 
@@ -33,6 +33,7 @@ class MoCoV3(MoCoBase):
 
     name = "mocov3"
     symmetric = True
+    zero_init_residual = True  # the reference builds its ResNets with zero_init_residual=True
     default_key_branch = "same_batch"
 
     def __init__(self, cfg: Config, in_channels: int = 3, image_size: int = 224,
@@ -83,8 +84,8 @@ class MoCoV3(MoCoBase):
     def pair_loss(self, q: torch.Tensor, key: KeyStream) -> PairTerm:
         k = key.keys
         n, offset = q.shape[0], dist_utils.rank() * q.shape[0]
-        with torch.no_grad():
-            sims = q @ k.t()  # (N, W*N)
+        with torch.no_grad(), float32_logits(q.device):
+            sims = q.float() @ k.float().t()  # (N, W*N)
             positive = sims[torch.arange(n, device=q.device), torch.arange(n, device=q.device) + offset]
             negative = (sims.sum() - positive.sum()) / max(1, sims.numel() - n)
         return PairTerm(info_nce_in_batch(q, k, self.cfg.moco.temperature, offset), positive.mean(), negative)

@@ -42,7 +42,10 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             self.running_mean.copy_(mean_g.view(g, c).mean(0))
             self.running_var.copy_(var_g.view(g, c).mean(0))
             self.num_batches_tracked += 1
-        return out.view(n // g, g, c, h, w).transpose(0, 1).reshape(n, c, h, w)
+        out = out.view(n // g, g, c, h, w).transpose(0, 1).reshape(n, c, h, w)  # (N, C, H, W)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            out = out.contiguous(memory_format=torch.channels_last)  # the next conv stays channels_last
+        return out
 
 
 @dataclass(frozen=True)
