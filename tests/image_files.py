@@ -103,16 +103,54 @@ def write_png_bomb(path: str, side: int) -> None:
 
 
 def rgb_checkpoint(path: str) -> str:
-    """The tiny preset's network with a 3-channel stem, saved as a training checkpoint."""
+    """The tiny preset's network with a 3-channel stem, saved as a training checkpoint whose config
+    evaluates at 32 px (data.load_size=32, augment.image_size=32), so folders embed in moments."""
+    import torch
+
     from ssl_bf.config import to_dict
     from ssl_bf.io import save_atomic
     from ssl_bf.models.registry import build_model
     from tiny_run import tiny_config
 
-    cfg = tiny_config(None, f"run.dir={os.path.dirname(path)}/run")
-    import torch
-
+    cfg = tiny_config(None, f"run.dir={os.path.dirname(path)}/run", "data.load_size=32", "augment.image_size=32")
     torch.manual_seed(0)
-    save_atomic({"model": build_model(cfg, 3).state_dict(), "config": to_dict(cfg), "in_channels": 3,
-                 "epoch": 1, "step": 1}, path)
+    save_atomic({"model": build_model(cfg, 3, 32).state_dict(), "config": to_dict(cfg), "in_channels": 3,
+                 "image_size": 32, "epoch": 1, "step": 1}, path)
     return path
+
+
+# damage name -> what it does to a freshly written JPEG
+DAMAGE = {
+    "truncated": lambda p: truncate(p, 0.5),
+    "empty": lambda p: truncate(p, 0),
+    "text": write_text,
+    "bomb": lambda p: write_png_bomb(p, 10_000),  # above PIL's limit, where PIL itself only warns
+    "bomb-over-twice": lambda p: write_png_bomb(p, 20_000),  # above twice it, where PIL raises
+}
+DAMAGE_SUFFIX = {"truncated": ".jpg", "empty": ".jpg", "text": ".png", "bomb": ".png", "bomb-over-twice": ".png"}
+
+
+def write_jpeg(path: str, rng: np.random.Generator, size: tuple[int, int] = (40, 32)) -> None:
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    w, h = size
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB").save(path, quality=90)
+
+
+def image_folder(root: str, per_class: int = 3, classes: tuple[str, ...] = ("ant", "bee"),
+                 bad: dict[str, str] | None = None, seed: int = 0) -> dict[str, str]:
+    """root/train/<class>/<k>.jpg and root/val/<class>/<k>.jpg, plus `bad` files: {relative path
+    (under root, no suffix) -> damage name}. Returns {relative path with suffix -> its full path} of the bad ones."""
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        for cls in classes:
+            for k in range(per_class):
+                write_jpeg(os.path.join(root, split, cls, f"{k}.jpg"), rng)
+    made = {}
+    for rel, damage in (bad or {}).items():
+        path = os.path.join(root, rel + DAMAGE_SUFFIX[damage])
+        write_jpeg(path, rng)
+        DAMAGE[damage](path)
+        made[rel + DAMAGE_SUFFIX[damage]] = path
+    return made
