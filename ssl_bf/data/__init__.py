@@ -7,7 +7,8 @@ also offer `get_batch(indices)`, so the trainer can slice whole batches without 
 random resized crops in the DataLoader (`crops.py`).
 
 One module per source: `base` (dataset classes, stats, decoded-array cache), `fashion_mnist`,
-`cifar`, `folders`, `crops`. Decisions (see `build_dataset`):
+`cifar`, `folders`, `crops`, and `decode` (one image file -> RGB, for both folder modules).
+Decisions (see `build_dataset`):
 - An explicit `root` is the only place looked at; default locations are searched only when
   `root` is None. A wrong root should fail loudly, not silently read another copy.
 - CIFAR pickles are read with a restricted unpickler that only rebuilds numpy arrays.
