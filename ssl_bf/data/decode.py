@@ -102,7 +102,7 @@ def to_rgb(img: "PIL.Image.Image") -> "PIL.Image.Image":
     if mode in SIXTEEN_BIT_MODES:
         values = np.asarray(img).astype(np.uint32)  # (H, W) in [0, 65535]
         gray = ((values * 255 + 32767) // 65535).astype(np.uint8)  # (H, W) round(v x 255 / 65535)
-        return Image.fromarray(gray, "L").convert("RGB")
+        return Image.fromarray(gray).convert("RGB")  # from L
     if mode not in EIGHT_BIT_MODES:
         raise ValueError(f"mode {mode} has no defined 8-bit RGB conversion (read: "
                          f"{', '.join(sorted(EIGHT_BIT_MODES | SIXTEEN_BIT_MODES))})")
