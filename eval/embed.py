@@ -159,7 +159,7 @@ def skipped_paths(dataset, result) -> list[str]:
               file=sys.stderr)
     more = f"; the first {MAX_LISTED} are named above" if len(paths) > MAX_LISTED else ""
     print(f"ssl-bf: note: left out {len(paths)} unreadable image(s) of {len(dataset)} in {dataset.root} "
-          f"(--skip-unreadable); each is listed in the embeddings' metadata 'unreadable_skipped'{more}",
+          f"(--skip-unreadable); all are listed as 'unreadable_skipped' in the output's metadata and JSON{more}",
           file=sys.stderr)
     return paths
 

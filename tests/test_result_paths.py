@@ -62,7 +62,7 @@ def test_recorded_path_is_relative_inside_the_run_folder_only(tmp_path):
 
 def test_evaluate_writes_no_absolute_path_and_reuses_embeddings_after_a_move(tmp_path, monkeypatch):
     import ssl_bf.eval.embed as embed_mod
-    from ssl_bf.eval.cli import evaluate_main
+    from ssl_bf.eval.evaluate_cli import evaluate_main
     from ssl_bf.eval.formats import load_embeddings
 
     _fashion_mnist_or_skip()
@@ -114,7 +114,7 @@ def test_files_with_absolute_paths_from_older_versions_are_still_read(tmp_path, 
     """An older evaluate recorded absolute paths, in results.json, evaluations.jsonl and the
     embeddings files; evaluate, reuse and the reports still read them."""
     import ssl_bf.eval.embed as embed_mod
-    from ssl_bf.eval.cli import evaluate_main
+    from ssl_bf.eval.evaluate_cli import evaluate_main
     from ssl_bf.eval.formats import load_embeddings, save_embeddings
     from ssl_bf.report.sweep_table import sweep_report_main
 
