@@ -106,6 +106,21 @@ def add_progress_and_json(p: argparse.ArgumentParser, json_help: str) -> None:
     p.add_argument("--json", metavar="OUT", help=json_help)
 
 
+def add_skip_unreadable(p: argparse.ArgumentParser) -> None:
+    """`--skip-unreadable`: image folders leave out (or, in a probe's training, replace) unreadable images."""
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="image folders: leave out an image that cannot be read (truncated, empty, not an image, "
+                   "too many pixels) and list it, instead of stopping with exit 2 naming the file")
+
+
+def skipped_summary(metadata: dict) -> dict:
+    """`{"unreadable_skipped": [paths]}` from embeddings metadata when rows were left out, else {}."""
+    import json
+
+    listed = metadata.get("unreadable_skipped")
+    return {"unreadable_skipped": json.loads(listed)} if listed else {}
+
+
 def check_device(device: str) -> None:
     """Resolve `--device` now (CUDA asked for where there is none fails before any compute)."""
     from ssl_bf.devices import resolve_device

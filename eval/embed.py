@@ -8,7 +8,9 @@ and rank 0 alone builds the embeddings and writes the file.
 """
 from __future__ import annotations
 
+import json
 import os
+import sys
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from .import_choices import ImportChoices
 
 FOLDER_EVAL_SIZE = 224  # image folders whose config says "native size" are centre-cropped to this
+MAX_LISTED = 20  # unreadable images named one per line on stderr; the metadata lists them all
 
 
 def resolve_data(data: str, root: Optional[str] = None) -> tuple[str, Optional[str]]:
@@ -61,7 +64,7 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
           image_size: Optional[int] = None, num_workers: int = 4, save_paths: bool = True,
           subset: Optional[int] = None, progress: bool = True,
           encoder: Optional[tuple[nn.Module, object]] = None,
-          choices: Optional[ImportChoices] = None) -> Optional[Embeddings]:
+          choices: Optional[ImportChoices] = None, skip_unreadable: bool = False) -> Optional[Embeddings]:
     """Extract features of one split with a checkpoint's encoder; write `out` when given.
 
     Args:
@@ -76,6 +79,8 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
             (several splits, one load); None: loaded here.
         choices: for a checkpoint of another project, its ViT head count and DINO network (default:
             its format's conventions).
+        skip_unreadable: image folders: leave out the rows of images that cannot be read (listed on
+            stderr and in the metadata key `unreadable_skipped`) instead of refusing the folder.
     Returns:
         The embeddings (also written to `out` atomically, with metadata). Under torchrun
         (WORLD_SIZE > 1) the process group is joined (left for the caller to destroy); rank 0
@@ -99,7 +104,8 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
         name, root = cfg.data.name, root or cfg.data.root
     else:
         name, root = resolve_data(data, root)
-    dataset = build_dataset(name, root=root, split=split, load_size=cfg.data.load_size)
+    dataset = build_dataset(name, root=root, split=split, load_size=cfg.data.load_size,
+                            skip_unreadable=skip_unreadable)
     take_subset(dataset, subset, split)
     adapted = fit_dataset(model, cfg, dataset, checkpoint)
     size = image_size or eval_image_size(cfg.augment.image_size, dataset)
@@ -110,23 +116,52 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
     if result is None:  # another rank of a process group: rank 0 holds the rows and writes `out`
         return None
     feats, labels = result
+    skipped = skipped_paths(dataset, result)
     bad = int((~torch.isfinite(feats).all(dim=1)).sum())
     if bad:
         raise ValueError(f"{checkpoint}: the encoder gives NaN or Inf features for {bad} of {len(feats)} "
                          f"{split} images (a diverged checkpoint?); nothing written")
     if normalise:
         feats = torch.nn.functional.normalize(feats, dim=1)
-    paths = [p for p, _ in dataset.samples] if save_paths and hasattr(dataset, "samples") else None
+    paths = row_paths(dataset, result) if save_paths else None
     emb = make_embeddings(feats, labels, checkpoint=os.path.abspath(checkpoint), features=features,
                           dataset=name, split=split, classes=list(dataset.classes) or None,
                           normalized=normalise, image_paths=paths,
                           extra={"data_root": str(dataset.root), "image_size": str(size),
                                  **({"input_adapted": adapted} if adapted else {}),
+                                 **({"unreadable_skipped": json.dumps(skipped)} if skipped else {}),
                                  **({"checkpoint_format": model.source_format}
                                     if getattr(model, "source_format", None) else {})})
     if out:
         write_embeddings(out, emb, dtype)
     return emb
+
+
+def row_paths(dataset, result) -> Optional[list[str]]:
+    """The image path of every extracted row (`result.positions`), for datasets of files."""
+    if not hasattr(dataset, "samples"):
+        return None
+    return [dataset.samples[p][0] for p in result.positions.tolist()]
+
+
+def skipped_paths(dataset, result) -> list[str]:
+    """The files whose rows extraction left out as unreadable, each named on stderr with its reason.
+    Refuses (UnreadableImageError) when no row is left."""
+    if not len(result.skipped):
+        return []
+    if not len(result.positions):
+        raise dataset.no_readable_image()
+    from ssl_bf.data.decode import unreadable_reason
+
+    paths = dataset.unreadable_paths(result.skipped.tolist())
+    for path in paths[:MAX_LISTED]:
+        print(f"ssl-bf: note: left out unreadable image {path} ({unreadable_reason(path) or 'unreadable'})",
+              file=sys.stderr)
+    more = f"; the first {MAX_LISTED} are named above" if len(paths) > MAX_LISTED else ""
+    print(f"ssl-bf: note: left out {len(paths)} unreadable image(s) of {len(dataset)} in {dataset.root} "
+          f"(--skip-unreadable); all are listed as 'unreadable_skipped' in the output's metadata and JSON{more}",
+          file=sys.stderr)
+    return paths
 
 
 def load_embedding_encoder(checkpoint: str, features: str = "backbone", device: str | torch.device = "cpu",

@@ -10,8 +10,8 @@ from typing import Optional
 
 from ssl_bf.cli_args import ArgumentError, Parser, nonneg_int, positive_int
 
-from .cli_common import (EXIT_OK, add_device, add_progress_and_json, check_device, input_notes, leave_group,
-                         run_command, sidecar, table, write_json)
+from .cli_common import (EXIT_OK, add_device, add_progress_and_json, add_skip_unreadable, check_device, input_notes,
+                         leave_group, run_command, sidecar, skipped_summary, table, write_json)
 from .import_choices import ImportChoices, add_import_options
 from .options import check_outputs
 
@@ -45,6 +45,7 @@ def embed_parser() -> Parser:
     p.add_argument("--workers", type=nonneg_int, default=4, help="DataLoader workers for image folders")
     p.add_argument("--subset", type=positive_int, help="embed only the first N images")
     p.add_argument("--no-paths", action="store_true", help="do not store image paths (folders)")
+    add_skip_unreadable(p)
     add_progress_and_json(p, "also write a summary as JSON")
     return p
 
@@ -70,7 +71,8 @@ def _embed_command(args: argparse.Namespace) -> int:
         emb = embed(args.checkpoint, args.data, args.split, args.out, features=args.features, root=args.root,
                     batch_size=args.batch_size, device=args.device, dtype=args.dtype, normalise=args.normalise,
                     image_size=args.image_size, num_workers=args.workers, save_paths=not args.no_paths,
-                    subset=args.subset, progress=not args.no_progress, choices=ImportChoices.from_args(args))
+                    subset=args.subset, progress=not args.no_progress, choices=ImportChoices.from_args(args),
+                    skip_unreadable=args.skip_unreadable)
     finally:
         leave_group(had_group)
     if emb is None:  # a rank other than 0: its rows went to rank 0
@@ -78,7 +80,8 @@ def _embed_command(args: argparse.Namespace) -> int:
     input_notes("ssl-bf embed", emb.metadata)
     summary = {"out": args.out, "rows": len(emb), "dim": emb.dim, "dtype": args.dtype,
                "dataset": emb.metadata.get("dataset"), "split": args.split, "features": args.features,
-               "num_classes": emb.num_classes, "seconds": round(time.perf_counter() - tic, 2)}
+               "num_classes": emb.num_classes, "seconds": round(time.perf_counter() - tic, 2),
+               **skipped_summary(emb.metadata)}
     print(table(["file", "rows", "dim", "dtype", "dataset", "split", "features", "seconds"],
                 [[args.out, len(emb), emb.dim, args.dtype, summary["dataset"], args.split, args.features,
                   summary["seconds"]]]))

@@ -64,7 +64,7 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
                  linear: "str | Sequence[str]" = "cached,logreg",
                  reuse_embeddings: bool = False, subset: Optional[int] = None, num_workers: int = 4,
                  seed: int = 0, progress: bool = True, data: Optional[str] = None, root: Optional[str] = None,
-                 choices: Optional[ImportChoices] = None) -> Optional[dict]:
+                 choices: Optional[ImportChoices] = None, skip_unreadable: bool = False) -> Optional[dict]:
     """Evaluate a finished run; returns the entry that was recorded.
 
     All or nothing: everything checkable is checked before any compute (the run folder, the
@@ -82,6 +82,8 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
             project records none, so it needs `data`; RUN is then only where the results go (created).
         choices: for a checkpoint of another project, its ViT head count and DINO network (default:
             its format's conventions).
+        skip_unreadable: image folders: leave out unreadable images (listed in the embeddings'
+            metadata and in `evaluated.unreadable_skipped`) instead of refusing.
     """
     from ssl_bf import distributed as dist_utils
     from ssl_bf.run_config import load_config
@@ -136,7 +138,7 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
             continue
         emb = embed(ckpt_path, data_cfg.name, split, None, features=features, root=data_cfg.root,
                     batch_size=batch_size, device=str(dev), dtype=dtype, subset=subset,
-                    num_workers=num_workers, progress=progress, encoder=(model, cfg))
+                    num_workers=num_workers, progress=progress, encoder=(model, cfg), skip_unreadable=skip_unreadable)
         if emb is not None:  # the file goes into RUN/embeddings: its checkpoint as RUN records it
             emb.metadata["checkpoint"] = recorded_ckpt
         splits[split] = emb
@@ -165,6 +167,10 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
                  "step": step, "features": features, "dataset": data_cfg.name,
                  "train_rows": len(train), "test_rows": len(test), "dim": train.dim,
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.perf_counter() - tic, 2)}
+    skipped = {split: json.loads(e.metadata["unreadable_skipped"]) for split, e in splits.items()
+               if e.metadata.get("unreadable_skipped")}
+    if skipped:
+        evaluated["unreadable_skipped"] = skipped
     entry = {"knn": knn.results, "linear": probe_results.get("linear"), "logreg": probe_results.get("logreg"),
              "evaluated": evaluated}
     results.update({"knn": knn.results, "evaluated": evaluated})

@@ -7,8 +7,8 @@ from typing import Optional
 
 from ssl_bf.cli_args import ArgumentError, Parser, nonneg_int, positive_float, positive_int, seed
 
-from .cli_common import (EXIT_OK, add_device, add_progress_and_json, check_device, knn_table, leave_group,
-                         run_command, sidecar, table, write_json)
+from .cli_common import (EXIT_OK, add_device, add_progress_and_json, add_skip_unreadable, check_device, knn_table,
+                         leave_group, run_command, sidecar, table, write_json)
 from .import_choices import ImportChoices, add_import_options
 from .options import check_outputs
 
@@ -53,6 +53,7 @@ def evaluate_parser() -> Parser:
     p.add_argument("--subset", type=positive_int,
                    help="embed only the first N images of each split (smoke tests; at least 200, the largest k)")
     p.add_argument("--workers", type=nonneg_int, default=4)
+    add_skip_unreadable(p)
     p.add_argument("--seed", type=seed, default=0)
     add_device(p)
     add_progress_and_json(p, "also write the recorded entry as JSON")
@@ -85,7 +86,8 @@ def _evaluate_command(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size, dtype=args.dtype, index=args.index,
                              memory_budget_gb=args.memory_budget, linear=args.linear,
                              reuse_embeddings=args.reuse_embeddings, subset=args.subset,
-                             num_workers=args.workers, seed=args.seed, progress=not args.no_progress)
+                             num_workers=args.workers, seed=args.seed, progress=not args.no_progress,
+                             skip_unreadable=args.skip_unreadable)
     finally:
         leave_group(had_group)
     if entry is None:  # a rank other than 0 of a torchrun job: it only helped extract

@@ -12,9 +12,9 @@ from typing import Optional
 from ssl_bf.cli_args import (ArgumentError, Parser, fail, nonneg_float, nonneg_int, open_fraction,
                              positive_float, positive_int, seed)
 
-from .cli_common import (EXIT_CHECK, EXIT_OK, add_device, add_progress_and_json, check_device, check_train_test,
-                         fmt, input_notes, leave_group, print_note, run_command, sidecar, table, unique_values,
-                         write_json)
+from .cli_common import (EXIT_CHECK, EXIT_OK, add_device, add_progress_and_json, add_skip_unreadable, check_device,
+                         check_train_test, fmt, input_notes, leave_group, print_note, run_command, sidecar,
+                         skipped_summary, table, unique_values, write_json)
 from .import_choices import ImportChoices, add_import_options
 from .options import check_outputs
 
@@ -65,6 +65,7 @@ def linear_parser() -> Parser:
     add_import_options(p)
     p.add_argument("--subset", type=positive_int, help="use only the first N images of each split (smoke tests)")
     p.add_argument("--workers", type=nonneg_int, default=4)
+    add_skip_unreadable(p)
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--work-dir", metavar="DIR", help="mocov2/mocov3: keep the probe's state in DIR after every "
                    "epoch (DIR/linear-probe.pt); the same command run again continues from it (a killed, "
@@ -118,9 +119,9 @@ def _linear_command(args: argparse.Namespace) -> int:
     had_group = dist_utils.is_initialized()
     try:
         if args.protocol in ("mocov2", "mocov3"):
-            result, classes = _linear_images(args)
+            result, classes, skipped = _linear_images(args)
         else:
-            result, classes = _linear_cached(args)
+            result, classes, skipped = _linear_cached(args)
     except BackboneChangedError as err:
         return fail(prog, err, EXIT_CHECK)
     finally:
@@ -137,7 +138,7 @@ def _linear_command(args: argparse.Namespace) -> int:
     print(table(["protocol", "top-1 %", "top-5 %", "chosen", "seconds"],
                 [[result.protocol, result.top1, result.top5,
                   " ".join(f"{k}={fmt(v)}" for k, v in chosen.items()), round(result.seconds, 2)]]))
-    write_json({**result.to_dict(), "head": args.save_head}, args.json)
+    write_json({**result.to_dict(), "head": args.save_head, **skipped}, args.json)
     return EXIT_OK
 
 
@@ -185,7 +186,8 @@ def _linear_images(args):
     require_data(model, args.data, args.checkpoint)
     name, root = resolve_data(args.data, args.root) if args.data else (cfg.data.name, args.root or cfg.data.root)
     train_set, test_set = (build_dataset(name, root=root, split=split, load_size=cfg.data.load_size,
-                                         subset=_fit_subset(args.subset, name, root, split))
+                                         subset=_fit_subset(args.subset, name, root, split),
+                                         skip_unreadable=args.skip_unreadable)
                            for split in ("train", "test"))
     for dataset in (train_set, test_set):
         note = fit_dataset(model, cfg, dataset, args.checkpoint)
@@ -201,7 +203,20 @@ def _linear_images(args):
     result = probe_images(model, train_set, test_set, recipe, size, args.protocol, args.bn_head, dev,
                           args.workers, args.seed, progress=not args.no_progress, work_dir=args.work_dir,
                           identity=identity, save_every=args.save_every or DEFAULT_PROBE_SAVE_EVERY)
-    return (result if dist_utils.is_main() else None), train_set.classes
+    return (result if dist_utils.is_main() else None), train_set.classes, _probe_skipped(args, train_set, test_set, dev)
+
+
+def _probe_skipped(args, train_set, test_set, device) -> dict:
+    """--skip-unreadable: the images the probe replaced (training) or left out (test), from every
+    rank, named on stderr; `{"unreadable_skipped": [paths]}` for the JSON, or {}."""
+    from ssl_bf.data.folders import unreadable_everywhere
+
+    if not args.skip_unreadable or not hasattr(train_set, "unreadable"):
+        return {}
+    paths = unreadable_everywhere([train_set, test_set], device)
+    for path in paths or []:
+        print_note("ssl-bf linear", f"--skip-unreadable: replaced (training) or left out (test) unreadable image {path}")
+    return {"unreadable_skipped": paths} if paths else {}
 
 
 def _fit_subset(subset: Optional[int], name: str, root: Optional[str], split: str) -> Optional[int]:
@@ -222,7 +237,7 @@ def _linear_cached(args):
         import os
 
         if int(os.environ.get("RANK", "0")) != 0:  # several tasks on embeddings files: rank 0 alone probes
-            return None, None
+            return None, None, {}
         train = load_embeddings(args.train, args.train_labels)
         test = load_embeddings(args.test, args.test_labels)
     else:  # embed both splits with the checkpoint (loaded once)
@@ -234,10 +249,11 @@ def _linear_cached(args):
                                          choices=ImportChoices.from_args(args), image_size=args.image_size)
         train, test = (embed(args.checkpoint, args.data, split, None, features=args.features, root=args.root,
                              device=args.device, num_workers=args.workers, subset=args.subset,
-                             progress=not args.no_progress, encoder=encoder, image_size=args.image_size)
+                             progress=not args.no_progress, encoder=encoder, image_size=args.image_size,
+                             skip_unreadable=args.skip_unreadable)
                        for split in ("train", "test"))
         if train is None:  # a rank other than 0 of a process group: its shards went to rank 0
-            return None, None
+            return None, None, {}
         input_notes("ssl-bf linear", train.metadata)
     check_pair(train, test)
     device = "cpu" if args.device == "auto" else args.device
@@ -250,4 +266,6 @@ def _linear_cached(args):
     else:
         result = probe_logreg(train.embeddings, train.labels, test.embeddings, test.labels,
                               l2s=args.l2 or DEFAULT_L2, max_iter=args.max_iter, **common)
-    return result, train.classes
+    listed = skipped_summary(train.metadata).get("unreadable_skipped", []) + \
+        skipped_summary(test.metadata).get("unreadable_skipped", [])
+    return result, train.classes, ({"unreadable_skipped": listed} if listed else {})

@@ -156,6 +156,8 @@ def probe_images(model: nn.Module, train_set, test_set, recipe: Recipe, image_si
     n = len(labels)
     if dist_utils.is_initialized():
         t1, t5, n = count_hits((t1, t5, n), dev)
+    if n == 0:  # --skip-unreadable left every test image out
+        raise test_set.no_readable_image()
     hp = {**asdict(recipe), "used_lr": recipe.peak_lr(), "bn_head": bn_head, "image_size": image_size}
     hp["milestones"] = list(hp["milestones"])
     return ProbeResult(protocol, 100.0 * t1 / n, 100.0 * t5 / n, hp,

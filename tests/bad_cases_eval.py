@@ -618,3 +618,85 @@ INSPECT_CASES = [
 ]
 
 CASES = KNN_CASES + EMBED_CASES + LINEAR_CASES + EVALUATE_CASES + INSPECT_CASES
+
+# ----------------------------------------------------------------------------------------------
+# issue 21, cause 3: unreadable images in image folders (embed, linear, evaluate).
+# Without --skip-unreadable: exit 2, one line naming the file, nothing written. With it: exit 0,
+# and the written file's rows are exactly the readable images, with their own paths and labels,
+# the bad file listed in its metadata (`check`). Each case builds {tmp}/imgs (3 images a class
+# in val/ant and val/bee, plus one damaged file val/ant/bad.*) and a 3-channel checkpoint {tmp}/rgb.pt.
+# ----------------------------------------------------------------------------------------------
+
+IMAGE_DAMAGES = ("truncated", "empty", "text", "bomb", "bomb-over-twice")
+BAD_IMAGE = {"truncated": "{tmp}/imgs/val/ant/bad.jpg", "empty": "{tmp}/imgs/val/ant/bad.jpg",
+             "text": "{tmp}/imgs/val/ant/bad.png", "bomb": "{tmp}/imgs/val/ant/bad.png",
+             "bomb-over-twice": "{tmp}/imgs/val/ant/bad.png"}
+IMAGE_SAYS = {"truncated": "image file is truncated", "empty": "cannot identify image file",
+              "text": "cannot identify image file", "bomb": "decompression-bomb limit",
+              "bomb-over-twice": "decompression-bomb limit"}
+EMBED_IMAGES = ["embed", "--checkpoint", "{tmp}/rgb.pt", "--data", "{tmp}/imgs", "--split", "test", "--out",
+                "{tmp}/out.safetensors", "--workers", "2", "--batch-size", "2", NP]
+
+
+def unreadable_image_folder(damage: str, every_image: bool = False):
+    def setup(env, tmp):
+        from image_files import image_folder, rgb_checkpoint
+
+        rgb_checkpoint(os.path.join(tmp, "rgb.pt"))
+        image_folder(os.path.join(tmp, "imgs"), per_class=0 if every_image else 3,
+                     bad={"val/ant/bad": damage, **({"val/bee/bad": damage, "train/ant/x": damage} if every_image
+                                                   else {})})
+    return setup
+
+
+def rows_are_the_readable_images(bad_name: str):
+    def check(tmp):
+        from ssl_bf.data import find_images
+        from ssl_bf.eval.formats import load_embeddings
+
+        bad = os.path.join(tmp, "imgs", "val", "ant", bad_name)
+        emb = load_embeddings(os.path.join(tmp, "out.safetensors"))
+        readable = [p for cls in ("ant", "bee") for p in find_images(os.path.join(tmp, "imgs", "val", cls)) if p != bad]
+        assert emb.image_paths == readable and len(emb) == 6
+        assert emb.labels.tolist() == [("ant", "bee").index(os.path.basename(os.path.dirname(p))) for p in readable]
+        assert json.loads(emb.metadata["unreadable_skipped"]) == [bad]
+    return check
+
+
+def _image_cases():
+    cases = []
+    for damage in IMAGE_DAMAGES:
+        bad = BAD_IMAGE[damage]
+        cases.append(Case(f"embed-unreadable-image-{damage}", EMBED_IMAGES, code=2,
+                          says=(f"unreadable image {bad}: ", IMAGE_SAYS[damage], "--skip-unreadable"),
+                          setup=unreadable_image_folder(damage), unchanged=WATCH, wrong_result=True))
+        cases.append(Case(f"embed-skip-unreadable-image-{damage}", [*EMBED_IMAGES, "--skip-unreadable"], code=0,
+                          says=(f"left out unreadable image {bad} (", IMAGE_SAYS[damage]),
+                          setup=unreadable_image_folder(damage), unchanged=("{run}", "{train}", "{test}", "{tmp}/imgs"),
+                          check=rows_are_the_readable_images(os.path.basename(bad)), wrong_result=True))
+    every = unreadable_image_folder("truncated", every_image=True)
+    cases += [
+        Case("embed-every-image-unreadable", EMBED_IMAGES, says=("unreadable image {tmp}/imgs/val/ant/bad.jpg: ",),
+             setup=every, unchanged=WATCH),
+        Case("embed-skip-unreadable-every-image-unreadable", [*EMBED_IMAGES, "--skip-unreadable"],
+             says=("no readable image in {tmp}/imgs/val: 2 of its 2 images are unreadable (the first, "
+                   "{tmp}/imgs/val/ant/bad.jpg: OSError: image file is truncated",), setup=every, unchanged=WATCH),
+        Case("linear-mocov2-unreadable-image", ["linear", "--protocol", "mocov2", "--checkpoint", "{tmp}/rgb.pt",
+                                                "--data", "{tmp}/imgs", "--epochs", "1", "--batch-size", "4",
+                                                "--workers", "2", NP, "--json", "{tmp}/lin.json"],
+             says=("unreadable image {tmp}/imgs/val/ant/bad.jpg: ",), setup=unreadable_image_folder("truncated"),
+             unchanged=WATCH),
+        Case("linear-logreg-unreadable-image", ["linear", "--protocol", "logreg", "--checkpoint", "{tmp}/rgb.pt",
+                                                "--data", "{tmp}/imgs", "--workers", "2", NP, "--json", "{tmp}/l.json"],
+             says=("unreadable image {tmp}/imgs/val/ant/bad.png: ",), setup=unreadable_image_folder("text"),
+             unchanged=WATCH),
+        Case("evaluate-unreadable-image", ["evaluate", "{run}", "--checkpoint", "{tmp}/rgb.pt", "--data", "{tmp}/imgs",
+                                           "--linear", "none", "--workers", "2", NP],
+             says=("unreadable image {tmp}/imgs/val/ant/bad.jpg: ",), setup=unreadable_image_folder("empty"),
+             unchanged=WATCH),
+    ]
+    return cases
+
+
+UNREADABLE_IMAGE_CASES = _image_cases()
+CASES += UNREADABLE_IMAGE_CASES

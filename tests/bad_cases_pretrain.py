@@ -332,3 +332,37 @@ CASES = [
     Case("export-onto-the-run-metrics", ["export", "{ckpt}", "{run}/metrics.jsonl"], says=("export OUT", "metrics.jsonl")),
     Case("export-missing-out-argument", ["export", "{ckpt}"], says=("out",)),
 ]
+
+# ----------------------------------------------------------------------------------------------
+# issue 21, cause 3: an unreadable image in an image folder stops pretraining with one line naming
+# it (the crops are cut in DataLoader workers; the monitor reads the val split), never a worker's
+# traceback. {tmp}/imgs: 4 images a class in train/ and val/, plus one damaged file.
+# ----------------------------------------------------------------------------------------------
+
+FOLDER_RUN = ["pretrain", "--config", "{tiny}", "run.dir={tmp}/run", "data.name=imagefolder", "data.root={tmp}/imgs",
+              "data.subset=null", "data.load_size=32", "augment.image_size=32", "augment.recipe=light",
+              "train.batch_size=4", "train.epochs=1", "moco.queue_size=16", "data.num_workers=2"]
+
+
+def _images_with(bad: dict[str, str], per_class: int = 4):
+    def setup(env, tmp):
+        from image_files import image_folder
+
+        image_folder(os.path.join(tmp, "imgs"), per_class=per_class, bad=bad)
+    return setup
+
+
+CASES += [
+    Case("pretrain-unreadable-training-image", FOLDER_RUN,
+         says=("data error: unreadable image {tmp}/imgs/train/bee/bad.jpg: OSError: image file is truncated",
+               "data.skip_unreadable=true"),
+         setup=_images_with({"train/bee/bad": "truncated"}), unchanged=("{run}", "{tmp}/imgs")),
+    Case("pretrain-every-training-image-unreadable-with-skip", [*FOLDER_RUN, "data.skip_unreadable=true"],
+         says=("data error: no readable image in {tmp}/imgs/train: ",),
+         setup=_images_with({"train/ant/a": "empty", "train/ant/b": "text", "train/bee/c": "empty",
+                             "train/bee/d": "bomb", "val/ant/e": "empty"}, per_class=0),
+         unchanged=("{run}", "{tmp}/imgs")),
+    Case("pretrain-unreadable-monitor-image", [*FOLDER_RUN, "monitor.knn_every=1", "monitor.knn_k=3"],
+         says=("data error: unreadable image {tmp}/imgs/val/ant/bad.png: ", "cannot identify image file"),
+         setup=_images_with({"val/ant/bad": "text"}), unchanged=("{run}", "{tmp}/imgs")),
+]

@@ -34,6 +34,7 @@ class Case:
     unchanged: tuple[str, ...] = ("{run}",)  # paths (files or folders) that must stay byte-identical
     subprocess: bool = False  # run `python -m ssl_bf` in a child (signals, real exit codes)
     wrong_result: bool = False  # a case that used to print a wrong number (for the tally)
+    check: Optional[Callable[[str], None]] = None  # (case tmp folder) -> None: asserts on what it wrote
 
 
 def digest(path: str) -> str:

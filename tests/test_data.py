@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ssl_bf.data import DATASET_STATS, DataError, build_dataset, cifar, fashion_mnist, load_image, read_idx
+from ssl_bf.data import (DATASET_STATS, DataError, UnreadableImageError, build_dataset, cifar, fashion_mnist, load_image,
+                         read_idx)
 from ssl_bf.io import NUMPY_ARRAY_GLOBALS, BlockedGlobalError, safe_unpickle
 
 FMNIST_DIR = Path(fashion_mnist.FASHION_MNIST_SYSTEM_DIR)
@@ -337,24 +338,38 @@ def _image_tree(base: Path) -> None:
     (base / "dog" / "notes.txt").write_text("ignored")
 
 
-def test_imagefolder_loads_labels_and_skips_corrupt(tmp_path):
+def test_imagefolder_loads_labels_and_refuses_a_corrupt_file(tmp_path):
     _image_tree(tmp_path / "train")
     ds = build_dataset("imagefolder", root=str(tmp_path), split="train", load_size=16)
     assert ds.classes == ["cat", "dog"] and len(ds) == 6  # txt ignored, broken file listed
     assert ds.root == str(tmp_path / "train") and not hasattr(ds, "get_batch")
     assert (ds.num_channels, ds.image_size, ds.mean, ds.std) == (3, 16, *DATASET_STATS["imagefolder"])
-    with pytest.warns(UserWarning, match="broken.png"):
-        items = [ds[i] for i in range(len(ds))]
     broken = str(tmp_path / "train" / "dog" / "broken.png")
-    assert ds.skipped == {broken}
-    for image, label in items:
+    bad = [p for p, _ in ds.samples].index(broken)
+    for i in range(len(ds)):
+        if i == bad:
+            with pytest.raises(UnreadableImageError, match="broken.png") as info:
+                ds[i]
+            assert "\n" not in str(info.value) and "--skip-unreadable" in str(info.value)
+            continue
+        image, label = ds[i]
         assert image.shape == (3, 16, 16) and image.dtype == torch.uint8
-        expected = RED if label == 0 else BLUE  # the pixels belong to the returned label
-        assert image[:, 8, 8].tolist() == list(expected)
-    assert [label for _, label in items] == [0, 0, 0, 1, 1, 1]  # broken -> next sample (a dog)
+        assert image[:, 8, 8].tolist() == list(RED if label == 0 else BLUE)  # the pixels belong to the label
+    assert ds.unreadable.indices() == [bad]
+
+
+def test_imagefolder_with_skip_unreadable_leaves_out_or_replaces_with_its_own_label(tmp_path):
+    _image_tree(tmp_path / "train")
+    ds = build_dataset("imagefolder", root=str(tmp_path), split="train", load_size=16, skip_unreadable=True)
+    bad = [p for p, _ in ds.samples].index(str(tmp_path / "train" / "dog" / "broken.png"))
+    image, label, readable = ds.get_or_skip(bad)  # extraction: the row is left out
+    assert not readable and image.shape == (3, 16, 16)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # warned once per file: no second warning
-        ds[[p for p, _ in ds.samples].index(broken)]
+        warnings.simplefilter("error")
+        stand_in, its_label = ds[bad]  # training: another readable image, with its own label
+    assert stand_in[:, 8, 8].tolist() == list(RED if its_label == 0 else BLUE)
+    assert torch.equal(ds[bad][0], stand_in)  # the same stand-in every time
+    assert ds.unreadable_paths() == [ds.samples[bad][0]]
 
 
 def test_imagefolder_resize_then_centre_crop(tmp_path):
@@ -419,6 +434,9 @@ def test_all_files_corrupt_raises(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"junk")
     (tmp_path / "b.png").write_bytes(b"junk")
     ds = build_dataset("folder", root=str(tmp_path), load_size=8)
-    with pytest.warns(UserWarning), pytest.raises(DataError, match="no readable image"):
+    with pytest.raises(UnreadableImageError, match="a.jpg"):
         ds[0]
-    assert len(ds.skipped) == 2
+    skipping = build_dataset("folder", root=str(tmp_path), load_size=8, skip_unreadable=True)
+    with pytest.raises(UnreadableImageError, match="no readable image in .* 2 of its 2 images") as info:
+        skipping[0]
+    assert str(tmp_path / "a.jpg") in str(info.value)

@@ -12,8 +12,9 @@ from PIL import Image, JpegImagePlugin
 from torch import nn
 
 from ssl_bf.data.augment import TwoViews, build_two_views
-from ssl_bf.data import TwoCropFolder, build_dataset, load_image
+from ssl_bf.data import TwoCropFolder, UnreadableImageError, build_dataset, load_image
 from ssl_bf.data.crops import crop_box, decode_two_crops, draft_scale
+from ssl_bf.data.folders import replacement_candidates
 from ssl_bf.data.fashion_mnist import FASHION_MNIST_SYSTEM_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,21 +250,70 @@ def test_dataloader_batches_do_not_depend_on_worker_count(tmp_path):
         assert torch.equal(a1, b1) and torch.equal(a2, b2) and torch.equal(ay, by)
 
 
-def test_unreadable_file_is_skipped_with_one_warning(tmp_path):
+def test_an_unreadable_file_stops_with_one_line_naming_it_also_from_a_worker(tmp_path):
     folder = _jpeg_folder(tmp_path, n=4, bad=("img00_bad.jpg",))
     ds = TwoCropFolder(folder, out_size=16, seed=1)
     bad = next(i for i, (p, _) in enumerate(folder.samples) if p.endswith("_bad.jpg"))
-    next_path, next_label = folder.samples[bad + 1]
-    with pytest.warns(UserWarning, match="img00_bad.jpg"):
-        c1, c2, label = ds[bad]
-    want = decode_two_crops(next_path, 16, ds.scale, ds.ratio, np.random.default_rng([1, 0, bad]))
-    assert label == next_label and torch.equal(c1, want[0]) and torch.equal(c2, want[1])
-    assert any(p.endswith("_bad.jpg") for p in ds.skipped)
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # warned once only
-        again = ds[bad]
-    assert torch.equal(again[0], c1)
+    with pytest.raises(UnreadableImageError, match="img00_bad.jpg"):
+        ds[bad]
+    for workers in (0, 2):  # a worker's error reaches the main process as the same one line
+        kind, text = raised(lambda: list(torch.utils.data.DataLoader(ds, batch_sampler=[[bad]], num_workers=workers)))
+        assert kind is UnreadableImageError
+        assert "\n" not in text and "Traceback" not in text and "DataLoader worker" not in text, text
+        assert text.startswith(f"unreadable image {folder.samples[bad][0]}: OSError: image file is truncated")
+
+
+def raised(call) -> tuple[type, str]:
+    """The type and message of the error `call()` raises. Only those are kept: a traceback through
+    a DataLoader holds its iterator, whose workers a later DataLoader's fork would inherit."""
+    try:
+        call()
+    except Exception as err:  # noqa: BLE001 - the test inspects it
+        return type(err), str(err)
+    raise AssertionError("no error was raised")
+
+
+def _stand_in(ds, index):
+    """The documented stand-in: the first readable candidate of (seed, epoch, index), with index's geometry."""
+    for candidate in replacement_candidates(len(ds), [ds.seed, ds.epoch, index]):
+        path, label = ds.folder.samples[candidate]
+        if candidate != index and not path.endswith("_bad.jpg"):
+            rng = np.random.default_rng([ds.seed, ds.epoch, index])
+            return decode_two_crops(path, ds.out_size, ds.scale, ds.ratio, rng), label, candidate
+
+
+def test_skip_unreadable_replaces_by_a_function_of_seed_epoch_and_index(tmp_path):
+    folder = _jpeg_folder(tmp_path, n=12, bad=("img00_bad.jpg", "img01_bad.jpg", "img02_bad.jpg"))
+    folder.skip_unreadable = True
+    ds = TwoCropFolder(folder, out_size=16, seed=3)
+    bad = [i for i, (p, _) in enumerate(folder.samples) if p.endswith("_bad.jpg")]
+    stand_ins = set()
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        for workers in (0, 2):
+            for c1, c2, label in torch.utils.data.DataLoader(ds, batch_sampler=[[i] for i in bad], num_workers=workers):
+                pass
+            served = {i: ds[i] for i in bad}
+            for i in bad:
+                (w1, w2), want_label, candidate = _stand_in(ds, i)
+                c1, c2, label = served[i]
+                assert torch.equal(c1, w1) and torch.equal(c2, w2) and label == want_label  # its own label
+                stand_ins.add(candidate)
+    assert len(stand_ins) > 1  # drawn at random, not always the neighbour
+    assert sorted(folder.unreadable.indices()) == bad  # marked, also by the workers (shared memory)
+    assert sorted(folder.unreadable_paths()) == sorted(folder.samples[i][0] for i in bad)
+
+
+def test_skip_unreadable_with_no_readable_image_is_one_line(tmp_path):
+    folder = _jpeg_folder(tmp_path, n=2, bad=("img00_bad.jpg",))
+    for path, _ in folder.samples:
+        open(path, "wb").close()  # every file empty
+    folder.skip_unreadable = True
+    kind, text = raised(lambda: list(torch.utils.data.DataLoader(TwoCropFolder(folder, out_size=16), batch_size=3,
+                                                                 num_workers=1)))
+    assert kind is UnreadableImageError and "\n" not in text
+    assert text.startswith(f"no readable image in {folder.root}: 3 of its 3 images are unreadable (the "
+                           f"first, {folder.samples[0][0]}: ")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -158,6 +158,13 @@ class DataConfig:
     load_size: int = setting(256, "image folders, evaluation only: shorter side resized to this, centre "
                                   "square (training crops are cut from the whole image)", Role.FREE,
                              range=AT_LEAST_1)
+    skip_unreadable: bool = setting(
+        False, "image folders: an image that cannot be read (truncated, empty, not an image, more pixels than "
+               "PIL's decompression-bomb limit) is replaced in training by another image drawn from (seed, "
+               "epoch, index), and left out of the monitor's k-NN; each is listed in metrics.jsonl. false: it "
+               "stops the run (exit 2 naming the file; the last checkpoint is kept, so fixing the file and "
+               "rerunning resumes). Free on resume: until the first unreadable image both settings train the same",
+        Role.FREE)
 
 
 @dataclass

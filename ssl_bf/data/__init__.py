@@ -7,13 +7,15 @@ also offer `get_batch(indices)`, so the trainer can slice whole batches without 
 random resized crops in the DataLoader (`crops.py`).
 
 One module per source: `base` (dataset classes, stats, decoded-array cache), `fashion_mnist`,
-`cifar`, `folders`, `crops`. Decisions (see `build_dataset`):
+`cifar`, `folders`, `crops`, and `decode` (one image file -> RGB, for both folder modules).
+Decisions (see `build_dataset`):
 - An explicit `root` is the only place looked at; default locations are searched only when
   `root` is None. A wrong root should fail loudly, not silently read another copy.
 - CIFAR pickles are read with a restricted unpickler that only rebuilds numpy arrays.
-- Folder datasets never crash an epoch on a bad file: it is warned about once, recorded in
-  `dataset.skipped` (per process: DataLoader workers keep their own copy) and replaced by the
-  next readable sample.
+- Image folders fail closed: a file that cannot be read correctly raises `UnreadableImageError`
+  naming it (one line, also from a DataLoader worker). With `skip_unreadable=True` extraction
+  leaves its row out and training gets another readable image (with its own label) in its place;
+  either way it is marked in `dataset.unreadable` for the caller to list (folders.py, decode.py).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import Optional
 from .base import DATASET_STATS, IMAGENET_STATS, DataError, ImageDataset, TensorImageDataset
 from .cifar import build_cifar
 from .crops import TwoCropFolder
+from .decode import UnreadableImageError
 from .fashion_mnist import FASHION_MNIST_CLASSES, build_fashion_mnist, read_idx
 from .folders import (ImageFolderDataset, build_imagefolder, build_unlabeled_folder, find_images,
                       load_image)
@@ -29,7 +32,7 @@ from .folders import (ImageFolderDataset, build_imagefolder, build_unlabeled_fol
 __all__ = [
     "DATASET_NAMES", "DATASET_STATS", "FASHION_MNIST_CLASSES", "IMAGENET_STATS", "SPLITS",
     "DataError", "ImageDataset", "ImageFolderDataset", "TensorImageDataset", "TwoCropFolder",
-    "build_dataset", "find_images", "load_image", "read_idx",
+    "UnreadableImageError", "build_dataset", "find_images", "load_image", "read_idx",
 ]
 
 DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "folder")
@@ -37,7 +40,8 @@ SPLITS = ("train", "test")
 
 
 def build_dataset(name: str, root: Optional[str] = None, split: str = "train",
-                  subset: Optional[int] = None, load_size: int = 256) -> ImageDataset:
+                  subset: Optional[int] = None, load_size: int = 256,
+                  skip_unreadable: bool = False) -> ImageDataset:
     """Build a dataset by name; see the module docstring for the layout rules.
 
     Args:
@@ -46,6 +50,8 @@ def build_dataset(name: str, root: Optional[str] = None, split: str = "train",
         split: "train" or "test" (unlabeled `folder` ignores it: the folder is the data).
         subset: keep only the first N samples; ValueError if N exceeds the dataset.
         load_size: decoded image size for folder datasets.
+        skip_unreadable: image folders: leave out (extraction) or replace (training) an image that
+            cannot be read, instead of raising UnreadableImageError naming it.
     Raises:
         DataError: data missing, unreadable or corrupt.
         ValueError: an unknown name or split, or a bad subset / load_size.
@@ -61,9 +67,9 @@ def build_dataset(name: str, root: Optional[str] = None, split: str = "train",
     elif name in ("cifar10", "cifar100"):
         dataset = build_cifar(name, root, split)
     elif name == "imagefolder":
-        dataset = build_imagefolder(root, split, load_size)
+        dataset = build_imagefolder(root, split, load_size, skip_unreadable)
     else:
-        dataset = build_unlabeled_folder(root, load_size)
+        dataset = build_unlabeled_folder(root, load_size, skip_unreadable)
     if subset is not None:
         if subset <= 0 or subset > len(dataset):
             raise ValueError(f"subset={subset} is out of range: {dataset.name} at {dataset.root} "

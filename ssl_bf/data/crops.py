@@ -7,7 +7,8 @@ output size, and cuts + resizes each box in one PIL op. It yields two uint8 (3, 
 flip and the photometric ops stay batched on the device (`TwoViews` with `crop=False`).
 
 The crop geometry is a pure function of (seed, epoch, index): independent of the number of
-workers, the sample order and resumption.
+workers, the sample order and resumption. So is the stand-in for an unreadable image when the
+folder skips them (`data.skip_unreadable`); otherwise the image stops the run naming the file.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .base import DataError
+from .decode import UnreadableImageError, decode_rgb
 from .folders import ImageFolderDataset
 
 Box = tuple[int, int, int, int]  # (left, top, width, height) in full-size pixels
@@ -65,17 +66,20 @@ def _to_chw(img) -> torch.Tensor:
 
 def decode_two_crops(path: str, out_size: int, scale: tuple[float, float], ratio: tuple[float, float],
                      rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two random resized crops of one image file: 2 x uint8 (3, S, S), S = out_size."""
+    """Two random resized crops of one image file: 2 x uint8 (3, S, S), S = out_size.
+    UnreadableImageError (naming the file) when it cannot be read correctly."""
     from PIL import Image
 
-    with Image.open(path) as img:
+    def plan(img) -> tuple[list[Box], int, int, object]:
         width, height = img.size  # full size, from the header
         boxes = [crop_box(rng, width, height, scale, ratio) for _ in range(2)]
         d = draft_scale(boxes, out_size)
         # Ask for floor(W / d): PIL picks the reduction min(W // w, H // h), and a ceil request can
         # fall one power of two short on odd sizes. JPEG only; other formats ignore it (None).
         drafted = img.draft("RGB", (width // d, height // d)) if d > 1 else None
-        img = img.convert("RGB")
+        return boxes, width, height, drafted
+
+    img, (boxes, width, height, drafted) = decode_rgb(path, plan)
     if drafted is not None:  # exact DCT scale: full-size (W, H) maps onto (W / s, H / s)
         fx, fy = drafted[1][2] / width, drafted[1][3] / height
     else:
@@ -90,7 +94,7 @@ def decode_two_crops(path: str, out_size: int, scale: tuple[float, float], ratio
 class TwoCropFolder(Dataset):
     """`folder[i] -> (crop1 uint8 (3, S, S), crop2 uint8 (3, S, S), label)` at the MoCo crop recipe.
 
-    Wraps an `ImageFolderDataset` (its samples, classes, stats and bad-file bookkeeping). Call
+    Wraps an `ImageFolderDataset` (its samples, classes, stats and unreadable-image policy). Call
     `set_epoch(e)` before each epoch's DataLoader is created, so the workers see the new epoch.
     """
 
@@ -112,7 +116,6 @@ class TwoCropFolder(Dataset):
     std = property(lambda self: self.folder.std)
     name = property(lambda self: self.folder.name)
     root = property(lambda self: self.folder.root)
-    skipped = property(lambda self: self.folder.skipped)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -121,22 +124,29 @@ class TwoCropFolder(Dataset):
         return len(self.folder.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        samples, n = self.folder.samples, len(self.folder.samples)
-        for step in range(n):
-            path, label = samples[(index + step) % n]
-            if path in self.folder.skipped:
-                continue
-            # A fresh generator per try: a replacement sample gets index's geometry, whether or
-            # not this process has already met (and recorded) the bad file.
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            try:
-                crop1, crop2 = decode_two_crops(path, self.out_size, self.scale, self.ratio, rng)
-            except Exception as err:  # a decode boundary: any failure means "bad file"
-                self.folder.mark_unreadable(path, err)
-                continue
-            return crop1, crop2, label  # 2 x (3, S, S) uint8, int
-        raise DataError(f"no readable image left in {self.root} ({len(self.skipped)} files failed "
-                        f"to decode); check the files or point data.root at another folder")
+        """Both crops of sample `index`, geometry drawn from (seed, epoch, index). An unreadable
+        image raises UnreadableImageError; with the folder's `skip_unreadable` it is replaced by the
+        first readable of `replacement_candidates(n, (seed, epoch, index))`, cut with the same
+        geometry draws, and stays marked in `folder.unreadable` for the run's log."""
+        try:
+            return self._crops(index, index)
+        except UnreadableImageError:
+            if not self.folder.skip_unreadable:
+                raise
+        return self.folder.stand_in([self.seed, self.epoch, index], index,
+                                    lambda candidate: self._crops(candidate, index))
+
+    def _crops(self, sample: int, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The crops of `sample`'s image with the geometry draws of `index`: a fresh generator per
+        try, so a stand-in gets the same draws whichever files this process has met before."""
+        path, label = self.folder.samples[sample]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        try:
+            crop1, crop2 = decode_two_crops(path, self.out_size, self.scale, self.ratio, rng)
+        except UnreadableImageError:
+            self.folder.unreadable.mark(sample)
+            raise
+        return crop1, crop2, label  # 2 x (3, S, S) uint8, int
 
     def __repr__(self) -> str:
         return (f"TwoCropFolder(root={self.root!r}, n={len(self)}, size={self.out_size}, "

@@ -4,6 +4,8 @@ Its bank is the train split and its queries the test split, or with `data.val_ho
 held-out train images (the test split is then never opened). Fixed random subsets
 (`monitor.bank_subset` / `query_subset`) keep the checks short; `full` uses the whole sets.
 Features are extracted in eval mode, without BatchFormer, every rank its shard; rank 0 votes.
+An unreadable image stops the run naming the file, or with `data.skip_unreadable` its row is left
+out of the bank or the queries (the trainer's `UnreadableLog` lists it).
 """
 from __future__ import annotations
 
@@ -29,11 +31,13 @@ class KnnMonitor:
         self.enabled = labelled and bool(m.knn_every or m.knn_at_start)
         self.bank_set = self.query_set = None
         if self.enabled:
-            self.bank_set = build_dataset(d.name, d.root, "train", None, d.load_size)
+            self.bank_set = build_dataset(d.name, d.root, "train", None, d.load_size,
+                                          skip_unreadable=d.skip_unreadable)
             if d.val_holdout:  # tuning: the held-out train images against the rest; no test image
                 self.query_set = self.bank_set.split_last(d.val_holdout)
             else:
-                self.query_set = build_dataset(d.name, d.root, "test", None, d.load_size)
+                self.query_set = build_dataset(d.name, d.root, "test", None, d.load_size,
+                                               skip_unreadable=d.skip_unreadable)
 
     def features(self, backbone: nn.Module, dataset, limit: Optional[int] = None,
                  batch_size: int = 512) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
@@ -45,9 +49,12 @@ class KnnMonitor:
             order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:limit].sort().values
         transform = EvalTransform(self.image_size, dataset.mean, dataset.std).to(self.device)
         amp = torch.bfloat16 if self.device.type == "cuda" and self.cfg.train.amp else None
-        return extract_features(backbone, dataset, transform, self.device, indices=order,
-                                batch_size=batch_size, num_workers=self.cfg.data.num_workers,
-                                progress=False, desc="monitor", autocast_dtype=amp)
+        result = extract_features(backbone, dataset, transform, self.device, indices=order,
+                                  batch_size=batch_size, num_workers=self.cfg.data.num_workers,
+                                  progress=False, desc="monitor", autocast_dtype=amp)
+        if result is not None and len(result.skipped) and not len(result.positions):
+            raise dataset.no_readable_image()  # every image asked for was left out: nothing to vote with
+        return result
 
     def top1(self, backbone: nn.Module, full: bool) -> Optional[float]:
         """k-NN top-1 (%) of the queries against the bank (rank 0's figure; the other ranks help

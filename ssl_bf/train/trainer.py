@@ -30,7 +30,7 @@ from ..config import Config, ConfigError, save_config, to_dict
 from ..devices import resolve_device
 from ..models.registry import build_model, method_class
 from .batches import rank_batches
-from .data_setup import pretraining_data
+from .data_setup import UnreadableLog, pretraining_data
 from .metrics import MetricsLogger, truncate_metrics
 from .monitor import KnnMonitor
 from .optim import build_optimizer, set_lr
@@ -111,6 +111,7 @@ class Trainer:
         self.peak_lr = cfg.train.base_lr * self.global_batch / 256
         self.optimizer = build_optimizer(self.model, cfg, self.peak_lr)
         self.monitor = KnnMonitor(cfg, self.device, self.image_size, labelled=bool(self.train_set.classes))
+        self.unreadable = UnreadableLog(cfg, [self.train_set, self.monitor.bank_set, self.monitor.query_set])
         self.epoch, self.step, self.step_in_epoch = 0, 0, 0
         self.last_loss = float("nan")
         self.last_knn: Optional[float] = None
@@ -206,6 +207,7 @@ class Trainer:
             self._epoch_losses.extend(result.losses)
         for record in result.records:
             self.logger.log(record)
+        self.unreadable.log(self.logger, self.step, self.epoch, self.device, self.is_main)
         return result.over_budget
 
     def _stop_if_asked(self, started: float) -> None:
@@ -372,6 +374,7 @@ class Trainer:
             self.last_knn = self.knn_monitor(full=final and cfg.monitor.full_sets)
             self.logger.log({"event": "knn", "epoch": record["epoch"], "step": self.step,
                              "knn_top1": self.last_knn, "knn_seconds": time.time() - t_knn})
+            self.unreadable.log(self.logger, self.step, self.epoch, self.device, self.is_main)
             msg += f"  knn_top1 {self.last_knn:.2f}" if self.last_knn is not None else ""
         if self.is_main:
             print(msg, flush=True)
