@@ -2,10 +2,8 @@
 
 The fuzz suites (tests/test_fuzz_*.py) run derandomized with no example database, so every run
 tries the same generated inputs: a failure in CI reproduces with the same command. Their budget
-is `max_examples` per test times SSL_BF_FUZZ_SCALE (default 1; e.g. 10 for a longer local hunt).
+is `max_examples=fuzz_examples(n)` (tests/fuzz_contract.py): n times SSL_BF_FUZZ_SCALE (default 1).
 """
-import os
-
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
@@ -15,14 +13,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                            HealthCheck.data_too_large])
 settings.load_profile("ssl-bf")
-
-FUZZ_SCALE = max(1, int(os.environ.get("SSL_BF_FUZZ_SCALE", "1") or 1))
-
-
-def fuzz_examples(n: int) -> int:
-    """The example budget of one fuzz test: `n` times SSL_BF_FUZZ_SCALE."""
-    return n * FUZZ_SCALE
-
 
 @pytest.fixture(autouse=True)
 def _seed():

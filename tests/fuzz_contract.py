@@ -17,7 +17,13 @@ from contextlib import redirect_stderr, redirect_stdout
 
 from bad_inputs_harness import TRACEBACK, digest
 
+FUZZ_SCALE = max(1, int(os.environ.get("SSL_BF_FUZZ_SCALE", "1") or 1))
 TRIED: collections.Counter = collections.Counter()  # suite name -> generated inputs tried
+
+
+def fuzz_examples(n: int) -> int:
+    """The example budget of one fuzz test: `n` times SSL_BF_FUZZ_SCALE (e.g. 10 for a longer local hunt)."""
+    return n * FUZZ_SCALE
 
 
 def run_cli(argv: list[str]) -> tuple[int, str]:

@@ -24,23 +24,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fuzz_contract import check_contract, count, run_cli, snapshot, watched_files
+from fuzz_contract import check_contract, count, fuzz_examples, run_cli, snapshot, watched_files
 from image_files import random_image, rgb_checkpoint
 
-
-def _tests_conftest():
-    """tests/conftest.py itself: in a whole-suite run the module name `conftest` may be
-    tests/cluster/conftest.py's, so `from conftest import fuzz_examples` is not reliable."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ssl_bf_tests_conftest", os.path.join(os.path.dirname(
-        os.path.abspath(__file__)), "conftest.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz_examples = _tests_conftest().fuzz_examples
 
 FORMATS = {"L": ["PNG", "JPEG", "BMP", "TIFF"], "RGB": ["PNG", "JPEG", "BMP", "TIFF", "WEBP"],
            "RGBA": ["PNG", "TIFF", "WEBP"], "P": ["PNG", "BMP", "TIFF"], "CMYK": ["JPEG", "TIFF"],

@@ -13,8 +13,7 @@ from ssl_bf.data.few_shot import FewShotError, fraction_indices, mean_std, shot_
 from ssl_bf.data.long_tail import (LongTailError, check_indices, class_counts, draw_long_tail, long_tail_counts,
                                    make_groups, per_group_accuracy, read_index_file)
 
-from conftest import fuzz_examples
-from fuzz_contract import count
+from fuzz_contract import count, fuzz_examples
 
 
 def test_exp_counts_follow_the_ldam_formula_on_fashion_mnist_sizes():
