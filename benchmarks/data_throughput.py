@@ -3,13 +3,22 @@
 Side by side in one run, alternating, medians over repeats, images/s (one image = its two views):
 - ours: `TwoCropFolder` -> two uint8 224 crops (JPEG draft decode, crop + resize in one PIL op);
   flip and the photometric ops run later, batched on the device;
-- reference: torchvision's per-sample MoCo-v2 pipeline: PIL decode to RGB, then two views of
-  RandomResizedCrop(224, scale=(0.2, 1)) + ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8 +
-  RandomGrayscale(0.2) + GaussianBlur(23, (0.1, 2.0)) p=0.5 + flip + ToTensor + Normalize.
+- reference: MoCo-v2's per-sample pipeline (`moco_reference.ReferenceTwoCrops`): PIL decode to RGB,
+  then two views of RandomResizedCrop(224, scale=(0.2, 1)) + ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8 +
+  RandomGrayscale(0.2) + MoCo's PIL GaussianBlur (radius in [0.1, 2.0]) p=0.5 + flip + ToTensor +
+  Normalize.
 Both with num_workers=1 (one worker core; persistent worker, warm-up epoch untimed) and 0
-(in-process). The device-side cost of our photometric ops (kornia, `crop=False`) is measured
+(in-process). The device-side cost of our photometric ops (`crop=False`) is measured
 separately for a batch pair (--device; default this CPU): in training it runs batched on the
 GPU; on a CPU it is not free, and the combined CPU-only figure is printed too.
+
+Then the same images as WebDataset shards (`ssl-bf shard`, --shard-size MB) beside the folder,
+both cutting the same two crops per image in the worker: images/s per worker core and files
+opened per 1,000 images. Opens are counted by wrapping `builtins.open` in the process before its
+workers fork (PIL opens each image file through it; the shard reader opens each shard through it);
+a second round sleeps 2 ms (--open-latency-ms) in that wrapper before every open, as a metadata-
+bound parallel file system would. The shards' warm-up epoch, which also checks every shard's
+sha256 (once per dataset), is reported on its own.
 
 The JPEG folder (about 500 x 375, some portrait, quality 90) is generated once into --folder from
 scikit-image's sample photos (pip install "ssl-bf[bench]"); without scikit-image, from
@@ -22,18 +31,24 @@ same kind of images as an `imagefolder` (train/ and val/), for training runs (be
 from __future__ import annotations
 
 import argparse
+import builtins
 import json
+import multiprocessing
 import os
 import statistics
 import time
+from contextlib import contextmanager
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
 from bench_common import parse_args_with_threads
+from moco_reference import ReferenceTwoCrops
 
 from ssl_bf.data.augment import build_two_views
 from ssl_bf.data import IMAGENET_STATS, TwoCropFolder, build_dataset
+from ssl_bf.data.shards import ShardCropStream
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
           "retina", "stereo_motorcycle")
@@ -149,35 +164,6 @@ def make_imagefolder(folder: str, classes: int, train_per_class: int, val_per_cl
     return source
 
 
-class ReferenceTwoCrops(torch.utils.data.Dataset):
-    """torchvision's per-sample MoCo-v2 pipeline: two float (3, S, S) views per image."""
-
-    def __init__(self, samples: list[tuple[str, int]], size: int) -> None:
-        import torchvision.transforms as T
-
-        self.samples = samples
-        self.transform = T.Compose([
-            T.RandomResizedCrop(size, scale=(0.2, 1.0)),
-            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
-            T.RandomApply([T.GaussianBlur(23, sigma=(0.1, 2.0))], p=0.5),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(*IMAGENET_STATS),
-        ])
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        from PIL import Image
-
-        path, label = self.samples[index]
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-        return self.transform(img), self.transform(img), label
-
-
 def _loader(dataset, batch: int, workers: int):
     return torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers,
                                        persistent_workers=workers > 0)
@@ -190,8 +176,78 @@ def _epoch_seconds(loader) -> float:
     return time.perf_counter() - tic
 
 
+@contextmanager
+def counted_opens():
+    """Count every `builtins.open` in this process and in workers forked while it is on (a shared
+    counter); `latency` (seconds, shared too) is slept before each open."""
+    opens, latency = multiprocessing.Value("q", 0), multiprocessing.Value("d", 0.0)
+    real = builtins.open
+
+    def open_counted(*args, **kwargs):
+        with opens.get_lock():
+            opens.value += 1
+        if latency.value:
+            time.sleep(latency.value)
+        return real(*args, **kwargs)
+
+    builtins.open = open_counted
+    try:
+        yield opens, latency
+    finally:
+        builtins.open = real
+
+
+def _images_in_epoch(loader: Iterable) -> tuple[float, int]:
+    """(seconds, images) of one pass; a batch is (crops1, crops2[, labels])."""
+    tic, n = time.perf_counter(), 0
+    for batch in loader:
+        n += len(batch[0])
+    return time.perf_counter() - tic, n
+
+
+def folder_vs_shards(folder, manifest: str, args, workers_list=(1, 0)) -> None:
+    """images/s and opens per 1,000 images of the folder and its shards, same crops, side by side."""
+    shards = ShardCropStream(build_dataset("shards", manifest, "train"), args.size, seed=0, streams=args.streams,
+                             buffer=args.buffer)
+    factories: dict[str, Callable[[int], Iterable]] = {
+        "folder (TwoCropFolder)": lambda w: _loader(TwoCropFolder(folder, args.size, seed=0), args.batch, w),
+        "shards (ShardCropStream)": lambda w: torch.utils.data.DataLoader(
+            shards.rank_stream(0, 1, args.batch), batch_size=None, num_workers=w, persistent_workers=w > 0)}
+    rows = []
+    with counted_opens() as (opens, latency):
+        for latency_ms, workers_set in ((0.0, workers_list), (args.open_latency_ms, (1,))):
+            latency.value = latency_ms / 1e3
+            for workers in workers_set:
+                loaders = {name: make(workers) for name, make in factories.items()}
+                first = {name: _images_in_epoch(loader) for name, loader in loaders.items()}  # warm-up
+                times: dict[str, list[float]] = {name: [] for name in loaders}
+                counts: dict[str, list[float]] = {name: [] for name in loaders}
+                for _ in range(args.repeats):
+                    for name, loader in loaders.items():  # alternating, in one run
+                        before = opens.value
+                        seconds, n = _images_in_epoch(loader)
+                        times[name].append(n / seconds)
+                        counts[name].append(1000 * (opens.value - before) / n)
+                for name in loaders:
+                    rows.append((name, workers, latency_ms, statistics.median(times[name]),
+                                 statistics.median(counts[name]), first[name][1] / first[name][0]))
+                del loaders
+    print()
+    print(f"folder vs shards ({shards.images.stop} images in {len(shards.images.shards)} shards of about "
+          f"{args.shard_size} MB; {args.streams} streams, buffer {args.buffer}):")
+    print(f"{'loader':28s}{'workers':>11s}{'open latency':>14s}{'images/s':>10s}{'opens/1000 img':>16s}"
+          f"{'warm-up img/s':>15s}")
+    for name, workers, latency_ms, rate, per_1000, warm in rows:
+        print(f"{name:28s}{workers or 'in-process':>11}{latency_ms:>11.0f} ms{rate:10.1f}{per_1000:16.1f}{warm:15.1f}")
+    rate = {(n, w, lat): r for n, w, lat, r, _, _ in rows}
+    f, sh = factories
+    print(f"ratio shards/folder per worker core: {rate[(sh, 1, 0.0)] / rate[(f, 1, 0.0)]:.2f}x on this disk "
+          f"(target >= 1), {rate[(sh, 1, args.open_latency_ms)] / rate[(f, 1, args.open_latency_ms)]:.2f}x with "
+          f"{args.open_latency_ms:g} ms per open")
+
+
 def device_ops_seconds(batch: int, size: int, repeats: int, device: torch.device) -> float:
-    """Median seconds of kornia mocov2 `crop=False` views on a uint8 (B, 3, S, S) pair on `device`."""
+    """Median seconds of the mocov2 `crop=False` views on a uint8 (B, 3, S, S) pair on `device`."""
     views = build_two_views("mocov2", size, 3, *IMAGENET_STATS, crop=False).to(device)
     pair = tuple(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device) for _ in range(2))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -212,9 +268,13 @@ def main() -> None:
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--batch", type=int, default=32, help="DataLoader batch size")
-    p.add_argument("--device-batch", type=int, default=64, help="batch of the kornia device-ops timing")
+    p.add_argument("--device-batch", type=int, default=64, help="batch of the device-ops timing")
     p.add_argument("--repeats", type=int, default=5, help="timed epochs of each (median reported)")
-    p.add_argument("--device", default="cpu", help="where to time the kornia photometric ops (cpu, cuda)")
+    p.add_argument("--device", default="cpu", help="where to time the photometric ops (cpu, cuda)")
+    p.add_argument("--shard-size", type=float, default=64.0, help="MB per shard for the shards loader")
+    p.add_argument("--streams", type=int, default=40, help="data.shard_streams of the shards loader")
+    p.add_argument("--buffer", type=int, default=1000, help="data.shuffle_buffer of the shards loader")
+    p.add_argument("--open-latency-ms", type=float, default=2.0, help="sleep before every open in the latency run")
     p.add_argument("--smoke", action="store_true", help="16 images, 96 px, 1 repeat: a few seconds")
     args = parse_args_with_threads(p)
     if args.smoke:
@@ -254,12 +314,18 @@ def main() -> None:
     sec = device_ops_seconds(args.device_batch, args.size, args.repeats, device)
     per_image = sec / args.device_batch
     where = f"on this CPU with {torch.get_num_threads()} threads" if device.type == "cpu" else f"on {device}"
-    print(f"device-side photometric ops NOT included above (kornia mocov2 crop=False, ({args.device_batch}, 3, "
+    print(f"device-side photometric ops NOT included above (mocov2 crop=False, ({args.device_batch}, 3, "
           f"{args.size}, {args.size}) pair, {where}): {sec * 1e3:.0f} ms/batch = {1 / per_image:.0f} img/s")
     if device.type == "cpu":
         combined = 1 / (1 / rates[(ours, 1)] + per_image)
         print(f"if those ops also ran on this CPU (no GPU to batch them on): ours {combined:.1f} img/s vs "
               f"reference {rates[(ref, 1)]:.1f} img/s ({combined / rates[(ref, 1)]:.2f}x)")
+
+    from ssl_bf.data.shards.writer import write_shards
+
+    shards = write_shards(args.folder, os.path.join(args.folder, "shards"), args.shard_size, order="sorted",
+                          progress=False)  # reused when already written
+    folder_vs_shards(folder, shards.manifest.path, args)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,13 @@
     prepare      environment report (torch, CUDA, NCCL, card), import checks, the JPEG image folder
     check-run    checks a finished `torchrun ... ssl_bf pretrain` run folder (stage a)
     throughput   model step images/s and peak memory on synthetic uint8 crops on the device (stage b)
-    end-to-end   images/s with data loading from the JPEG folder, ours vs the reference recipe (stage c)
+    end-to-end   ours vs the reference MoCo-v2 pipeline: data-only, model-only and end-to-end ratios
+                 (stage c, benchmarks/fair_comparison.py)
     summary      gathers the records into OUT/gpu_check.json + .md and prints the table
+
+Stage (d), several processes against one (SyncBN in bf16 + channels-last, shuffle-BN, the global
+BatchFormer gather, gather_shards_to_main), is benchmarks/multi_gpu_check.py under torchrun; with
+fewer than 2 GPUs it records what stayed untested, and the summary says so.
 
 Run it through scripts/gpu_check.sh (which sets the stage sizes, timeouts and the fail-fast order);
 the subcommands are plain functions, so each stage can also be run by hand.
@@ -12,7 +17,6 @@ the subcommands are plain functions, so each stage can also be run by hand.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import math
 import os
@@ -23,29 +27,11 @@ import sys
 import time
 from typing import Optional
 
+from gpu_check_report import cmd_summary, fmt, write_json
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESETS = {"mocov2": os.path.join(ROOT, "configs", "mocov2_r50_imagenet.yaml"),
            "mocov3": os.path.join(ROOT, "configs", "mocov3_r50_imagenet.yaml")}
-STAGES = ("nccl", "throughput", "end_to_end")  # (a), (b), (c): the summary needs all three
-STAGE_TITLES = {"smoke": "fail-fast smoke (torchrun)", "nccl": "(a) torchrun + process group",
-                "throughput": "(b) model step, synthetic crops", "end_to_end": "(c) end to end, JPEG folder"}
-
-
-def _write_json(record: dict, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(tmp, path)
-
-
-def _read_json(path: str) -> Optional[dict]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
 
 # ----------------------------------------------------------------------------------------------
 # prepare
@@ -94,7 +80,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             f"CUDA build {info['cuda_build']}, no CUDA device visible")
     print(f"python {info['python']} ({info['python_exe']}), torch {info['torch']}, {cuda}, "
           f"{info['cpu_count']} CPUs", flush=True)
-    _write_json(info, os.path.join(args.work, "env.json"))  # the summary shows the versions even on failure
+    write_json(info, os.path.join(args.work, "env.json"))  # the summary shows the versions even on failure
     if args.require_cuda and not info["cuda_available"]:
         print("gpu_check: ERROR: no CUDA device is visible to torch (torch.cuda.is_available() is False); "
               "this mode needs a GPU. Run `bash scripts/gpu_check.sh --cpu-smoke` for the CPU rehearsal.",
@@ -121,7 +107,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     info.update(folder=args.folder, folder_source=source, knn_monitor=knn,
                 folder_images={"classes": args.classes, "train_per_class": args.train_per_class,
                                "val_per_class": args.val_per_class})
-    _write_json(info, os.path.join(args.work, "env.json"))
+    write_json(info, os.path.join(args.work, "env.json"))
     with open(os.path.join(args.work, "prepare.env"), "w") as f:  # read by the shell script
         f.write(f"KNN_MONITOR={int(knn)}\n")
     return 0
@@ -197,10 +183,10 @@ def cmd_check_run(args: argparse.Namespace) -> int:
     if args.expect_device.startswith("cuda") and not record["nccl_log_lines"]:
         record["notes"] = "no 'NCCL INFO' lines in the log (NCCL_DEBUG=INFO was set): check the backend"
         print(f"gpu_check: WARNING: {args.name}: {record['notes']}", flush=True)
-    _write_json(record, args.json)
+    write_json(record, args.json)
     rate = record["images_per_s"]
     print(f"{args.name}: rc {args.rc}, {record['steps']} steps, world_size {record['world_size']} on "
-          f"{record['device']}, loss {_fmt(record['first_loss'], '.4f')} -> {_fmt(record['last_loss'], '.4f')} "
+          f"{record['device']}, loss {fmt(record['first_loss'], '.4f')} -> {fmt(record['last_loss'], '.4f')} "
           f"({'finite' if record['losses_finite'] else 'NOT finite'}), "
           f"{'-' if rate is None else f'{rate:.1f}'} img/s ({record['images_per_s_from']}), wall {args.wall:.1f} s"
           + (f", k-NN top-1 {record['knn_top1']:.1f}" if record["knn_top1"] is not None else "")
@@ -271,7 +257,7 @@ def cmd_throughput(args: argparse.Namespace) -> int:
           f"(median), {torch.get_num_threads()} threads", flush=True)
     rows = model_throughput(args.device, args.backbone, args.size, batches, args.rounds, args.steps,
                             args.amp, args.channels_last, args.override)
-    _write_json({"device": args.device, "backbone": args.backbone, "size": args.size, "amp": args.amp,
+    write_json({"device": args.device, "backbone": args.backbone, "size": args.size, "amp": args.amp,
                  "channels_last": args.channels_last, "rounds": args.rounds, "steps": args.steps,
                  "overrides": args.override, "rows": rows, "seconds": time.perf_counter() - t0}, args.json)
     return 0
@@ -282,169 +268,16 @@ def cmd_throughput(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def end_to_end(root: str, device_name: str, backbone: str, size: int, batch: int, workers: int,
-               warmup: int, steps: int, overrides: list[str]) -> dict:
-    """Images/s of training from the JPEG folder, data loading included: ours vs the reference.
-
-    ours: `TwoCropFolder` (drafted JPEG decode, both crops cut in the workers) -> kornia photometric
-    ops on the device -> bf16 autocast + channels-last. reference: torchvision's per-sample PIL
-    MoCo-v2 pipeline in the workers (`data_throughput.ReferenceTwoCrops`) -> fp32, default format.
-    Same model (the MoCo-v2 preset, BatchFormer off), batch, workers, pinned memory and sample
-    stream (drawn with replacement: one loader for warm-up + timed steps, no epoch restarts); the
-    pipelines run one after the other, each on a fresh model and fresh workers.
-    """
-    import torch
-
-    from data_throughput import ReferenceTwoCrops
-    from ssl_bf.data.augment import build_two_views, recipe_crop_scale
-    from ssl_bf.data import TwoCropFolder, build_dataset
-    from step_throughput import VARIANTS, _config, make_model_step
-
-    device = torch.device(device_name)
-    cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    folder = build_dataset("imagefolder", root, "train")
-    cfg = _config("mocov2", backbone, VARIANTS["off"] + overrides, batch, preset=PRESETS["mocov2"])
-    pipelines = {
-        "ours": {"dataset": TwoCropFolder(folder, size, scale=(recipe_crop_scale("mocov2"), 1.0), seed=0),
-                 "views": lambda: build_two_views("mocov2", size, 3, folder.mean, folder.std, crop=False).to(device),
-                 "amp": True, "channels_last": True,
-                 "what": f"TwoCropFolder workers + kornia on {device.type} + "
-                         f"{'bf16' if cuda else 'fp32 (no autocast on a CPU)'} + channels-last"},
-        "reference": {"dataset": ReferenceTwoCrops(folder.samples, size), "views": None, "amp": False,
-                      "channels_last": False, "what": "torchvision PIL MoCo-v2 pipeline in workers, fp32"},
-    }
-    warmup = max(1, warmup)  # the first step (worker start, kernel choice) is never timed
-    results = {}
-    for name, p in pipelines.items():
-        train = make_model_step(cfg, size, 3, device, amp=p["amp"], channels_last=p["channels_last"])
-        views = p["views"]() if p["views"] else None
-        sampler = torch.utils.data.RandomSampler(p["dataset"], replacement=True, num_samples=batch * (warmup + steps),
-                                                 generator=torch.Generator().manual_seed(0))
-        loader = torch.utils.data.DataLoader(p["dataset"], batch_size=batch, sampler=sampler, num_workers=workers,
-                                             pin_memory=cuda, drop_last=True)
-        wait, t0 = 0.0, time.perf_counter()
-        batches = iter(loader)
-        for i in range(warmup + steps):
-            if i == warmup:  # warm-up done: workers up, kernels chosen
-                sync()
-                t_start, wait = time.perf_counter(), 0.0
-                warmup_s = t_start - t0
-            tic = time.perf_counter()
-            a, b, _ = next(batches)
-            wait += time.perf_counter() - tic
-            a, b = a.to(device, non_blocking=True), b.to(device, non_blocking=True)
-            train(*(views((a, b)) if views is not None else (a, b)))
-        sync()
-        seconds = time.perf_counter() - t_start
-        results[name] = {"images_per_s": steps * batch / seconds, "seconds": seconds, "warmup_s": warmup_s,
-                         "host_wait_for_batches_s": wait, "amp": p["amp"] and cuda,
-                         "channels_last": p["channels_last"], "pipeline": p["what"]}
-        print(f"{name:9s} {results[name]['images_per_s']:8.1f} img/s ({steps} steps x {batch} in {seconds:.1f} s "
-              f"after {warmup} warm-up steps in {warmup_s:.1f} s; host waited {wait:.1f} s for batches): "
-              f"{p['what']}", flush=True)
-        del batches, loader, train, views
-        _free_device_memory()
-    ratio = results["ours"]["images_per_s"] / results["reference"]["images_per_s"]
-    print(f"ratio ours/reference: {ratio:.2f}x", flush=True)
-    return {"device": device_name, "backbone": backbone, "size": size, "batch": batch, "workers": workers,
-            "warmup": warmup, "steps": steps, "images": len(folder), "overrides": overrides,
-            "ours": results["ours"], "reference": results["reference"], "ratio": ratio}
-
-
 def cmd_end_to_end(args: argparse.Namespace) -> int:
-    print(f"end to end on {args.device}: MoCo-v2 {args.backbone} {args.size}px, BF off, batch {args.batch}, "
-          f"{args.workers} workers, {args.warmup} warm-up + {args.steps} timed steps", flush=True)
-    record = end_to_end(args.folder, args.device, args.backbone, args.size, args.batch, args.workers,
-                        args.warmup, args.steps, args.override)
-    _write_json(record, args.json)
+    from fair_comparison import compare
+
+    print(f"ours vs reference on {args.device}: MoCo-v2 {args.backbone} {args.size}px, batch {args.batch}, "
+          f"{args.workers} workers, {args.warmup} warm-up + {args.steps} timed steps (median), queue {args.queue}",
+          flush=True)
+    record = compare(args.folder, args.device, args.backbone, args.size, args.batch, args.workers, args.warmup,
+                     args.steps, args.queue)
+    write_json(record, args.json)
     return 0
-
-
-# ----------------------------------------------------------------------------------------------
-# summary
-# ----------------------------------------------------------------------------------------------
-
-
-def _fmt(value: Optional[float], spec: str = ".1f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def summary_rows(stages: dict) -> list[tuple[str, str, str, str, str]]:
-    """(stage, variant, img/s, peak GiB, notes) for the table."""
-    rows = []
-    for key in ("smoke", "nccl"):
-        for run in stages.get(key, {}).get("runs", []):
-            notes = (f"{run['steps']} steps x {run['batch']}, world_size {run['world_size']} on {run['device']}, "
-                     f"loss {_fmt(run['first_loss'], '.3f')} -> {_fmt(run['last_loss'], '.3f')} "
-                     f"{'finite' if run['losses_finite'] else 'NOT FINITE'}, wall {run['wall_s']:.0f} s")
-            if run.get("knn_top1") is not None:
-                notes += f", k-NN {run['knn_top1']:.1f}%"
-            if str(run.get("device")).startswith("cuda"):
-                notes += f", NCCL log {'seen' if run['nccl_log_lines'] else 'NOT seen'}"
-            if run["problems"]:
-                notes += " | FAILED: " + "; ".join(run["problems"])
-            rows.append((STAGE_TITLES[key], run["name"], _fmt(run["images_per_s"]), "-", notes))
-    b = stages.get("throughput")
-    if b:
-        for r in b["rows"]:
-            rows.append((STAGE_TITLES["throughput"], f"{r['method']} BF {r['batchformer']}, batch {r['batch']}",
-                         _fmt(r["images_per_s"]), _fmt(r["peak_gib"], ".2f"),
-                         f"{r['step_ms']:.1f} ms/step, step time x{r['step_time_vs_off']:.3f} vs BF off"))
-    c = stages.get("end_to_end")
-    if c:
-        for name in ("ours", "reference"):
-            r = c[name]
-            workers = f"{c['workers']} worker" + ("s" if c["workers"] != 1 else "")
-            rows.append((STAGE_TITLES["end_to_end"], f"{name}, batch {c['batch']}, {workers}",
-                         _fmt(r["images_per_s"]), "-", r["pipeline"] + f"; host waited {r['host_wait_for_batches_s']:.1f} "
-                         f"of {r['seconds']:.1f} s for batches"))
-        rows.append((STAGE_TITLES["end_to_end"], "ratio ours/reference", f"{c['ratio']:.2f}x", "-",
-                     f"{c['steps']} timed steps after {c['warmup']} warm-up, same model, batch and workers"))
-    return rows
-
-
-def cmd_summary(args: argparse.Namespace) -> int:
-    env = _read_json(os.path.join(args.work, "env.json")) or {}
-    stages: dict = {}
-    for key in ("smoke", "nccl"):
-        runs = [_read_json(p) for p in sorted(glob.glob(os.path.join(args.work, "stages", f"{key}_*.json")))]
-        if runs:
-            stages[key] = {"runs": [r for r in runs if r],
-                           "passed": all(r and not r["problems"] for r in runs)}
-    for key in ("throughput", "end_to_end"):
-        record = _read_json(os.path.join(args.work, "stages", f"{key}.json"))
-        if record:
-            stages[key] = record
-    missing = [k for k in STAGES if k not in stages]
-    ok = args.rc == 0 and not missing and all(stages[k].get("passed", True) for k in ("smoke", "nccl") if k in stages)
-    result = {"ok": ok, "rc": args.rc, "mode": args.mode, "failed_stage": args.failed_stage or None,
-              "missing_stages": missing, "elapsed_s": args.elapsed,
-              "card": args.card or env.get("device_name"), "torch": env.get("torch"),
-              "cuda": env.get("cuda_build"), "nccl": env.get("nccl"), "python": env.get("python"),
-              "folder_source": env.get("folder_source"), "knn_monitor": env.get("knn_monitor"),
-              "notes": [n for n in (env.get("knn_note"),) if n], "stages": stages}
-    rows = summary_rows(stages)
-    status = "PASSED" if ok else (f"FAILED at stage {args.failed_stage}" if args.failed_stage else "FAILED") + \
-        (f" (missing: {', '.join(missing)})" if missing else "") + f", rc {args.rc}"
-    head = (f"gpu_check {args.mode}: {status} in {args.elapsed:.0f} s | {result['card'] or 'no GPU'} | "
-            f"torch {result['torch']}, CUDA {result['cuda']}, NCCL {result['nccl']}")
-    widths = [max(len(r[i]) for r in rows + [("stage", "variant", "img/s", "peak GiB", "")]) for i in range(4)]
-    print("\n== " + head)
-    print(f"{'stage':{widths[0]}}  {'variant':{widths[1]}}  {'img/s':>{widths[2]}}  {'peak GiB':>{widths[3]}}  notes")
-    for r in rows:
-        print(f"{r[0]:{widths[0]}}  {r[1]:{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}  {r[4]}")
-    for note in result["notes"]:
-        print(f"note: {note}")
-    md = [f"# {head}", "", "| stage | variant | img/s | peak GiB | notes |", "| --- | --- | ---: | ---: | --- |"]
-    md += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
-    md += [""] + [f"Note: {n}" for n in result["notes"]]
-    os.makedirs(args.out, exist_ok=True)
-    _write_json(result, os.path.join(args.out, "gpu_check.json"))
-    with open(os.path.join(args.out, "gpu_check.md"), "w") as f:
-        f.write("\n".join(md) + "\n")
-    print(f"wrote {os.path.join(args.out, 'gpu_check.json')} and gpu_check.md")
-    return 0 if ok else 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -483,10 +316,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         s.add_argument("--device", default="cuda")
         s.add_argument("--backbone", default="resnet50")
         s.add_argument("--size", type=int, default=224)
-        s.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                       help="extra config override for every model (repeatable)")
         s.set_defaults(fn=fn)
         if name == "throughput":
+            s.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                           help="extra config override for every model (repeatable)")
             s.add_argument("--batch-v2", type=int, default=128)
             s.add_argument("--batch-v3", type=int, default=256)
             s.add_argument("--rounds", type=int, default=5)
@@ -499,6 +332,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             s.add_argument("--workers", type=int, default=8)
             s.add_argument("--warmup", type=int, default=10)
             s.add_argument("--steps", type=int, default=40)
+            s.add_argument("--queue", type=int, default=65536, help="MoCo queue size (both sides)")
 
     s = sub.add_parser("summary", help="gather the stage records, write OUT/gpu_check.{json,md}")
     s.add_argument("--work", required=True)

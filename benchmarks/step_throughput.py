@@ -21,6 +21,7 @@ from typing import Callable, Optional
 
 import torch
 
+from bench_common import training_step
 from ssl_bf.data.augment import build_two_views
 from ssl_bf.run_config import load_config
 from ssl_bf.models.registry import build_model
@@ -65,22 +66,8 @@ def make_model_step(cfg, size: int, channels: int, device: torch.device, amp: bo
     """`step(x1, x2)`: one optimiser step (forward, backward, update) of the config's model on two
     normalised float view batches (N, C, S, S); no host sync. `amp`: bf16 autocast on CUDA (not on
     a CPU); `channels_last`: the model and the views in channels-last memory format."""
-    model = build_model(cfg, channels, size).to(device).train()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = build_optimizer(model, cfg, 0.01)
-    use_amp = amp and device.type == "cuda"
-
-    def step(x1: torch.Tensor, x2: torch.Tensor) -> None:
-        if channels_last:
-            x1 = x1.contiguous(memory_format=torch.channels_last)
-            x2 = x2.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss = model(x1, x2)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
+    return training_step(build_model(cfg, channels, size), lambda m: build_optimizer(m, cfg, 0.01),
+                         lambda m, x1, x2: m(x1, x2)["loss"], device, amp, channels_last)
 
 
 def _make_step(cfg, size: int, channels: int, device: torch.device, amp: bool = True,
@@ -88,7 +75,7 @@ def _make_step(cfg, size: int, channels: int, device: torch.device, amp: bool = 
     """A full step on a fixed uint8 batch already on `device`: the device views, then the model step.
 
     `pre_cut`: the batch is a pair of (N, C, S, S) crops, as the image-folder loader delivers them
-    (views built with `crop=False`); else one (N, C, S, S) batch that kornia crops on the device.
+    (views built with `crop=False`); else one (N, C, S, S) batch that is cropped on the device.
     """
     train = make_model_step(cfg, size, channels, device, amp, channels_last)
     views = build_two_views(cfg.augment.recipe if cfg.method == "mocov2" else "mocov3", size, channels,

@@ -3,7 +3,7 @@
 `run_command` parses a command's arguments and runs its body, turning every bad input into the
 one line `ssl-bf CMD: error: ...` on stderr and exit code 2 (3: a failed check; Ctrl-C: 130),
 never a traceback. Every number is checked at parse time (`ssl_bf.cli_args`) and every output path
-before any compute (`options.check_outputs`); heavy imports wait until after parsing, so `--help`
+before any compute (`options.check_outputs`, the output guard); heavy imports wait until after parsing, so `--help`
 is instant. The rest are small pieces more than one command uses: the result tables, `--json`
 writing, notes on stderr, `--device`, the torchrun process group, and checks of inputs.
 """
@@ -38,10 +38,12 @@ def run_command(prog: str, parser: Callable[[], Parser], body: Callable[[argpars
 def _input_errors() -> tuple[type[BaseException], ...]:
     from ssl_bf.config import ConfigError
     from ssl_bf.data import DataError
+    from ssl_bf.process_env import ProcessEnvError
 
     # RuntimeError: a mismatched checkpoint (load_state_dict), no CUDA. OSError: a file that
-    # cannot be read or written (the message names it).
-    return (ValueError, OSError, ConfigError, DataError, KeyError, RuntimeError)
+    # cannot be read or written (the message names it). ProcessEnvError: torchrun's or SLURM's
+    # variables incomplete (the message names the variable).
+    return (ValueError, OSError, ConfigError, DataError, KeyError, RuntimeError, ProcessEnvError)
 
 
 # --- output --------------------------------------------------------------------------------------
@@ -63,18 +65,26 @@ def fmt(v: object) -> str:
     return "-" if v is None else str(v)
 
 
+GROUP_COLUMNS = ("many", "medium", "few", "class_std")
+
+
 def knn_table(results: list[dict]) -> str:
-    """The k-NN results of `ssl-bf knn` and `ssl-bf evaluate`: one row per (k, T)."""
-    return table(["k", "T", "top-1 %", "top-5 %"],
-                 [[r["k"], r["temperature"], r["top1"], r["top5"]] for r in results])
+    """The k-NN results of `ssl-bf knn` and `ssl-bf evaluate`: one row per (k, T), with the
+    many / medium / few top-1 and the per-class std when the rows carry `per_group`."""
+    grouped = all(r.get("per_group") for r in results)
+    extra = ["many %", "medium %", "few %", "class std"] if grouped else []
+    return table(["k", "T", "top-1 %", "top-5 %", *extra],
+                 [[r["k"], r["temperature"], r["top1"], r["top5"],
+                   *([r["per_group"].get(g) for g in GROUP_COLUMNS] if grouped else [])] for r in results])
 
 
-def write_json(obj: dict, path: Optional[str]) -> None:
-    """Write `obj` to `--json PATH` atomically (nothing when the option was not given)."""
+def write_json(obj: dict, path: Optional[str], inputs: Sequence[Optional[str]] = ()) -> None:
+    """Write `obj` to `--json PATH` through the output guard, atomically (nothing when the option
+    was not given)."""
     if path:
-        from ssl_bf.io import write_json_atomic
+        from ssl_bf import atomic_write
 
-        write_json_atomic(obj, path)
+        atomic_write.write_json(obj, path, option="--json", inputs=inputs)
 
 
 def print_note(prog: str, text: str) -> None:
@@ -143,18 +153,27 @@ def sidecar(checkpoint: Optional[str]) -> Optional[str]:
     return sidecar_path(checkpoint) if checkpoint else None
 
 
+def check_inputs_exist(inputs: Sequence[tuple[str, Optional[str]]]) -> None:
+    """Refuse, before any compute, an input (`(option, path)`; None: not given) that does not exist."""
+    import os
+
+    for option, path in inputs:
+        if path and not os.path.exists(path):
+            raise ArgumentError(f"{option} {path}: no such file")
+
+
 def check_train_test(args: argparse.Namespace, why: str) -> None:
     """Refuse a `--test` file that is the `--train` file (`why`: what would go wrong)."""
     if same_file(args.train, args.test):
         raise ArgumentError(f"--test {args.test} is the --train file: {why}; give the test split's embeddings")
 
 
-def leave_group(had_group: bool) -> None:
-    """Destroy the process group that a torchrun-launched command joined. No barrier: a rank
-    that failed must not leave the others waiting for it."""
+def leave_group(had_group: bool, wait: bool = False) -> None:
+    """Destroy the process group that a torchrun-launched command joined. `wait` (the command
+    succeeded on this rank): first meet the others on the long-wait group, so no rank tears the
+    group down while a peer still talks to it (gloo aborts the process then); a rank that failed
+    leaves at once and never keeps the others waiting."""
     from ssl_bf import distributed as dist_utils
 
-    if dist_utils.is_initialized() and not had_group:
-        import torch.distributed
-
-        torch.distributed.destroy_process_group()
+    if not had_group:
+        dist_utils.shut_down(wait=wait)

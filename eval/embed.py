@@ -3,7 +3,7 @@
 The encoder comes from `ssl_bf.checkpoint.load_encoder` (eval mode, never BatchFormer). Images
 go through `EvalTransform`: resize + centre crop when larger than the eval size, only
 normalisation at the native size (e.g. 28 px Fashion-MNIST, 32 px CIFAR). The extraction itself
-is `ssl_bf.features.extract_features`; under torchrun (WORLD_SIZE > 1) every rank embeds its shard
+is `ssl_bf.features.extract_features`; under torchrun or a plain srun (more than one process) every rank embeds its shard
 and rank 0 alone builds the embeddings and writes the file.
 """
 from __future__ import annotations
@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssl_bf.devices import resolve_device
+from ssl_bf.devices import resolve_device, tune_for_fixed_shapes
 from ssl_bf.knn.features import extract_features
+from ssl_bf.run_layout import Owner
 
 from .formats import Embeddings, make_embeddings, write_embeddings
 
@@ -32,13 +33,16 @@ MAX_LISTED = 20  # unreadable images named one per line on stderr; the metadata 
 def resolve_data(data: str, root: Optional[str] = None) -> tuple[str, Optional[str]]:
     """`--data NAME_OR_PATH` -> (dataset name, root).
 
-    A known name is used as is (with `root`). A folder is an `imagefolder` when it holds a
-    train/, val/ or test/ subfolder, else an unlabeled `folder`.
+    A known name is used as is (with `root`). A file is a shard manifest (`shards`). A folder is
+    `shards` when it holds a manifest.json, an `imagefolder` when it holds a train/, val/ or test/
+    subfolder, else an unlabeled `folder`.
     """
     from ssl_bf.data import DATASET_NAMES
 
     if data in DATASET_NAMES:
         return data, root
+    if os.path.isfile(data) or os.path.isfile(os.path.join(data, "manifest.json")):
+        return "shards", data
     if os.path.isdir(data):
         splits = ("train", "val", "test")
         if any(os.path.isdir(os.path.join(data, s)) for s in splits):
@@ -83,7 +87,7 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
             stderr and in the metadata key `unreadable_skipped`) instead of refusing the folder.
     Returns:
         The embeddings (also written to `out` atomically, with metadata). Under torchrun
-        (WORLD_SIZE > 1) the process group is joined (left for the caller to destroy); rank 0
+        or a plain srun (more than one process) the process group is joined (left for the caller to destroy); rank 0
         returns the embeddings of every rank, the other ranks return None.
     Raises:
         ValueError (CheckpointError, DataError's siblings...) naming the file or option at fault;
@@ -94,8 +98,8 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
     from ssl_bf.data import build_dataset
 
     dev = resolve_device(device)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or dist_utils.is_initialized():  # torchrun
-        dist_utils.init_distributed(dev)
+    tune_for_fixed_shapes(dev)  # fixed-size eval crops
+    dist_utils.init_distributed(dev)  # torchrun or srun: every task embeds its shard
     model, cfg = encoder if encoder is not None else load_embedding_encoder(checkpoint, features, dev, choices,
                                                                             image_size)
     model = model.to(dev)
@@ -111,7 +115,7 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
     size = image_size or eval_image_size(cfg.augment.image_size, dataset)
     transform = EvalTransform(size, dataset.mean, dataset.std).to(dev)
     result = extract_features(model, dataset, transform, dev, batch_size=batch_size,
-                              num_workers=num_workers if name in ("imagefolder", "folder") else 0,
+                              num_workers=num_workers if name in ("imagefolder", "folder", "shards") else 0,
                               progress=progress, desc=f"embed {split}")
     if result is None:  # another rank of a process group: rank 0 holds the rows and writes `out`
         return None
@@ -133,7 +137,7 @@ def embed(checkpoint: str, data: Optional[str] = None, split: str = "train", out
                                  **({"checkpoint_format": model.source_format}
                                     if getattr(model, "source_format", None) else {})})
     if out:
-        write_embeddings(out, emb, dtype)
+        write_embeddings(out, emb, dtype, option="--out", owner=Owner.EMBED)
     return emb
 
 

@@ -9,11 +9,14 @@ import time
 from typing import Optional
 
 from ssl_bf.cli_args import ArgumentError, Parser, nonneg_int, positive_int
+from ssl_bf.file_kinds import FileKind
+from ssl_bf.run_layout import Owner
 
-from .cli_common import (EXIT_OK, add_device, add_progress_and_json, add_skip_unreadable, check_device, input_notes,
-                         leave_group, run_command, sidecar, skipped_summary, table, write_json)
+from .cli_common import (EXIT_OK, add_device, add_progress_and_json, add_skip_unreadable, check_device,
+                         check_inputs_exist, input_notes, leave_group, run_command, sidecar, skipped_summary, table,
+                         write_json)
 from .import_choices import ImportChoices, add_import_options
-from .options import check_outputs
+from .options import Output, check_outputs
 
 
 def embed_parser() -> Parser:
@@ -27,8 +30,8 @@ def embed_parser() -> Parser:
     p.add_argument("--checkpoint", required=True,
                    help="training checkpoint (RUN/checkpoints/last.pt), exported backbone, or a checkpoint of "
                    "another project (MoCo, MoCo-v3, DINO, solo-learn, torchvision, timm: see `ssl-bf inspect`)")
-    p.add_argument("--data", help="dataset name (fashion-mnist, cifar10, cifar100, imagefolder, folder) or an "
-                   "image folder; default: the checkpoint's config")
+    p.add_argument("--data", help="dataset name (fashion-mnist, cifar10, cifar100, imagefolder, folder, shards), an "
+                   "image folder, or a shard manifest (`ssl-bf shard`); default: the checkpoint's config")
     p.add_argument("--root", help="data root for a dataset name (default: the config's, or the usual places)")
     p.add_argument("--split", choices=["train", "test"], required=True)
     p.add_argument("--out", required=True, help="output file (.safetensors)")
@@ -42,9 +45,9 @@ def embed_parser() -> Parser:
     p.add_argument("--image-size", type=positive_int, help="eval crop size (default: the run's "
                    "augment.image_size, else the native size; 224 for image folders and 224 px checkpoints)")
     add_import_options(p)
-    p.add_argument("--workers", type=nonneg_int, default=4, help="DataLoader workers for image folders")
+    p.add_argument("--workers", type=nonneg_int, default=4, help="DataLoader workers for image folders and shards")
     p.add_argument("--subset", type=positive_int, help="embed only the first N images")
-    p.add_argument("--no-paths", action="store_true", help="do not store image paths (folders)")
+    p.add_argument("--no-paths", action="store_true", help="do not store image paths (folders; shards: shard:key)")
     add_skip_unreadable(p)
     add_progress_and_json(p, "also write a summary as JSON")
     return p
@@ -55,26 +58,36 @@ def embed_main(argv: Optional[list[str]] = None) -> int:
     return run_command("ssl-bf embed", embed_parser, _embed_command, argv)
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """What `ssl-bf embed` checks before any compute, the device aside (`ssl-bf submit` runs it too):
+    the checkpoint exists, --out and --json may be written, --out is a .safetensors name."""
+    check_outputs([Output("--out", args.out, FileKind.SAFETENSORS, Owner.EMBED),
+                   Output("--json", args.json, FileKind.JSON)], inputs=[args.checkpoint, sidecar(args.checkpoint)])
+    if not args.out.lower().endswith(".safetensors"):
+        raise ArgumentError(f"--out {args.out}: embeddings are written as safetensors; give a file name "
+                            f"ending in .safetensors")
+    check_inputs_exist([("--checkpoint", args.checkpoint)])
+
+
 def _embed_command(args: argparse.Namespace) -> int:
     from ssl_bf import distributed as dist_utils
 
     from .embed import embed
 
-    check_outputs([("--out", args.out), ("--json", args.json)], inputs=[args.checkpoint, sidecar(args.checkpoint)])
-    if not args.out.lower().endswith(".safetensors"):
-        raise ArgumentError(f"--out {args.out}: embeddings are written as safetensors; give a file name "
-                            f"ending in .safetensors")
+    check_inputs(args)
     check_device(args.device)
     tic = time.perf_counter()
     had_group = dist_utils.is_initialized()
+    ok = False  # this rank finished its part
     try:
         emb = embed(args.checkpoint, args.data, args.split, args.out, features=args.features, root=args.root,
                     batch_size=args.batch_size, device=args.device, dtype=args.dtype, normalise=args.normalise,
                     image_size=args.image_size, num_workers=args.workers, save_paths=not args.no_paths,
                     subset=args.subset, progress=not args.no_progress, choices=ImportChoices.from_args(args),
                     skip_unreadable=args.skip_unreadable)
+        ok = True
     finally:
-        leave_group(had_group)
+        leave_group(had_group, wait=ok)
     if emb is None:  # a rank other than 0: its rows went to rank 0
         return EXIT_OK
     input_notes("ssl-bf embed", emb.metadata)

@@ -3,25 +3,28 @@ and logistic regression.
 
 Layout of a run folder: `RUN/config.yaml`, `RUN/checkpoints/last.pt`. Written here:
 - `RUN/embeddings/{train,test}.safetensors` (one file per split, reusable by `knn`/`linear`);
-- `RUN/results.json`: a JSON object; this command sets its `knn`, `linear` (cached probe), `logreg`
-  and `evaluated` keys
-  and keeps every other key (the sweep report reads the numbers from it);
+- `RUN/results.json`: a JSON object; this command sets its `knn`, `linear` (cached probe), `logreg`,
+  `evaluated` and (a long-tailed run, or `--shots`) `few_shot` keys, each figure with its
+  `per_group` (docs/protocols.md), and keeps every other key (the sweep report reads the numbers from it);
 - `RUN/evaluations.jsonl`: one line per evaluation, full detail, never rewritten;
 - `RUN/linear_head.pt`, `RUN/logreg_head.pt`: the probes' heads.
 Paths recorded in these files (the checkpoint, the heads, an embeddings file's checkpoint) are
 relative to RUN when they lie inside it, so a run folder can be moved or committed; a path outside
 RUN is recorded absolute. Files of older versions, which hold absolute paths, are still read.
-All or nothing: everything is checked before any compute and written to temporary names, moved
-into place only when the whole evaluation succeeded; a failed evaluate leaves RUN byte-identical.
+All or nothing: every output (RUN's files and --json) passes the output guard before any compute;
+everything is written to temp files, moved into place only when every write succeeded; a failed
+evaluate leaves RUN, and --json, byte-identical.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
 import time
 from typing import TYPE_CHECKING, Optional, Sequence
+
+from ssl_bf.file_kinds import FileKind
+from ssl_bf.run_layout import Owner
 
 from .formats import Embeddings, load_embeddings
 
@@ -57,6 +60,19 @@ def run_paths(run_dir: str) -> dict[str, str]:
             "logreg_head": os.path.join(run_dir, "logreg_head.pt")}
 
 
+def check_run_inputs(run_dir: str, checkpoint: Optional[str], data: Optional[str]) -> None:
+    """The run folder and the checkpoint an evaluation reads exist (RUN may be new only with a
+    --checkpoint of another project and --data)."""
+    if os.path.isfile(run_dir):
+        raise ValueError(f"RUN {run_dir} is a file; give the run folder (the one holding checkpoints/)")
+    if not os.path.isdir(run_dir) and not (checkpoint and data):
+        hint = " (with a --checkpoint of another project, also give --data: RUN is then created)" if checkpoint else ""
+        raise FileNotFoundError(f"run folder not found: {run_dir}{hint}")
+    ckpt_path = checkpoint or run_paths(run_dir)["checkpoint"]
+    if not os.path.exists(ckpt_path):
+        raise FileNotFoundError(f"checkpoint not found: {ckpt_path} (has the run finished an epoch?)")
+
+
 def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str = "backbone",
                  device: str = "auto", batch_size: int = 256, dtype: str = "float32",
                  ks: Sequence[int] = KNN_KS, temperatures: Sequence[float] = KNN_TEMPERATURES,
@@ -64,13 +80,16 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
                  linear: "str | Sequence[str]" = "cached,logreg",
                  reuse_embeddings: bool = False, subset: Optional[int] = None, num_workers: int = 4,
                  seed: int = 0, progress: bool = True, data: Optional[str] = None, root: Optional[str] = None,
-                 choices: Optional[ImportChoices] = None, skip_unreadable: bool = False) -> Optional[dict]:
+                 choices: Optional[ImportChoices] = None, skip_unreadable: bool = False,
+                 json_out: Optional[str] = None, shots: Optional[Sequence[int]] = None,
+                 draws: Optional[int] = None) -> Optional[dict]:
     """Evaluate a finished run; returns the entry that was recorded.
 
     All or nothing: everything checkable is checked before any compute (the run folder, the
     checkpoint, RUN/results.json, every file written, k against --subset); the embeddings,
-    heads and results are computed in memory and moved into place only when the whole
-    evaluation succeeded. A failure leaves RUN byte-identical.
+    heads, results and `json_out` are computed in memory, written to temp files, and moved into
+    place (the history line appended) only when every one of them was written. A failure leaves
+    RUN, and `json_out`, byte-identical.
 
     Args:
         run_dir: the run folder.
@@ -84,6 +103,10 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
             its format's conventions).
         skip_unreadable: image folders: leave out unreadable images (listed in the embeddings'
             metadata and in `evaluated.unreadable_skipped`) instead of refusing.
+        json_out: also write the recorded entry there (`--json`; checked by the caller, with RUN's
+            files as inputs it must not replace).
+        shots, draws: few-shot probes (`evaluate_few_shot`): None: 100 and 10 shots when the run was
+            long-tailed, else none; () none. `draws` seeded draws each (default 5).
     """
     from ssl_bf import distributed as dist_utils
     from ssl_bf.run_config import load_config
@@ -92,22 +115,19 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
 
     from .checkpoints import load_checked_encoder
     from .embed import embed, require_data, resolve_data
+    from .cli_common import print_note
+    from .evaluate_few_shot import DEFAULT_EVAL_SHOTS, evaluation_groups, few_shot_results, run_is_long_tailed
     from .formats import check_pair
+    from .groups import group_accuracy, knn_per_group
     from .linear_cached import probe_cached, probe_logreg
 
     tic = time.perf_counter()
     probes = parse_probes(linear)
     paths = run_paths(run_dir)
     ckpt_path = checkpoint or paths["checkpoint"]
-    if os.path.isfile(run_dir):
-        raise ValueError(f"RUN {run_dir} is a file; give the run folder (the one holding checkpoints/)")
-    if not os.path.isdir(run_dir) and not (checkpoint and data):
-        hint = " (with a --checkpoint of another project, also give --data: RUN is then created)" if checkpoint else ""
-        raise FileNotFoundError(f"run folder not found: {run_dir}{hint}")
-    if not os.path.exists(ckpt_path):
-        raise FileNotFoundError(f"checkpoint not found: {ckpt_path} (has the run finished an epoch?)")
+    check_run_inputs(run_dir, checkpoint, data)
     results = _read_results(paths["results"])
-    _check_run_outputs(paths, ckpt_path)
+    check_run_outputs(run_dir, ckpt_path)
     kmax = max(int(k) for k in ks)
     if subset is not None and subset < kmax:
         raise ValueError(f"--subset {subset} is smaller than k={kmax} of the k-NN evaluation (its train "
@@ -150,9 +170,12 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
                          f"of {data_cfg.name}); nothing was written. Embed with `ssl-bf embed` and score "
                          f"with `ssl-bf knn --k` values up to {len(train)}")
     check_pair(train, test)
+    space, groups, groups_from = evaluation_groups(run_dir, train, subset)
     knn = knn_evaluate(train.embeddings, train.labels, test.embeddings, test.labels, ks, temperatures,
                        num_classes=train.num_classes, index=index, memory_budget_gb=memory_budget_gb,
-                       device=device, progress=progress)
+                       device=device, progress=progress, keep_predictions=True)
+    for row in knn.results:
+        row["per_group"] = knn_per_group(knn, space, test.labels, (row["k"], row["temperature"]), groups)
     probe_results: dict[str, dict] = {}
     heads = {}
     for name in probes:
@@ -161,7 +184,11 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
                     num_classes=train.num_classes, seed=seed, device=dev)
         head = paths["head"] if name == "cached" else paths["logreg_head"]
         heads[head] = res
-        probe_results[RESULT_KEY[name]] = {**res.to_dict(), "head": recorded_path(head, run_dir)}
+        probe_results[RESULT_KEY[name]] = {**res.to_dict(), "head": recorded_path(head, run_dir),
+                                           "per_group": group_accuracy(res.class_hits, res.class_totals, groups)}
+    few_shot = few_shot_results(train, test, DEFAULT_EVAL_SHOTS if shots is None else shots, shots is not None,
+                                draws, probes if shots is not None or run_is_long_tailed(run_dir) else (),
+                                groups, seed, str(dev), lambda text: print_note("ssl-bf evaluate", text))
 
     evaluated = {"checkpoint": recorded_ckpt, "epoch": epoch,
                  "step": step, "features": features, "dataset": data_cfg.name,
@@ -171,48 +198,61 @@ def evaluate_run(run_dir: str, checkpoint: Optional[str] = None, features: str =
                if e.metadata.get("unreadable_skipped")}
     if skipped:
         evaluated["unreadable_skipped"] = skipped
+    evaluated["groups_from"] = groups_from
     entry = {"knn": knn.results, "linear": probe_results.get("linear"), "logreg": probe_results.get("logreg"),
              "evaluated": evaluated}
     results.update({"knn": knn.results, "evaluated": evaluated})
+    results.pop("few_shot", None)  # an older evaluation's few-shot figures must not sit beside these
+    if few_shot:
+        entry["few_shot"] = results["few_shot"] = few_shot
     for name in LINEAR_PROBES:  # a probe not run now must not sit beside this checkpoint's k-NN
         key = RESULT_KEY[name]
         results.pop(key, None)
         if key in probe_results:
             res = probe_results[key]
-            results[key] = {k: res[k] for k in ("protocol", "top1", "top5", "hyperparameters", "note") if k in res}
-    _commit(paths, {s: e for s, e in splits.items() if not reuse[s]}, heads, train.classes, results, dtype)
-    _append_line(paths["history"], entry)
+            results[key] = {k: res[k] for k in ("protocol", "top1", "top5", "hyperparameters", "note", "per_group")
+                            if k in res}
+    _commit(run_dir, {s: e for s, e in splits.items() if not reuse[s]}, heads, train.classes, results, dtype,
+            entry, json_out)
     return entry
 
 
-def _check_run_outputs(paths: dict[str, str], checkpoint: str) -> None:
-    """Every file evaluate writes in RUN must be writable and not a folder; checked before any compute."""
-    from ssl_bf.io import check_output
-
-    for key in ("train", "test", "results", "history", "head", "logreg_head"):
-        path = paths[key]
-        if os.path.isdir(path):
-            raise ValueError(f"{path} is a folder, but evaluate writes a file there; move it away and rerun")
-        check_output(path, protected=[checkpoint], what="evaluate's output")
+RUN_OUTPUTS = {"train": FileKind.SAFETENSORS, "test": FileKind.SAFETENSORS, "results": FileKind.JSON,
+               "history": FileKind.JSON, "head": FileKind.TORCH, "logreg_head": FileKind.TORCH}
 
 
-def _commit(paths: dict[str, str], embeddings: dict[str, Embeddings], heads: dict, classes,
-            results: dict, dtype: str) -> None:
-    """Write the embeddings, heads and results.json to temporary names beside their targets, then
-    move them all into place; if any write fails, every temporary file is removed and RUN is as it was."""
-    from ssl_bf.io import atomic_path, write_json_atomic
+def check_run_outputs(run_dir: str, checkpoint: str) -> None:
+    """Every file evaluate writes in RUN through the output guard, before any compute (its own
+    files: it owns them; never a special file, another kind of file or the checkpoint)."""
+    from ssl_bf.outputs import check_output
+
+    paths = run_paths(run_dir)
+    for key, kind in RUN_OUTPUTS.items():
+        check_output(paths[key], kind, option="evaluate's output", inputs=[checkpoint], owner=Owner.EVALUATE,
+                     runs=[run_dir], appended=key == "history")
+
+
+def _commit(run_dir: str, embeddings: dict[str, Embeddings], heads: dict, classes, results: dict, dtype: str,
+            entry: dict, json_out: Optional[str]) -> None:
+    """Write the embeddings, heads, results.json and `json_out` to temp files beside their targets,
+    then move them all into place and append the history line; if any write fails, every temp
+    file is removed and RUN (and `json_out`) are as they were."""
+    from ssl_bf.atomic_write import all_or_nothing, append_line, strict_json, write_json
 
     from .formats import write_embeddings
     from .linear_common import save_head
 
-    with contextlib.ExitStack() as stack:
+    paths = run_paths(run_dir)
+    own = {"option": "evaluate's output", "owner": Owner.EVALUATE}
+    with all_or_nothing():
         for split, emb in embeddings.items():
-            write_embeddings(stack.enter_context(atomic_path(paths[split])), emb, dtype)
+            write_embeddings(paths[split], emb, dtype, **own)
         for head, res in heads.items():
-            save_head(stack.enter_context(atomic_path(head)), res, classes)
-        write_json_atomic(results, stack.enter_context(atomic_path(paths["results"])))
-    for split, emb in embeddings.items():
-        emb.path = paths[split]
+            save_head(head, res, classes, **own)
+        write_json(results, paths["results"], **own, runs=[run_dir])
+        if json_out:
+            write_json(entry, json_out, option="--json", inputs=list(paths.values()), runs=[run_dir])
+        append_line(json.dumps(strict_json(entry), default=str, allow_nan=False), paths["history"], **own)
 
 
 def recorded_path(path: str, run_dir: str) -> str:
@@ -273,14 +313,3 @@ def _read_results(path: str) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a {type(data).__name__}, expected a JSON object; move it away")
     return data
-
-
-def _append_line(path: str, entry: dict) -> None:
-    """Append one JSON line (a single write of a whole line; the file is only ever appended to)."""
-    from ssl_bf.io import strict_json
-
-    line = json.dumps(strict_json(entry), default=str, allow_nan=False) + "\n"
-    with open(path, "a") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())

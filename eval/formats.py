@@ -5,12 +5,14 @@ Native format (the contract other programs may also write):
 - string metadata: `format`, `checkpoint`, `features`, `dataset`, `split`, `classes` (a JSON
   list of class names), `normalized` ("true"/"false"), and anything else as plain strings;
 - optionally `image_paths`: a uint8 tensor holding the newline-joined UTF-8 paths.
-Writes are atomic (temp file beside the target, then `os.replace`).
+Writes pass the output guard and are atomic (`ssl_bf.atomic_write`).
 
 Readers for what users already have:
 - `X.npy` + its labels `.npy` (found by name or given), or one `.npz` with both arrays;
 - DINO `eval_knn.py` dumps: `trainfeat.pth` + `trainlabels.pth` (loaded with weights_only=True).
-Every error names the file and the mismatch.
+Every array read here (and every array written) passes the one validator, `ssl_bf.validate`:
+finite, non-zero feature rows, labels that are integers >= 0 exactly representable in int64, and
+matching lengths; every error names the file and the row or mismatch.
 """
 from __future__ import annotations
 
@@ -24,8 +26,10 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ssl_bf.io import atomic_path
-from ssl_bf.knn.vote import integer_labels
+from ssl_bf.atomic_write import write_safetensors
+from ssl_bf.run_layout import Owner
+from ssl_bf.validate import as_array, check_feature_layout, check_features, check_labels
+from ssl_bf.validate import check_pair as check_shapes
 
 FORMAT = "ssl-bf-embeddings/1"
 EMBEDDINGS_KEY = "embeddings"
@@ -88,32 +92,35 @@ def make_embeddings(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | 
                     classes: Optional[Sequence[str]] = None, normalized: bool = False,
                     image_paths: Optional[Sequence[str]] = None,
                     extra: Optional[dict[str, str]] = None, path: str = "<memory>") -> Embeddings:
-    """Embeddings with the standard metadata, validated (float32 features, int64 labels)."""
-    x = embeddings.detach().cpu().numpy() if isinstance(embeddings, torch.Tensor) else np.asarray(embeddings)
-    y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    """Embeddings with the standard metadata, validated (float32 features, int64 labels). Errors
+    name `path`, or for embeddings not yet bound to a file, the checkpoint that computed them."""
+    source = f"{checkpoint} ({split or 'its'} features)" if path == "<memory>" and checkpoint else path
+    x = embeddings if isinstance(embeddings, torch.Tensor) else np.asarray(embeddings)
+    y = labels if isinstance(labels, torch.Tensor) else np.asarray(labels)
     metadata = {"format": FORMAT, "checkpoint": str(checkpoint), "features": str(features),
                 "dataset": str(dataset), "split": str(split),
                 "classes": json.dumps(list(classes)) if classes else "",
                 "normalized": "true" if normalized else "false"}
     metadata.update({str(k): str(v) for k, v in (extra or {}).items()})
     paths = [str(p) for p in image_paths] if image_paths is not None else None
-    emb = Embeddings(_float_matrix(x, path), _int_labels(y, path), metadata, path, paths)
-    validate(emb)
+    emb = Embeddings(_float_matrix(x, source), check_labels(y, source, error=EmbeddingsError), metadata, path, paths)
+    validate(emb, source)
     if paths is not None and len(paths) != len(emb):
         raise EmbeddingsError(f"{path}: {len(paths)} image paths for {len(emb)} rows")
     return emb
 
 
-def write_embeddings(path: str, emb: Embeddings, dtype: str = "float32") -> None:
-    """Write `emb` as safetensors, atomically; `dtype` is the stored precision (float32, float16)."""
-    from safetensors.torch import save_file
-
+def write_embeddings(path: str, emb: Embeddings, dtype: str = "float32", *, option: str = "output",
+                     owner: Optional[Owner] = None) -> None:
+    """Write `emb` as safetensors, atomically; `dtype` is the stored precision (float32, float16).
+    `option` and `owner`: how the output guard names the file and whose run file it may be."""
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be float32 or float16, not {dtype}")
     stored = torch.from_numpy(np.ascontiguousarray(emb.embeddings)).to(getattr(torch, dtype))
-    if dtype == "float16" and not torch.isfinite(stored).all():
-        raise EmbeddingsError(f"{path}: some features exceed the float16 range (|x| > 65504); "
-                              f"store them with --dtype float32")
+    try:  # what is written can be read back: float16 turns |x| > 65504 into Inf and tiny rows into 0
+        check_features(stored, path, EmbeddingsError)
+    except EmbeddingsError as err:
+        raise EmbeddingsError(f"{err} once stored as {dtype}; store them with --dtype float32") from None
     tensors = {EMBEDDINGS_KEY: stored,
                LABELS_KEY: torch.from_numpy(np.ascontiguousarray(emb.labels, dtype=np.int64))}
     if emb.image_paths is not None:
@@ -122,16 +129,16 @@ def write_embeddings(path: str, emb: Embeddings, dtype: str = "float32") -> None
         blob = "\n".join(emb.image_paths).encode()
         tensors[PATHS_KEY] = torch.frombuffer(bytearray(blob), dtype=torch.uint8) if blob \
             else torch.zeros(0, dtype=torch.uint8)
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=dict(emb.metadata))
+    write_safetensors(tensors, emb.metadata, path, option=option, owner=owner)
     emb.path = path
 
 
 def save_embeddings(path: str, embeddings: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
-                    *, dtype: str = "float32", **metadata) -> Embeddings:
-    """`make_embeddings(embeddings, labels, **metadata)`, written to `path`; returns it."""
+                    *, dtype: str = "float32", owner: Optional[Owner] = None, **metadata) -> Embeddings:
+    """`make_embeddings(embeddings, labels, **metadata)`, written to `path` (`owner`: as for
+    `write_embeddings`); returns it."""
     emb = make_embeddings(embeddings, labels, path=path, **metadata)
-    write_embeddings(path, emb, dtype)
+    write_embeddings(path, emb, dtype, owner=owner)
     return emb
 
 
@@ -189,28 +196,27 @@ def open_embeddings(path: str, labels_path: Optional[str] = None) -> Embeddings:
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".safetensors", ".npy") or not os.path.isfile(path) or os.path.getsize(path) == 0:
         return load_embeddings(path, labels_path)
-    try:
-        rows = open_rows(path, EMBEDDINGS_KEY)
-    except (ValueError, OSError, KeyError, struct.error) as err:
-        if ext == ".safetensors":  # let the full reader say what is wrong with the file
-            return load_embeddings(path, labels_path)
-        raise EmbeddingsError(f"{path}: {err}") from None
-    if ext == ".safetensors":
+    metadata: dict[str, str] = {}
+    labels = None
+    if ext == ".safetensors":  # safetensors checks the header (offsets, sizes) before rows are read
         from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(path, framework="pt") as f:
                 metadata = dict(f.metadata() or {})
                 if LABELS_KEY not in set(f.keys()):
-                    raise EmbeddingsError(f"{path}: missing tensor 'labels' (N,) beside 'embeddings'")
-                labels = _int_labels(f.get_tensor(LABELS_KEY), path)
-        except SafetensorError as err:
-            raise EmbeddingsError(f"{path}: not a readable safetensors file ({err})") from None
-        if labels_path:
-            labels = _read_labels(labels_path, path, len(rows))
-    else:
-        metadata, labels = {}, _read_labels(labels_path or find_labels_file(path), path, len(rows))
-    emb = Embeddings(rows, labels, metadata, path)
+                    return load_embeddings(path, labels_path)  # it says what is missing
+                labels = as_array(f.get_tensor(LABELS_KEY), path, "labels", EmbeddingsError)
+        except SafetensorError:
+            return load_embeddings(path, labels_path)  # it says what is wrong with the file
+    try:
+        rows = open_rows(path, EMBEDDINGS_KEY)
+    except (ValueError, OSError, KeyError, TypeError, struct.error):
+        return load_embeddings(path, labels_path)  # not streamable as stored (e.g. float64): held whole
+    check_feature_layout(rows.shape, rows.dtype, path, EmbeddingsError)
+    if labels_path or labels is None:
+        labels = _read_labels(labels_path or find_labels_file(path), path, len(rows))
+    emb = Embeddings(rows, check_labels(labels, path, error=EmbeddingsError), metadata, path)
     validate(emb)
     return emb
 
@@ -249,7 +255,7 @@ def _read_safetensors(path: str) -> Embeddings:
             blob = f.get_tensor(PATHS_KEY) if PATHS_KEY in keys else None
     except SafetensorError as err:
         raise EmbeddingsError(f"{path}: not a readable safetensors file ({err})") from None
-    emb = Embeddings(_float_matrix(x, path), _int_labels(y, path), metadata, path)
+    emb = Embeddings(_float_matrix(x, path), check_labels(y, path, error=EmbeddingsError), metadata, path)
     if blob is not None:
         try:
             text = blob.numpy().tobytes().decode()
@@ -262,9 +268,10 @@ def _read_safetensors(path: str) -> Embeddings:
 def _read_npz(path: str) -> Embeddings:
     try:
         with np.load(path, allow_pickle=False) as z:
-            return _from_mapping({k: z[k] for k in z.files}, path)
+            arrays = {k: z[k] for k in z.files}
     except Exception as err:  # a parse boundary: zipfile, numpy and OS errors all mean "unreadable"
         raise EmbeddingsError(f"{path}: not a readable .npz file ({_numpy_reason(err)})") from None
+    return _from_mapping(arrays, path)
 
 
 def _from_mapping(d: dict, path: str) -> Embeddings:
@@ -273,7 +280,7 @@ def _from_mapping(d: dict, path: str) -> Embeddings:
     if fk is None or lk is None:
         raise EmbeddingsError(f"{path}: expected arrays named one of {_FEATURE_KEYS} and one of "
                               f"{_LABEL_KEYS}, found {sorted(map(str, d))}")
-    return Embeddings(_float_matrix(d[fk], path), _int_labels(d[lk], path), {}, path)
+    return Embeddings(_float_matrix(d[fk], path), check_labels(d[lk], path, error=EmbeddingsError), {}, path)
 
 
 def _read_array(path: str):
@@ -307,7 +314,7 @@ def _read_labels(labels_path: str, features_path: str, rows: Optional[int] = Non
         raise EmbeddingsError(f"{labels_path} (labels for {features_path}) is a folder; name the labels file")
     if not os.path.isfile(labels_path):
         raise EmbeddingsError(f"{labels_path} (labels for {features_path}): no such file")
-    labels = _int_labels(_read_array(labels_path), labels_path)
+    labels = check_labels(_read_array(labels_path), labels_path, error=EmbeddingsError)
     if rows is not None and len(labels) != rows:
         raise EmbeddingsError(f"{labels_path} holds {len(labels)} labels but {features_path} has {rows} rows; "
                               f"give the labels file that goes with it")
@@ -315,31 +322,10 @@ def _read_labels(labels_path: str, features_path: str, rows: Optional[int] = Non
 
 
 def _float_matrix(x, path: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        if x.dtype == torch.bfloat16:
-            x = x.float()
-        x = x.numpy()
-    elif not isinstance(x, np.ndarray):
-        raise EmbeddingsError(f"{path}: expected a tensor or array of features, found {type(x).__name__}")
-    if x.dtype.kind != "f":
-        raise EmbeddingsError(f"{path}: embeddings must be floating point, found dtype {x.dtype}")
-    if x.ndim != 2:
-        raise EmbeddingsError(f"{path}: embeddings must be 2-D (N, D), found shape {tuple(x.shape)}")
+    """A floating-point (N, D) array (rows are checked by `validate`)."""
+    x = as_array(x, path, "embeddings", EmbeddingsError)
+    check_feature_layout(x.shape, x.dtype, path, EmbeddingsError)
     return x
-
-
-def _int_labels(y, path: str) -> np.ndarray:
-    if isinstance(y, torch.Tensor):
-        y = y.detach().cpu().numpy()
-    elif not isinstance(y, np.ndarray):
-        raise EmbeddingsError(f"{path}: expected a tensor or array of labels, found {type(y).__name__}")
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.dtype.kind == "b":
-        raise EmbeddingsError(f"{path}: labels must be integers, found dtype {y.dtype}")
-    return integer_labels(y, f"{path}: labels", EmbeddingsError).copy()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,42 +333,21 @@ def _int_labels(y, path: str) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-def validate(emb: Embeddings) -> None:
-    """Raise EmbeddingsError, naming the file, unless `emb` is usable on its own."""
-    n = emb.embeddings.shape[0]
-    if n == 0 or emb.embeddings.shape[1] == 0:
-        raise EmbeddingsError(f"{emb.path}: no embeddings (shape {tuple(emb.embeddings.shape)})")
-    if emb.labels.shape != (n,):
-        raise EmbeddingsError(f"{emb.path}: {n} embeddings but {emb.labels.shape[0]} labels")
-    streamed = not isinstance(emb.embeddings, np.ndarray)  # a FileRows: checked as its blocks are read
-    bad = np.zeros(0, np.int64) if streamed else nonfinite_rows(emb.embeddings)
-    if bad.size:
-        shown = ", ".join(map(str, bad[:5])) + (", ..." if bad.size > 5 else "")
-        raise EmbeddingsError(f"{emb.path}: {bad.size} of {n} rows contain NaN or Inf (rows {shown})")
-    c = emb.num_classes
-    if c is not None and (emb.labels.min() < 0 or emb.labels.max() >= c):
-        raise EmbeddingsError(f"{emb.path}: labels span [{emb.labels.min()}, {emb.labels.max()}] but "
-                              f"the metadata lists {c} classes")
-
-
-def nonfinite_rows(x: np.ndarray, block: int = 1 << 16) -> np.ndarray:
-    """Indices of rows holding NaN or Inf, checked block by block (no full-size temporary)."""
-    bad = [start + np.flatnonzero(~np.isfinite(x[start:start + block]).all(axis=1))
-           for start in range(0, x.shape[0], block)]
-    return np.concatenate(bad) if bad else np.zeros(0, np.int64)
+def validate(emb: Embeddings, source: Optional[str] = None) -> None:
+    """Raise EmbeddingsError, naming the file (`source`, default `emb.path`) and the rows, unless
+    `emb` is usable on its own. In-memory rows are checked here; the rows of a `FileRows` as the
+    search reads them."""
+    source = source or emb.path
+    check_feature_layout(emb.embeddings.shape, emb.embeddings.dtype, source, EmbeddingsError)
+    if isinstance(emb.embeddings, np.ndarray):
+        check_features(emb.embeddings, source, EmbeddingsError)
+    emb.labels = check_labels(emb.labels, source, rows=emb.embeddings.shape[0], num_classes=emb.num_classes,
+                              error=EmbeddingsError)
 
 
 def check_pair(train: Embeddings, test: Embeddings, ks: Sequence[int] = ()) -> None:
     """Raise EmbeddingsError unless `train` and `test` can be scored together with every k."""
-    if train.dim != test.dim:
-        raise EmbeddingsError(f"embedding dimensions differ: {train.path} has D={train.dim}, "
-                              f"{test.path} has D={test.dim}")
-    for k in ks:
-        if k < 1:
-            raise EmbeddingsError(f"k must be at least 1, got {k}")
-        if k > len(train):
-            raise EmbeddingsError(f"k={k} is larger than the train set: {train.path} has "
-                                  f"{len(train)} rows; use --k values up to {len(train)}")
+    check_shapes(train.embeddings.shape, test.embeddings.shape, train.path, test.path, ks, EmbeddingsError)
     ct, cs = train.classes, test.classes
     if ct and cs and ct != cs:
         raise EmbeddingsError(f"class lists differ: {train.path} has {len(ct)} classes, "

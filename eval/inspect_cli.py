@@ -15,11 +15,12 @@ import sys
 from typing import Optional
 
 from ssl_bf.cli_args import Parser
+from ssl_bf.file_kinds import FileKind
 
-from .cli_common import run_command, sidecar
+from .cli_common import run_command, sidecar, write_json
 from .foreign_formats import FORMATS, drop_reason
 from .import_choices import ImportChoices, add_import_options
-from .options import check_outputs
+from .options import Output, check_outputs
 
 PROG = "ssl-bf inspect"
 
@@ -42,18 +43,16 @@ def inspect_main(argv: Optional[list[str]] = None) -> int:
 
 
 def _inspect_command(args: argparse.Namespace) -> int:
-    from ssl_bf.io import write_json_atomic
-
+    inputs = [args.checkpoint, sidecar(args.checkpoint)]
     if args.json and args.json != "-":
-        check_outputs([("--json", args.json)], inputs=[args.checkpoint, sidecar(args.checkpoint)])
+        check_outputs([Output("--json", args.json, FileKind.JSON)], inputs=inputs)
     report = describe(args.checkpoint, ImportChoices.from_args(args))
     if args.json == "-":
         json.dump(report, sys.stdout, indent=2)
         print()
         return 0
     print(render(report, all_keys=args.keys))
-    if args.json:
-        write_json_atomic(report, args.json)
+    write_json(report, args.json, inputs=inputs)
     return 0
 
 

@@ -5,11 +5,14 @@ import argparse
 import time
 from typing import Optional
 
-from ssl_bf.cli_args import Parser, nonneg_int, positive_float, positive_int
+from ssl_bf.cli_args import ArgumentError, Parser, nonneg_int, positive_float, positive_int
+from ssl_bf.file_kinds import FileKind
 
-from .cli_common import (EXIT_OK, add_device, add_progress_and_json, check_device, check_train_test, knn_table,
-                         run_command, unique_values, write_json)
-from .options import check_outputs
+from .cli_common import (EXIT_OK, add_device, add_progress_and_json, check_device, check_inputs_exist,
+                         check_train_test, knn_table, run_command, unique_values, write_json)
+from .few_shot_probe import add_few_shot_options, check_few_shot_options
+from .groups import add_group_options, check_group_options
+from .options import Output, check_outputs
 
 
 def knn_parser() -> Parser:
@@ -38,8 +41,23 @@ def knn_parser() -> Parser:
                    "streams a .safetensors/.npy bank from its file in row blocks sized to fit; the other "
                    "indexes (and a GPU) hold the whole index on top of it")
     add_device(p)
-    add_progress_and_json(p, 'write {"results": [{"k", "temperature", "top1", "top5"}], ...}')
+    add_group_options(p)
+    add_few_shot_options(p, label_fraction=False, seed_option=True)
+    add_progress_and_json(p, 'write {"results": [{"k", "temperature", "top1", "top5", "per_group"}], ...}; with '
+                          '--shots: the mean and std over draws and each draw under "draws"')
     return p
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """What `ssl-bf knn` checks before any compute, the device aside (`ssl-bf submit` runs it too):
+    the input files exist, --json may be written, --test is not the --train file."""
+    check_outputs([Output("--json", args.json, FileKind.JSON)],
+                  inputs=[args.train, args.test, args.train_labels, args.test_labels])
+    check_train_test(args, "every query would find itself as its nearest neighbour (an inflated accuracy)")
+    check_group_options(args)
+    check_few_shot_options(args)
+    check_inputs_exist([("--train", args.train), ("--test", args.test), ("--train-labels", args.train_labels),
+                        ("--test-labels", args.test_labels)])
 
 
 def knn_main(argv: Optional[list[str]] = None) -> int:
@@ -54,24 +72,33 @@ def _peak_gb() -> float:
 
 
 def _knn_command(args: argparse.Namespace) -> int:
+    from ssl_bf.knn.vote import LabelSpace, knn_evaluate, use_gpu
+
     from .formats import check_pair, load_embeddings, open_embeddings
-    from ssl_bf.knn.vote import knn_evaluate, use_gpu
+    from .groups import groups_description, groups_from_options, knn_per_group, label_counts
 
     prog = "ssl-bf knn"
     ks = unique_values(prog, "--k", args.k)
     temperatures = unique_values(prog, "--temperature", args.temperature)
-    check_outputs([("--json", args.json)], inputs=[args.train, args.test, args.train_labels, args.test_labels])
-    check_train_test(args, "every query would find itself as its nearest neighbour (an inflated accuracy)")
+    check_inputs(args)
     check_device(args.device)
     tic = time.perf_counter()
-    streamed = args.index == "flat" and not use_gpu(args.device)  # exact on the CPU: rows stay in the files
+    # exact on the CPU: rows stay in the files (a few-shot bank is a selection of rows: loaded)
+    streamed = args.index == "flat" and not use_gpu(args.device) and args.shots is None
     read = open_embeddings if streamed else load_embeddings
     train = read(args.train, args.train_labels)
     test = read(args.test, args.test_labels)
     check_pair(train, test, ks)
+    options = dict(num_classes=train.num_classes, index=args.index, memory_budget_gb=args.memory_budget,
+                   device=args.device, progress=not args.no_progress, recall_sample=args.recall_sample)
+    if args.shots is not None:
+        return _few_shot(args, train, test, ks, temperatures, options, tic)
+    space = LabelSpace.from_train(train.labels, train.num_classes)
+    groups = groups_from_options(args, label_counts(space, train.labels))  # a bad --group-counts: before the search
     out = knn_evaluate(train.embeddings, train.labels, test.embeddings, test.labels, ks, temperatures,
-                       num_classes=train.num_classes, index=args.index, memory_budget_gb=args.memory_budget,
-                       device=args.device, progress=not args.no_progress, recall_sample=args.recall_sample)
+                       keep_predictions=True, **options)
+    for row in out.results:
+        row["per_group"] = knn_per_group(out, space, test.labels, (row["k"], row["temperature"]), groups)
     print(f"k-NN: {len(train)} train x {len(test)} test rows, D={train.dim}, {out.num_classes} classes, "
           f"index {args.index}, search {out.search_seconds:.2f} s")
     if out.recall is not None:
@@ -80,6 +107,7 @@ def _knn_command(args: argparse.Namespace) -> int:
         print(f"bank streamed: {out.plan.describe()}; peak memory {_peak_gb():.2f} GB "
               f"(budget {args.memory_budget:g} GB)")
     print(knn_table(out.results))
+    print(groups_description(out.results[0]["per_group"]))
     write_json({"results": out.results, "train": args.train, "test": args.test, "index": args.index,
                 "recall": out.recall, "num_classes": out.num_classes, "train_rows": len(train),
                 "test_rows": len(test), "dim": train.dim, "search_seconds": round(out.search_seconds, 3),
@@ -87,4 +115,39 @@ def _knn_command(args: argparse.Namespace) -> int:
                 "plan": vars(out.plan) if out.plan is not None else None,
                 "peak_memory_gb": round(_peak_gb(), 3),
                 "seconds": round(time.perf_counter() - tic, 3)}, args.json)
+    return EXIT_OK
+
+
+def _few_shot(args: argparse.Namespace, train, test, ks, temperatures, options: dict, tic: float) -> int:
+    """`knn --shots N`: every draw's bank is N train rows of every class; mean ± std over draws."""
+    from ssl_bf.knn.vote import LabelSpace, knn_evaluate
+
+    from .few_shot_probe import describe, draw_rows, draw_count, summarize, summary_line
+    from .groups import groups_description, groups_from_options, knn_per_group, label_counts
+
+    space = LabelSpace.from_train(train.labels, train.num_classes)
+    groups = groups_from_options(args, label_counts(space, train.labels))
+    bank = args.shots * space.num_classes
+    if max(ks) > bank:
+        raise ArgumentError(f"--k {max(ks)} is larger than the few-shot bank (--shots {args.shots} x "
+                            f"{space.num_classes} classes = {bank} rows); use --k values up to {bank}")
+    pairs = [(k, t) for k in ks for t in temperatures]
+    per_pair: dict = {p: [] for p in pairs}
+    for r in range(draw_count(args)):
+        rows = draw_rows(train.labels, args.shots, None, args.seed, r)
+        out = knn_evaluate(train.embeddings[rows], train.labels[rows], test.embeddings, test.labels, ks,
+                           temperatures, keep_predictions=True, **options)
+        for row in out.results:
+            pair = (row["k"], row["temperature"])
+            per_pair[pair].append({"draw": r, "train_rows": int(len(rows)), "top1": row["top1"], "top5": row["top5"],
+                                   "per_group": knn_per_group(out, space, test.labels, pair, groups)})
+    results = [{"k": k, "temperature": t, **summarize(per_pair[(k, t)], args.shots, None, args.seed)} for k, t in pairs]
+    print(f"k-NN, {describe(results[0])}: banks of {args.shots} train rows per class x {len(test)} test rows, "
+          f"{space.num_classes} classes")
+    for row in results:
+        print(f"k={row['k']} T={row['temperature']:g}: {summary_line(row)}")
+    print(groups_description(results[0]["per_group"]))
+    write_json({"results": results, "shots": args.shots, "num_draws": draw_count(args), "seed": args.seed,
+                "train": args.train, "test": args.test, "index": args.index, "num_classes": space.num_classes,
+                "test_rows": len(test), "dim": train.dim, "seconds": round(time.perf_counter() - tic, 3)}, args.json)
     return EXIT_OK

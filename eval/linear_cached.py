@@ -5,6 +5,8 @@
   A different protocol from the image ones (`ssl_bf.eval.linear_images`): results carry that label.
 - `logreg`: multinomial logistic regression, full-batch L-BFGS on standardised cached features,
   an L2 sweep (all values fit jointly, one data pass per step) selected on the same held-out split.
+Inputs pass `ssl_bf.validate`; standardisation (logreg, `--bn-head`) is in float64 and scale-free
+(`cached_inputs`), so the features' scale never changes the result.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ssl_bf.knn.vote import LabelSpace, as_numpy
-from .linear_common import LinearHead, ProbeResult, Recipe, recipe_for, space_values, topk_correct
+from .cached_inputs import AsStored, Standardiser, probe_inputs
+from .linear_common import ProbeResult, Recipe, class_hits, recipe_for, space_values, topk_correct
 
 CACHED_NOTE = "cached centre-crop features, no augmentation (not the mocov2/mocov3 protocol)"
 DEFAULT_CACHED_LRS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -43,17 +45,6 @@ def holdout_split(labels: np.ndarray, fraction: float = 0.1, seed: int = 0) -> t
         held.append(rows[:n_held])
         fit.append(rows[n_held:])
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
-
-
-def _tensor(x, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(np.ascontiguousarray(as_numpy(x)), dtype=torch.float32).to(device)
-
-
-def _standardizer(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-dimension mean and variance of the rows of `x` (N, D), in float64 for stability."""
-    mean = x.double().mean(0)
-    var = x.double().var(0, unbiased=False)
-    return mean.float(), var.float()
 
 
 def _xent_columns(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +130,10 @@ def _train_linear_heads(x: torch.Tensor, y: torch.Tensor, num_classes: int, lrs:
 
 
 def _scores(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
-    """Logits (L, N, C) of stacked heads w (L, D, C), b (L, C), computed in row chunks."""
+    """Logits (L, N, C) of stacked heads w (L, D, C), b (L, C), computed in row chunks (N may be 0:
+    a one-shot draw holds nothing out)."""
+    if len(x) == 0:
+        return x.new_zeros(len(w), 0, w.shape[2])
     return torch.cat([torch.baddbmm(b[:, None, :], x[i:i + chunk].expand(len(w), -1, -1), w)
                       for i in range(0, len(x), chunk)], dim=1)
 
@@ -148,32 +142,6 @@ def _accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:
     if not torch.isfinite(logits).all():
         return -1.0  # a diverged head is never selected
     return 100.0 * topk_correct(logits, target)[0] / max(1, len(target))
-
-
-def _head_from(w: torch.Tensor, b: torch.Tensor, mean: Optional[torch.Tensor],
-               var: Optional[torch.Tensor]) -> LinearHead:
-    """A LinearHead computing `standardise(x) @ w + b` (the BN running stats hold mean/var)."""
-    head = LinearHead(w.shape[0], w.shape[1], bn=mean is not None)
-    with torch.no_grad():
-        head.fc.weight.copy_(w.T)
-        head.fc.bias.copy_(b)
-        if mean is not None:
-            head.norm.running_mean.copy_(mean)
-            head.norm.running_var.copy_(var)
-    return head.eval()
-
-
-def _prepare(train_x, train_y, test_x, test_y, num_classes, device):
-    dev = torch.device(device)
-    ytr = as_numpy(train_y).astype(np.int64)
-    space = LabelSpace.from_train(ytr, num_classes)
-    x = _tensor(train_x, dev)
-    xt = _tensor(test_x, dev)
-    if x.shape[1] != xt.shape[1]:
-        raise ValueError(f"feature dimensions differ: train D={x.shape[1]}, test D={xt.shape[1]}")
-    y = torch.from_numpy(space.encode(ytr)).to(dev)
-    yt = torch.from_numpy(space.encode(as_numpy(test_y).astype(np.int64))).to(dev)
-    return dev, space, x, y, xt, yt
 
 
 def probe_cached(train_x, train_y, test_x, test_y, lrs: Sequence[float] = DEFAULT_CACHED_LRS,
@@ -188,40 +156,31 @@ def probe_cached(train_x, train_y, test_x, test_y, lrs: Sequence[float] = DEFAUL
     """
     tic = time.perf_counter()
     recipe = recipe or recipe_for("cached")
-    dev, space, x, y, xt, yt = _prepare(train_x, train_y, test_x, test_y, num_classes, device)
-    fit_rows, val_rows = (torch.from_numpy(r).to(dev) for r in holdout_split(y.cpu().numpy(), val_fraction, seed))
-
-    def standardise(rows: torch.Tensor):
-        if not bn_head:
-            return None, None, (lambda z: z)
-        mean, var = _standardizer(x[rows])
-        inv = (var + 1e-6).rsqrt()
-        return mean, var, (lambda z: (z - mean) * inv)
-
-    _, _, norm = standardise(fit_rows)
-    w, b = train_linear_heads(norm(x[fit_rows]), y[fit_rows], space.num_classes, lrs, recipe, seed)
-    val_logits = _scores(norm(x[val_rows]), w, b)  # (L, V, C)
+    dev = torch.device(device)
+    data = probe_inputs(train_x, train_y, test_x, test_y, num_classes, dev)
+    y, c = data.y, data.space.num_classes
+    fit_np, val_np = holdout_split(y.cpu().numpy(), val_fraction, seed)
+    fit_rows, val_rows = torch.from_numpy(fit_np).to(dev), torch.from_numpy(val_np).to(dev)
+    norm = Standardiser.fit(data.train, fit_np) if bn_head else AsStored()
+    w, b = train_linear_heads(norm.apply(data.train, fit_np, dev, "train features"), y[fit_rows], c, lrs, recipe, seed)
+    val_logits = _scores(norm.apply(data.train, val_np, dev, "train features"), w, b)  # (L, V, C)
     sweep = [{"lr": lr, "val_top1": _accuracy(val_logits[i], y[val_rows])} for i, lr in enumerate(lrs)]
     best = max(range(len(lrs)), key=lambda i: sweep[i]["val_top1"])
     if sweep[best]["val_top1"] < 0:
         raise RuntimeError(f"every learning rate in {list(lrs)} diverged; try smaller ones or --bn-head")
     if refit:
-        all_rows = torch.arange(len(x), device=dev)
-        mean, var, norm = standardise(all_rows)
-        w, b = train_linear_heads(norm(x), y, space.num_classes, [lrs[best]], recipe, seed)
+        norm = Standardiser.fit(data.train) if bn_head else norm
+        w, b = train_linear_heads(norm.apply(data.train, None, dev, "train features"), y, c, [lrs[best]], recipe, seed)
         w, b = w[0], b[0]
     else:
-        mean, var, norm = standardise(fit_rows)
         w, b = w[best], b[best]
-    logits = norm(xt) @ w + b  # (Q, C)
-    t1, t5 = topk_correct(logits, yt)
+    logits = norm.apply(data.test, None, dev, "test features") @ w + b  # (Q, C)
+    t1, t5 = topk_correct(logits, data.yt)
+    q = len(data.yt)
     hp = {"lr": lrs[best], **{k: v for k, v in asdict(recipe).items() if k not in ("lr", "milestones")},
           "bn_head": bn_head, "val_fraction": val_fraction, "refit": refit}
-    return ProbeResult("cached", 100.0 * t1 / len(yt), 100.0 * t5 / len(yt), hp, sweep, CACHED_NOTE,
-                       time.perf_counter() - tic, space.num_classes,
-                       _head_from(w.cpu(), b.cpu(), None if mean is None else mean.cpu(),
-                                  None if var is None else var.cpu()),
-                       space_values(space))
+    return ProbeResult("cached", 100.0 * t1 / q, 100.0 * t5 / q, hp, sweep, CACHED_NOTE, time.perf_counter() - tic,
+                       c, norm.head(w.cpu(), b.cpu()), space_values(data.space), *class_hits(logits, data.yt, c))
 
 
 def fit_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float | Sequence[float],
@@ -280,30 +239,29 @@ def probe_logreg(train_x, train_y, test_x, test_y, l2s: Sequence[float] = DEFAUL
     close: `refit_iter` iterations, default max_iter / 3).
     """
     tic = time.perf_counter()
-    dev, space, x, y, xt, yt = _prepare(train_x, train_y, test_x, test_y, num_classes, device)
+    dev = torch.device(device)
+    data = probe_inputs(train_x, train_y, test_x, test_y, num_classes, dev)
+    y, c = data.y, data.space.num_classes
     fit_np, val_np = holdout_split(y.cpu().numpy(), val_fraction, seed)
     if sweep_rows is not None and len(fit_np) > sweep_rows:
         fit_np = np.sort(np.random.default_rng(seed).choice(fit_np, sweep_rows, replace=False))
     fit_rows, val_rows = torch.from_numpy(fit_np).to(dev), torch.from_numpy(val_np).to(dev)
-    mean, var = _standardizer(x[fit_rows])
-    inv = (var + 1e-6).rsqrt()
-    scale = len(x) / len(fit_rows)  # the same prior strength as on all N rows
-    w_all, b_all = fit_logreg((x[fit_rows] - mean) * inv, y[fit_rows], space.num_classes,
+    norm = Standardiser.fit(data.train, fit_np)
+    scale = len(y) / len(fit_rows)  # the same prior strength as on all N rows
+    w_all, b_all = fit_logreg(norm.apply(data.train, fit_np, dev), y[fit_rows], c,
                               [v * scale for v in l2s], max_iter)  # (L, D, C), (L, C)
-    val_logits = _scores((x[val_rows] - mean) * inv, w_all, b_all)  # (L, V, C)
+    val_logits = _scores(norm.apply(data.train, val_np, dev), w_all, b_all)  # (L, V, C)
     sweep = [{"l2": v, "val_top1": _accuracy(val_logits[i], y[val_rows])} for i, v in enumerate(l2s)]
     best = max(range(len(l2s)), key=lambda i: sweep[i]["val_top1"])
     w, b = w_all[best], b_all[best]
     if refit:
-        mean, var = _standardizer(x)
-        inv = (var + 1e-6).rsqrt()
-        w, b = fit_logreg((x - mean) * inv, y, space.num_classes, l2s[best],
-                          refit_iter or max(1, max_iter // 3), (w, b))
-    logits = ((xt - mean) * inv) @ w + b
-    t1, t5 = topk_correct(logits, yt)
+        norm = Standardiser.fit(data.train)
+        w, b = fit_logreg(norm.apply(data.train, None, dev), y, c, l2s[best], refit_iter or max(1, max_iter // 3), (w, b))
+    logits = norm.apply(data.test, None, dev) @ w + b  # (Q, C)
+    t1, t5 = topk_correct(logits, data.yt)
+    q = len(data.yt)
     hp = {"l2": l2s[best], "max_iter": max_iter, "val_fraction": val_fraction, "refit": refit,
           "sweep_rows": len(fit_rows), "standardized": True}
-    return ProbeResult("logreg", 100.0 * t1 / len(yt), 100.0 * t5 / len(yt), hp, sweep,
+    return ProbeResult("logreg", 100.0 * t1 / q, 100.0 * t5 / q, hp, sweep,
                        "L-BFGS logistic regression on " + CACHED_NOTE, time.perf_counter() - tic,
-                       space.num_classes, _head_from(w.cpu(), b.cpu(), mean.cpu(), var.cpu()),
-                       space_values(space))
+                       c, norm.head(w.cpu(), b.cpu()), space_values(data.space), *class_hits(logits, data.yt, c))

@@ -11,12 +11,15 @@ from typing import Optional
 
 from ssl_bf.cli_args import (ArgumentError, Parser, fail, nonneg_float, nonneg_int, open_fraction,
                              positive_float, positive_int, seed)
+from ssl_bf.file_kinds import FileKind
 
 from .cli_common import (EXIT_CHECK, EXIT_OK, add_device, add_progress_and_json, add_skip_unreadable, check_device,
-                         check_train_test, fmt, input_notes, leave_group, print_note, run_command, sidecar,
-                         skipped_summary, table, unique_values, write_json)
+                         check_inputs_exist, check_train_test, input_notes, leave_group, print_note, run_command,
+                         sidecar, skipped_summary, unique_values, write_json)
+from .few_shot_probe import add_few_shot_options, check_few_shot_options, is_few_shot
+from .groups import add_group_options, check_group_options
 from .import_choices import ImportChoices, add_import_options
-from .options import check_outputs
+from .options import Output, check_outputs
 
 DEFAULT_PROBE_SAVE_EVERY = 500  # steps between mid-epoch saves of an image probe with --work-dir
 
@@ -39,7 +42,7 @@ def linear_parser() -> Parser:
     p.add_argument("--protocol", choices=["mocov2", "mocov3", "cached", "logreg"], required=True)
     p.add_argument("--checkpoint", help="checkpoint (mocov2/mocov3; cached/logreg embed from it unless "
                    "--train/--test are given)")
-    p.add_argument("--data", help="dataset name or image folder (default: the checkpoint's config)")
+    p.add_argument("--data", help="dataset name, image folder or shard manifest (default: the checkpoint's config)")
     p.add_argument("--root", help="data root for a dataset name")
     p.add_argument("--train", help="cached/logreg: train embeddings file")
     p.add_argument("--test", help="cached/logreg: test embeddings file")
@@ -75,7 +78,10 @@ def linear_parser() -> Parser:
                    f"probe loses at most STEPS steps (default {DEFAULT_PROBE_SAVE_EVERY})")
     add_device(p)
     p.add_argument("--save-head", metavar="PATH", help="write the trained head (torch, weights_only-loadable)")
-    add_progress_and_json(p, 'write {"top1", "top5", "protocol", "hyperparameters", ...}')
+    add_group_options(p)
+    add_few_shot_options(p)
+    add_progress_and_json(p, 'write {"top1", "top5", "protocol", "hyperparameters", "per_group", ...}; with '
+                          '--shots / --label-fraction: the mean and std over draws and each draw under "draws"')
     return p
 
 
@@ -85,11 +91,10 @@ def linear_main(argv: Optional[list[str]] = None) -> int:
     return run_command("ssl-bf linear", linear_parser, _linear_command, argv)
 
 
-def _linear_command(args: argparse.Namespace) -> int:
-    from .linear_common import save_head
-    from .linear_images import BackboneChangedError
-
-    prog = "ssl-bf linear"
+def check_inputs(args: argparse.Namespace) -> None:
+    """What `ssl-bf linear` checks before any compute, the device aside (`ssl-bf submit` runs it too):
+    the options fit the protocol, the inputs exist, the outputs and --work-dir may be written,
+    --test is not the --train file."""
     if args.protocol in ("mocov2", "mocov3") and not args.checkpoint:
         raise ArgumentError(f"--protocol {args.protocol} needs --checkpoint")
     if args.protocol in ("mocov2", "mocov3") and (args.train or args.test):
@@ -100,11 +105,19 @@ def _linear_command(args: argparse.Namespace) -> int:
                             "both splits with --checkpoint")
     if args.protocol in ("cached", "logreg") and not (args.train and args.test) and not args.checkpoint:
         raise ArgumentError(f"--protocol {args.protocol} needs --train and --test embeddings files, or --checkpoint")
+    check_group_options(args)
+    check_few_shot_options(args)
+    if is_few_shot(args) and args.protocol not in ("cached", "logreg"):
+        raise ArgumentError(f"--shots / --label-fraction train a probe on cached embeddings: use --protocol cached "
+                            f"or logreg, not {args.protocol}")
+    if is_few_shot(args) and args.save_head:
+        raise ArgumentError(f"--save-head {args.save_head} saves one head, but --shots / --label-fraction trains "
+                            f"one per draw; leave --save-head out")
     if args.lrs:
-        args.lrs = unique_values(prog, "--lrs", args.lrs)
+        args.lrs = unique_values("ssl-bf linear", "--lrs", args.lrs)
     if args.l2:
-        args.l2 = unique_values(prog, "--l2", args.l2)
-    check_outputs([("--save-head", args.save_head), ("--json", args.json)],
+        args.l2 = unique_values("ssl-bf linear", "--l2", args.l2)
+    check_outputs([Output("--save-head", args.save_head, FileKind.TORCH), Output("--json", args.json, FileKind.JSON)],
                   inputs=[args.checkpoint, sidecar(args.checkpoint), args.train, args.test, args.train_labels,
                           args.test_labels])
     if args.train and args.test:
@@ -113,59 +126,63 @@ def _linear_command(args: argparse.Namespace) -> int:
         _check_work_dir(args)
     elif args.save_every:
         raise ArgumentError(f"--save-every {args.save_every} saves the probe's state into --work-dir; give --work-dir DIR")
+    check_inputs_exist([("--checkpoint", args.checkpoint), ("--train", args.train), ("--test", args.test),
+                        ("--train-labels", args.train_labels), ("--test-labels", args.test_labels)])
+
+
+def _linear_command(args: argparse.Namespace) -> int:
+    from .linear_common import save_head
+    from .linear_images import BackboneChangedError
+
+    prog = "ssl-bf linear"
+    check_inputs(args)
     check_device(args.device)
     from ssl_bf import distributed as dist_utils
 
     had_group = dist_utils.is_initialized()
+    ok = False  # this rank finished its part
     try:
         if args.protocol in ("mocov2", "mocov3"):
             result, classes, skipped = _linear_images(args)
         else:
             result, classes, skipped = _linear_cached(args)
+        ok = True
     except BackboneChangedError as err:
         return fail(prog, err, EXIT_CHECK)
     finally:
-        leave_group(had_group)
+        leave_group(had_group, wait=ok)
     if result is None:  # a rank other than 0 of a process group: rank 0 reports
         return EXIT_OK
+    from .groups import group_accuracy, groups_from_options
+    from .linear_cached_run import print_few_shot, print_probe
+
+    if isinstance(result, dict):  # --shots / --label-fraction: the summary over draws
+        print_few_shot(args.protocol, result)
+        write_json({"protocol": args.protocol, **result, **skipped}, args.json)
+        return EXIT_OK
+    per_group = group_accuracy(result.class_hits, result.class_totals, groups_from_options(args, result.train_counts))
     if args.save_head:
         save_head(args.save_head, result, classes)
-    print(f"linear probe, protocol {result.protocol}" + (f" ({result.note})" if result.note else ""))
-    if result.sweep:
-        key = "lr" if "lr" in result.sweep[0] else "l2"
-        print(table([key, "held-out top-1 %"], [[s[key], s["val_top1"]] for s in result.sweep]))
-    chosen = {k: v for k, v in result.hyperparameters.items() if k in ("lr", "l2", "used_lr", "epochs", "batch_size")}
-    print(table(["protocol", "top-1 %", "top-5 %", "chosen", "seconds"],
-                [[result.protocol, result.top1, result.top5,
-                  " ".join(f"{k}={fmt(v)}" for k, v in chosen.items()), round(result.seconds, 2)]]))
-    write_json({**result.to_dict(), "head": args.save_head, **skipped}, args.json)
+    print_probe(result, per_group)
+    write_json({**result.to_dict(), "per_group": per_group, "head": args.save_head, **skipped}, args.json)
     return EXIT_OK
 
 
 def _check_work_dir(args: argparse.Namespace) -> None:
     """--work-dir: only for the image protocols, and a folder that can be made and written."""
-    import os
-
-    from ssl_bf.io import folder_problem
+    from ssl_bf.outputs import check_output_folder
 
     if args.protocol not in ("mocov2", "mocov3"):
         raise ArgumentError(f"--work-dir keeps the epochs of --protocol mocov2/mocov3; --protocol {args.protocol} "
                             f"has no epochs to resume")
-    if os.path.exists(args.work_dir) and not os.path.isdir(args.work_dir):
-        raise ArgumentError(f"--work-dir {args.work_dir} is a file; give a folder")
-    problem = folder_problem(args.work_dir)
-    if problem:
-        raise ArgumentError(f"--work-dir {args.work_dir}: {problem}")
+    check_output_folder(args.work_dir, option="--work-dir")
 
 
 def _join_torchrun(device) -> None:
     """Join the process group when torchrun (or a multi-task SLURM job) started this process."""
-    import os
-
     from ssl_bf import distributed as dist_utils
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist_utils.init_distributed(device)
+    dist_utils.init_distributed(device)
 
 
 def _linear_images(args):
@@ -230,9 +247,6 @@ def _fit_subset(subset: Optional[int], name: str, root: Optional[str], split: st
 
 def _linear_cached(args):
     from .formats import check_pair, load_embeddings
-    from .linear_cached import DEFAULT_CACHED_LRS, DEFAULT_L2, probe_cached, probe_logreg
-    from .linear_common import recipe_for
-
     if args.train and args.test:
         import os
 
@@ -256,16 +270,9 @@ def _linear_cached(args):
             return None, None, {}
         input_notes("ssl-bf linear", train.metadata)
     check_pair(train, test)
-    device = "cpu" if args.device == "auto" else args.device
-    common = dict(num_classes=train.num_classes, val_fraction=args.val_fraction, refit=not args.no_refit,
-                  seed=args.seed, device=device)
-    if args.protocol == "cached":
-        recipe = recipe_for("cached", args.epochs, args.batch_size, None, args.weight_decay)
-        result = probe_cached(train.embeddings, train.labels, test.embeddings, test.labels,
-                              lrs=args.lrs or DEFAULT_CACHED_LRS, recipe=recipe, bn_head=args.bn_head, **common)
-    else:
-        result = probe_logreg(train.embeddings, train.labels, test.embeddings, test.labels,
-                              l2s=args.l2 or DEFAULT_L2, max_iter=args.max_iter, **common)
+    from .linear_cached_run import probe_embeddings
+
+    result = probe_embeddings(args, train, test)
     listed = skipped_summary(train.metadata).get("unreadable_skipped", []) + \
         skipped_summary(test.metadata).get("unreadable_skipped", [])
     return result, train.classes, ({"unreadable_skipped": listed} if listed else {})

@@ -12,10 +12,12 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-from ssl_bf.knn.vote import LabelSpace
+from ssl_bf.knn.labels import LabelSpace
+from ssl_bf.run_layout import Owner
 
 PROTOCOLS = ("mocov2", "mocov3", "cached", "logreg")
 
@@ -86,6 +88,14 @@ class LinearHead(nn.Module):
         return self.fc(self.norm(x))  # (N, C)
 
 
+def class_hits(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: top-1 hits and test images, (C,) int64 each, of logits (Q, C) against class
+    indices (Q,); a target of -1 (a class unknown to train) is in neither."""
+    from .groups import hits_from_predictions
+
+    return hits_from_predictions(logits.argmax(-1).cpu().numpy(), target.cpu().numpy(), num_classes)
+
+
 def topk_correct(logits: torch.Tensor, target: torch.Tensor) -> tuple[int, int]:
     """Counts of top-1 and top-min(5, C) hits; a target of -1 never hits."""
     top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices  # (N, 5)
@@ -107,6 +117,9 @@ class ProbeResult:
     num_classes: int = 0
     head: Optional[LinearHead] = None
     label_values: Optional[list[int]] = None  # class index i <-> dataset label label_values[i]
+    class_hits: Optional[np.ndarray] = None  # (C,) top-1 hits per class on the test set
+    class_totals: Optional[np.ndarray] = None  # (C,) test images per class
+    train_counts: Optional[np.ndarray] = None  # (C,) train images per class (the image protocols)
 
     def to_dict(self) -> dict:
         d = {"protocol": self.protocol, "top1": self.top1, "top5": self.top5,
@@ -117,21 +130,23 @@ class ProbeResult:
         return d
 
 
-def save_head(path: str, result: ProbeResult, classes: Optional[Sequence[str]] = None) -> None:
-    """Write the trained head (state dict + what it needs to be rebuilt) atomically.
+def save_head(path: str, result: ProbeResult, classes: Optional[Sequence[str]] = None, *,
+              option: str = "--save-head", owner: Optional[Owner] = None) -> None:
+    """Write the trained head (state dict + what it needs to be rebuilt) through the output guard,
+    atomically (`option`, `owner`: as the guard names the file and whose run file it may be).
 
     Loadable with `torch.load(path, weights_only=True)`.
     """
-    from ssl_bf.io import save_atomic
+    from ssl_bf.atomic_write import write_torch
 
     head = result.head
     if head is None:
         raise ValueError("this result holds no head")
-    save_atomic({"head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+    write_torch({"head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
                  "in_dim": head.fc.in_features, "num_classes": head.fc.out_features,
                  "bn": isinstance(head.norm, nn.BatchNorm1d), "protocol": result.protocol,
                  "hyperparameters": result.hyperparameters, "classes": list(classes or []),
-                 "label_values": result.label_values}, path)
+                 "label_values": result.label_values}, path, option=option, owner=owner)
 
 
 def load_head(path: str) -> LinearHead:

@@ -25,9 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_bf import distributed as dist_utils
+from ssl_bf.data.long_tail import class_counts
 from ssl_bf.knn.vote import LabelSpace, as_numpy
-from .linear_common import LinearHead, ProbeResult, Recipe, space_values, topk_correct
+from .linear_common import LinearHead, ProbeResult, Recipe, class_hits, space_values, topk_correct
 from .linear_state import ProbeCheckpoint, weights_digest
+
+LOSS_LOG_EVERY = 50  # steps between host read-backs of the loss (the progress bar's figure)
 
 
 class BackboneChangedError(RuntimeError):
@@ -66,6 +69,10 @@ class ProbeTrainTransform(nn.Module):
     Under a process group each rank holds `rows` of a global batch of `global_size` images: the
     crop and flip parameters are drawn for the whole global batch (on every rank the draws one
     process makes) and this rank applies its rows' share (linear_shards.py).
+
+    Every draw comes from torch's CPU generator, the one the probe's state saves, on any device:
+    kornia moves its samplers to the device of `.to(device)`, so the ops are kept out of the module
+    tree (a tuple) and their samplers stay on the CPU; the parameters go to the images' device.
     """
 
     def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]):
@@ -73,8 +80,8 @@ class ProbeTrainTransform(nn.Module):
         import kornia.augmentation as K
 
         self.size = image_size
-        self.augment = nn.Sequential(K.RandomResizedCrop((image_size, image_size), scale=(0.08, 1.0)),
-                                     K.RandomHorizontalFlip())
+        self.augment = (K.RandomResizedCrop((image_size, image_size), scale=(0.08, 1.0)),
+                        K.RandomHorizontalFlip())  # not submodules: `.to(device)` leaves their samplers on the CPU
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
@@ -152,17 +159,23 @@ def probe_images(model: nn.Module, train_set, test_set, recipe: Recipe, image_si
     head.eval()
     with torch.no_grad():
         logits = head(feats.to(dev)).cpu()
-    t1, t5 = topk_correct(logits, torch.from_numpy(space.encode(labels.numpy())))
+    target = torch.from_numpy(space.encode(labels.numpy()))  # (Q,) class indices, -1: unknown to train
+    t1, t5 = topk_correct(logits, target)
     n = len(labels)
+    hits, totals = class_hits(logits, target, space.num_classes)  # (C,), (C,)
     if dist_utils.is_initialized():
-        t1, t5, n = count_hits((t1, t5, n), dev)
+        c = space.num_classes
+        summed = count_hits((t1, t5, n, *hits.tolist(), *totals.tolist()), dev)
+        t1, t5, n = summed[:3]
+        hits, totals = np.asarray(summed[3:3 + c], dtype=np.int64), np.asarray(summed[3 + c:], dtype=np.int64)
     if n == 0:  # --skip-unreadable left every test image out
         raise test_set.no_readable_image()
     hp = {**asdict(recipe), "used_lr": recipe.peak_lr(), "bn_head": bn_head, "image_size": image_size}
     hp["milestones"] = list(hp["milestones"])
     return ProbeResult(protocol, 100.0 * t1 / n, 100.0 * t5 / n, hp,
                        seconds=time.perf_counter() - tic, num_classes=space.num_classes,
-                       head=head.cpu(), label_values=space_values(space))
+                       head=head.cpu(), label_values=space_values(space), class_hits=hits, class_totals=totals,
+                       train_counts=class_counts(space.encode(train_labels), space.num_classes))
 
 
 def _train(model: nn.Module, head: LinearHead, opt: torch.optim.Optimizer, train_set, train_tf: ProbeTrainTransform,
@@ -205,7 +218,8 @@ def _train(model: nn.Module, head: LinearHead, opt: torch.optim.Optimizer, train
         epoch_rng = gen.get_state()  # a mid-epoch save keeps it: the resume draws this order again
         order = epoch_order(train_set, gen)  # (N,)
         done = skip if epoch == first else 0  # steps of this epoch already trained
-        for batch in shard_batches(train_set, order, recipe.batch_size, known, num_workers, seed + epoch, done):
+        for batch in shard_batches(train_set, order, recipe.batch_size, known, num_workers, seed + epoch, done,
+                                   pin_memory=dev.type == "cuda"):  # real non_blocking copies
             for group in opt.param_groups:
                 group["lr"] = recipe.lr_at(step / total)
             target = torch.from_numpy(space.encode(batch.labels.numpy())).to(dev)
@@ -221,7 +235,8 @@ def _train(model: nn.Module, head: LinearHead, opt: torch.optim.Optimizer, train
             step += 1
             done += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if done % LOSS_LOG_EVERY == 0 or done == steps_per_epoch:  # else: no host sync
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             if saved is not None and save_every and done % save_every == 0 and done < steps_per_epoch:
                 saved.save(head, opt, epoch, epoch_rng, torch.get_rng_state(), batches_done=done)
         if saved is not None:

@@ -17,7 +17,7 @@ to float rounding:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -56,12 +56,13 @@ def epoch_order(dataset, generator: torch.Generator) -> torch.Tensor:
 
 
 def shard_batches(dataset, order: torch.Tensor, batch_size: int, known: np.ndarray, num_workers: int,
-                  loader_seed: int, skip: int = 0) -> Iterator[ShardBatch]:
+                  loader_seed: int, skip: int = 0, pin_memory: bool = False) -> Iterator[ShardBatch]:
     """This rank's part of every global batch of `order`, in order, from global batch `skip` on
     (the batches before it are neither loaded nor yielded: a probe resumed mid-epoch).
 
     `known` (N,) bool: whether each image's label is one the train set knows (counted for the loss
-    divisor on every rank, from the labels alone, without a collective).
+    divisor on every rank, from the labels alone, without a collective). `pin_memory`: a folder's
+    batches come in page-locked memory (for a CUDA device: `non_blocking` copies then overlap).
     """
     rank, world = dist_utils.rank(), dist_utils.world_size()
     parts = []
@@ -70,7 +71,7 @@ def shard_batches(dataset, order: torch.Tensor, batch_size: int, known: np.ndarr
         lo, hi = shard_bounds(len(batch), rank, world)
         parts.append((batch[lo:hi], slice(lo, hi), len(batch), int(known[batch.numpy()].sum())))
     parts = parts[skip:]
-    loaded = _load(dataset, [p[0] for p in parts if len(p[0])], num_workers, loader_seed)
+    loaded = _load(dataset, [p[0] for p in parts if len(p[0])], num_workers, loader_seed, pin_memory)
     for mine, rows, size, labelled in parts:
         if len(mine):
             images, labels = next(loaded)
@@ -79,15 +80,15 @@ def shard_batches(dataset, order: torch.Tensor, batch_size: int, known: np.ndarr
         yield ShardBatch(images, labels, rows, size, labelled)
 
 
-def _load(dataset, batches: list[torch.Tensor], num_workers: int,
-          loader_seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _load(dataset, batches: list[torch.Tensor], num_workers: int, loader_seed: int,
+          pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     if hasattr(dataset, "get_batch"):  # in memory: slice whole batches
         for idx in batches:
             images, labels = dataset.get_batch(idx)
             yield images, torch.as_tensor(labels, dtype=torch.int64)
         return
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=[b.tolist() for b in batches],
-                                         num_workers=num_workers,
+                                         num_workers=num_workers, pin_memory=pin_memory,
                                          generator=torch.Generator().manual_seed(loader_seed))  # global RNG untouched
     for images, labels in loader:
         yield images, torch.as_tensor(labels, dtype=torch.int64)
@@ -143,8 +144,9 @@ def ddp_head(fc: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(fc, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def count_hits(hits: tuple[int, int, int], device: torch.device) -> tuple[int, int, int]:
-    """(top-1 hits, top-5 hits, images) summed over every rank's shard of the test set."""
+def count_hits(hits: Sequence[int], device: torch.device) -> tuple[int, ...]:
+    """Counts (top-1 hits, top-5 hits, images, then any per-class counts) summed over every rank's
+    shard of the test set."""
     t = torch.tensor(hits, dtype=torch.int64, device=device)
     dist_utils.all_reduce_(t)
     return tuple(int(v) for v in t.tolist())

@@ -3,13 +3,14 @@
 `DIR/linear-probe.pt` is rewritten atomically by rank 0 after every epoch, and every `save_every`
 steps inside an epoch. It holds the head, the optimiser, the epoch, the steps done in it, the
 order generator as it stood at the epoch's start (the epoch's order is drawn again from it) and
-the torch RNG (the crop draws), so a probe killed or preempted mid-way and started again with the
-same command continues from its last save, mid-epoch included, and ends where an uninterrupted
-run ends (exactly on CPU). It also holds what defines the probe (protocol, recipe, seed, data, a
-digest of the frozen backbone's weights): a folder holding another probe is refused rather than
-continued. `DIR/.lock` keeps a second probe out while one
-runs (`ssl_bf.run_lock`). The process count may change between attempts: the global batch, its
-order and its random draws do not depend on it.
+torch's CPU RNG (every crop and flip draw comes from it, whatever the device), so a probe killed or
+preempted mid-way and started again with the same command continues from its last save, mid-epoch
+included, with the same draws, and ends where an uninterrupted run ends (exactly on CPU; on a GPU
+up to its kernels' float rounding). It also holds what defines the probe (protocol, recipe, seed,
+data, a digest of the frozen backbone's weights): a folder holding another probe is refused rather
+than continued. `DIR/.lock` keeps a second probe out while one runs (`ssl_bf.run_lock`). The
+process count may change between attempts: the global batch, its order and its random draws do
+not depend on it.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import torch
 from torch import nn
 
 from ssl_bf import distributed as dist_utils
-from ssl_bf.io import UnreadableFileError, load_tensors, save_atomic
+from ssl_bf.atomic_write import write_torch
+from ssl_bf.io import UnreadableFileError, load_tensors
 from ssl_bf.train.run_lock import RunLock, claim_on_main
 
 STATE_NAME = "linear-probe.pt"
@@ -97,8 +99,8 @@ class ProbeCheckpoint:
         (atomically; `order_rng`: the order generator at that epoch's start); the others write nothing."""
         if not dist_utils.is_main():
             return
-        save_atomic({"head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+        write_torch({"head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
                      "optimizer": optimizer.state_dict(), "epoch": int(epoch), "batches_done": int(batches_done),
                      "definition": self.definition,
                      "order_rng": order_rng, "torch_rng": torch_rng,
-                     "world_size": dist_utils.world_size()}, self.path)
+                     "world_size": dist_utils.world_size()}, self.path, option="--work-dir")

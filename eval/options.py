@@ -1,27 +1,43 @@
-"""Output checks of `ssl-bf embed | knn | linear | evaluate | inspect`: every output path is checked
-before any compute starts (the argument types and the parser are `ssl_bf.cli_args`)."""
+"""Output checks of `ssl-bf embed | knn | linear | evaluate | inspect`: every output path passes the
+output guard (`ssl_bf.outputs.check_output`) before any compute starts (the argument types and
+the parser are `ssl_bf.cli_args`)."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from ssl_bf.file_kinds import FileKind
+from ssl_bf.run_layout import Owner
 
-def check_outputs(outputs: Sequence[tuple[str, Optional[str]]], inputs: Sequence[Optional[str]] = ()) -> None:
-    """Refuse, before any compute, every output (`(option, path)`; None: not asked for) that is a
-    folder, a training checkpoint, one of `inputs`, unwritable, or the same file as another output.
-    Raises `ssl_bf.io.OutputError` (a ValueError) naming the option and the path."""
-    from ssl_bf.io import OutputError, check_output
+
+@dataclass(frozen=True)
+class Output:
+    """One output of a command: the option that names it, its path (None: not asked for), the
+    kind of file written, and the owner when it is one of a run folder's own files."""
+
+    option: str
+    path: Optional[str]
+    kind: FileKind
+    owner: Optional[Owner] = None
+
+
+def check_outputs(outputs: Sequence[Output], inputs: Sequence[Optional[str]] = (), runs: Sequence[str] = ()) -> None:
+    """Refuse, before any compute, every output the output guard refuses (a special file, a run
+    file it does not own, another kind of file, one of `inputs`, unwritable, an impossible name;
+    `runs`: folders this command makes run folders) or that is the same file as another output.
+    Raises `ssl_bf.outputs.OutputError` (a ValueError) naming the option and the path."""
+    from ssl_bf.outputs import OutputError, check_output
 
     protected = [p for p in inputs if p]
     seen: dict[str, str] = {}
-    for what, path in outputs:
-        if not path:
+    for out in outputs:
+        if not out.path:
             continue
-        check_output(path, protected=protected, what=what)
-        key = os.path.realpath(path)
+        key = check_output(out.path, out.kind, option=out.option, inputs=protected, owner=out.owner, runs=runs)
         if key in seen:
-            raise OutputError(f"{what} {path} is also the {seen[key]} file; give each output its own file")
-        seen[key] = what
+            raise OutputError(f"{out.option} {out.path} is also the {seen[key]} file; give each output its own file")
+        seen[key] = out.option
 
 
 def same_file(a: Optional[str], b: Optional[str]) -> bool:

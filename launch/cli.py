@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -9,8 +10,11 @@ import sys
 from typing import Optional
 
 from ssl_bf.cli_args import ArgumentError, Parser, fail
-from ssl_bf.io import OutputError, check_output, strict_json, write_json_atomic
+from ssl_bf.atomic_write import strict_json, write_json
+from ssl_bf.file_kinds import FileKind
+from ssl_bf.outputs import OutputError, check_output
 
+from .job import refused_line
 from .options import CLUSTERS, PRESET_ENV, LaunchError, make_options, parse_extra
 from .submission import COMMANDS, submit
 from .sweep import load_sweep_file, parse_sweep
@@ -31,7 +35,9 @@ SLURM only; --cluster debug (in this process) also refuses --setup, --time, --si
 --max-requeues and more than one task. A SLURM preset's values that --cluster local/debug does
 not use are named in the output.
 exit codes: 0 submitted (or dry run); 1 --wait: a job failed; 2 a bad option or input file,
-nothing submitted (one line on stderr names the option or file)."""
+nothing submitted (one line on stderr names the option or file), or --wait: a job's command
+refused its input (its one error line is printed). A dry run makes every check a submission
+makes: the subcommand's own input checks too (files exist, train != test, outputs allowed)."""
 
 
 PROG = "ssl-bf submit"
@@ -105,7 +111,7 @@ def submit_main(argv: list[str]) -> int:
     try:
         if args.json and args.json != "-":  # before anything is submitted: an input is never overwritten
             inputs = [p for p in (*rest, args.sweep_file, args.preset) if p and os.path.isfile(p)]
-            check_output(args.json, protected=inputs, what="--json")
+            check_output(args.json, FileKind.JSON, option="--json", inputs=inputs)
         then_args = _split_then_args(args.then_args)
         opts = make_options(
             args.preset, cluster=args.cluster, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
@@ -137,7 +143,10 @@ def submit_main(argv: list[str]) -> int:
         if args.json == "-":
             print(json.dumps(strict_json(record), indent=2, allow_nan=False))
         else:
-            write_json_atomic(record, args.json)
+            try:
+                write_json(record, args.json, option="--json", runs=sub.run_dirs)
+            except OutputError as e:  # e.g. it became a file of a run folder the job made
+                return fail(PROG, f"{e} (the job(s) above were submitted)")
     return rc
 
 
@@ -153,19 +162,49 @@ def _split_then_args(text: Optional[str]) -> Optional[list[str]]:
 
 
 def _wait(sub, record: dict) -> int:
-    """Block until every job (and chained evaluation) ends; print each outcome."""
-    rc = 0
+    """Block until every job (and chained evaluation) ends; print each outcome. Returns 0 when all
+    succeeded, 2 when every failure was a job's command refusing its input (its one error line is
+    printed, not submitit's traceback), 1 for any other failure."""
+    failed = refused = 0
     record["results"] = []
-    for job in [*sub.jobs, *sub.eval_jobs]:
+    refused_ids: set = set()
+    for i, job in enumerate([*sub.jobs, *sub.eval_jobs]):
+        parent = sub.jobs[i - len(sub.jobs)] if i >= len(sub.jobs) else None  # a chained evaluation's run
+        if parent is not None and parent.job_id in refused_ids:
+            with contextlib.suppress(Exception):  # SLURM cancels it too (kill-on-invalid-dep)
+                job.cancel(check=False)
+            record["results"].append({"job_id": job.job_id, "state": "CANCELLED",
+                                      "error": f"not run: job {parent.job_id} refused its input"})
+            print(f"job {job.job_id}: not run (job {parent.job_id} refused its input)", file=sys.stderr)
+            continue
         try:
             results = job.results()
-            record["results"].append({"job_id": job.job_id, "state": "COMPLETED", "results": results})
-            print(f"job {job.job_id}: done")
         except Exception as e:  # noqa: BLE001 - report any failure of the job, keep waiting for the rest
-            rc = 1
-            record["results"].append({"job_id": job.job_id, "state": "FAILED", "error": str(e)[-2000:]})
-            print(f"job {job.job_id}: FAILED\n{str(e)[-2000:]}", file=sys.stderr)
-    return rc
+            line = refused_line(str(e))
+            record["results"].append({"job_id": job.job_id, "state": "FAILED", "error": line or str(e)[-2000:]})
+            if line:
+                refused += 1
+                refused_ids.add(job.job_id)
+                print(f"{PROG}: job {job.job_id} refused its input: {line}", file=sys.stderr)
+            else:
+                failed += 1
+                print(f"job {job.job_id}: FAILED\n{str(e)[-2000:]}", file=sys.stderr)
+            continue
+        lines = [r["refused"] for r in _flat(results) if isinstance(r, dict) and r.get("refused")]
+        record["results"].append({"job_id": job.job_id, "state": "FAILED" if lines else "COMPLETED",
+                                  "results": results})
+        if lines:  # --cluster debug hands a refusal back as the result
+            refused += 1
+            refused_ids.add(job.job_id)
+            print(f"{PROG}: job {job.job_id} refused its input: {lines[0]}", file=sys.stderr)
+        else:
+            print(f"job {job.job_id}: done")
+    return 1 if failed else 2 if refused else 0
+
+
+def _flat(results: list) -> list:
+    """A job's results, one per task (a throttled local sweep's lane holds a list per task)."""
+    return [r for item in results for r in (item if isinstance(item, list) else [item])]
 
 
 def main(argv: Optional[list[str]] = None) -> int:  # python -m ssl_bf.launch.cli submit ...

@@ -14,13 +14,36 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import shlex
 import socket
+import sys
 from typing import Any, Optional
+
+from ssl_bf.cli_args import EXIT_BAD_INPUT
 
 
 REQUEUE_LOCK_WAIT_S = 120.0  # how long a requeued pretrain waits for the run folder's lock
+REFUSED_MARK = "[ssl-bf job: the command refused its input] "  # finds the line in a failed job's report
+
+
+class JobInputRefused(RuntimeError):
+    """The job's command refused its input (its exit code 2): the message is REFUSED_MARK and the
+    command's one error line. The job fails (SLURM marks it FAILED, an afterok chain is cancelled);
+    `ssl-bf submit --wait` finds the line in the failure and prints it alone (`refused_line`)."""
+
+    def __init__(self, line: str):
+        super().__init__(REFUSED_MARK + " ".join(line.split()))
+
+
+def refused_line(report: str) -> Optional[str]:
+    """The command's error line in a failed job's report (submitit's text of the job's exception),
+    or None when the job failed for another reason."""
+    for line in reversed(report.splitlines()):
+        if REFUSED_MARK in line:
+            return line.split(REFUSED_MARK, 1)[1].strip()
+    return None
 
 
 class SubcommandJob:
@@ -48,12 +71,19 @@ class SubcommandJob:
         # make the submitter think this attempt is done.
         with contextlib.suppress(Exception):  # (the debug executor has no result files)
             job_env.paths.result_pickle.unlink()
-        if self.argv[0] == "pretrain":
-            result = _run_pretrain(self.argv[1:])
-        else:
-            result = {"rc": self._run_cli(self.argv)}
-        if self.then:  # every task: the evaluation splits its work over the same processes
-            result["then_rc"] = self._run_cli(self.then)
+        try:
+            if self.argv[0] == "pretrain":
+                result = _run_pretrain(self.argv[1:])
+            else:
+                result = {"rc": self._run_cli(self.argv)}
+            if self.then:  # every task: the evaluation splits its work over the same processes
+                result["then_rc"] = self._run_cli(self.then)
+        except JobInputRefused as refused:
+            if job_env.cluster != "debug":
+                raise
+            # --cluster debug runs in the submitter's process, where submitit would open a debugger
+            # on an exception: the refusal comes back as the result instead.
+            return {"rc": 2, "refused": refused_line(str(refused)), "argv": self.argv}
         result.update(rank=dist_env.rank, world_size=dist_env.world_size, host=socket.gethostname(),
                       node=os.environ.get("SLURMD_NODENAME"),
                       job_id=job_env.job_id, argv=self.argv)
@@ -86,7 +116,10 @@ class SubcommandJob:
     def _run_cli(self, argv: list[str]) -> int:
         # A bad argument is exit code 2 here (the subcommands never exit); submitit's own exit
         # after a requeue passes through.
-        rc = int(_runner(argv[0])(list(argv[1:])) or 0)
+        with _LastLine(sys.stderr) as stderr, contextlib.redirect_stderr(stderr):
+            rc = int(_runner(argv[0])(list(argv[1:])) or 0)
+        if rc == EXIT_BAD_INPUT:
+            raise JobInputRefused(stderr.last or f"`ssl-bf {shlex.join(argv)}` refused its input (exit 2)")
         if rc != 0:
             raise RuntimeError(f"`ssl-bf {shlex.join(argv)}` exited with code {rc}")
         return rc
@@ -94,6 +127,31 @@ class SubcommandJob:
     def __repr__(self) -> str:
         then = f" then {shlex.join(self.then)}" if self.then else ""
         return f"SubcommandJob(ssl-bf {shlex.join(self.argv)}{then})"
+
+
+class _LastLine(io.TextIOBase):
+    """A text stream that passes everything to `stream` and keeps the last non-empty line."""
+
+    def __init__(self, stream):
+        super().__init__()
+        self.stream, self.last, self._partial = stream, "", ""
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        done = [line for line in lines if line.strip()]
+        if done:
+            self.last = done[-1]
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __exit__(self, *exc):
+        if self._partial.strip():
+            self.last = self._partial
+        return False  # the stream it passes to stays open
 
 
 class SubcommandChain:
@@ -147,26 +205,32 @@ def _runner(command: str):
 
 def _run_pretrain(args: list[str]) -> dict:
     """Run (or resume) the pretraining in this process; rank 0 alone writes (the trainer's rule)."""
-    import torch.distributed as dist
-
-    from ssl_bf.io import write_json_atomic
+    from ssl_bf import distributed as dist_utils
+    from ssl_bf.atomic_write import write_json
+    from ssl_bf.cli_args import ArgumentError, one_line
+    from ssl_bf.config import ConfigError
+    from ssl_bf.data import DataError
+    from ssl_bf.outputs import OutputError
+    from ssl_bf.process_env import ProcessEnvError
     from ssl_bf.train.cli import pretrain_config_from_args
-    from ssl_bf.train.trainer import Trainer
+    from ssl_bf.train.trainer import RunFolderError, Trainer
 
-    cfg = pretrain_config_from_args(args)
-    trainer = Trainer(cfg)
-    # A requeued attempt may start while the previous one's processes are still ending (the kernel
-    # drops their RUN/.lock as they exit): wait for it rather than fail. A first attempt that finds
-    # the folder locked is refused at once (another job trains there).
-    requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
-    summary = trainer.fit(lock_wait_s=REQUEUE_LOCK_WAIT_S if requeued else 0.0)
+    try:
+        cfg = pretrain_config_from_args(args)
+        trainer = Trainer(cfg)
+        # A requeued attempt may start while the previous one's processes are still ending (the kernel
+        # drops their RUN/.lock as they exit): wait for it rather than fail. A first attempt that finds
+        # the folder locked is refused at once (another job trains there).
+        requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+        summary = trainer.fit(lock_wait_s=REQUEUE_LOCK_WAIT_S if requeued else 0.0)
+    except (ArgumentError, ConfigError, DataError, OutputError, ProcessEnvError, RunFolderError) as err:  # pretrain's exit 2
+        kind = {ConfigError: "config error: ", DataError: "data error: "}.get(type(err), "")
+        raise JobInputRefused(f"ssl-bf pretrain: {kind}{one_line(err, 1000)}") from None
     digest = weights_digest(trainer.model)
     json_out = _option_value(args, "--json")
     if json_out and trainer.is_main:
-        write_json_atomic(summary, json_out)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+        write_json(summary, json_out, option="--json", runs=[cfg.run.dir])
+    dist_utils.shut_down(wait=True)  # rank 0 may still write the summary
     return {"rc": 0, "summary": summary, "weights_sha256": digest, "run_dir": cfg.run.dir}
 
 

@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ssl_bf.io import OutputError, check_output
+from ssl_bf.outputs import OutputError, check_output_folder
+from ssl_bf.run_layout import Owner
 from ssl_bf.yaml_io import did_you_mean, load_yaml_mapping
 
 CLUSTERS = ("slurm", "local", "debug")
@@ -230,15 +231,13 @@ def make_options(preset: Optional[str], **given: Any) -> LaunchOptions:
 
 
 def check_folder(path: str, what: str) -> str:
-    """Refuse an output folder before anything is submitted: an existing file, or a folder that
-    cannot be created or written (ssl_bf.io.check_output on a file in it). Returns `path`."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise LaunchError(f"{what} {path} is a file; give a folder")
-    probe = os.path.join(path, ".ssl-bf-write-check")  # a name no job writes: only the folder is checked
+    """Refuse an output folder before anything is submitted: an existing file (or device, FIFO,
+    socket), a folder that cannot be created or written (ssl_bf.outputs.check_output_folder).
+    Returns `path`."""
     try:
-        check_output(probe, what=what)
+        check_output_folder(path, option=what, owner=Owner.SUBMIT)
     except OutputError as err:
-        raise LaunchError(str(err).replace(probe, path)) from None
+        raise LaunchError(str(err)) from None
     return path
 
 

@@ -6,9 +6,7 @@ throttled local sweep) and describes the submission for the CLI (`Submission.des
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import os
 import re
 import shlex
@@ -20,6 +18,7 @@ from typing import Optional
 from .cluster_checks import check_request
 from .job import SubcommandChain, SubcommandJob
 from .options import LaunchError, LaunchOptions, check_folder, sbatch_parameters
+from .preflight import check_job_inputs, check_subcommand_args, pretrain_config
 from .sweep import Sweep, expand, write_sweep
 
 COMMANDS = ("pretrain", "embed", "knn", "linear", "evaluate")
@@ -56,45 +55,6 @@ def with_overrides(args: list[str], overrides: list[str]) -> list[str]:
     if last is None:
         return out + new
     return out[:last + 1] + new + out[last + 1:]
-
-
-def pretrain_config(args: list[str]):
-    """Parse and validate pretrain arguments at submit time (errors become LaunchError)."""
-    from ssl_bf.cli_args import ArgumentError
-    from ssl_bf.config import ConfigError
-    from ssl_bf.train.cli import pretrain_config_from_args
-
-    try:
-        return pretrain_config_from_args(list(args))
-    except ConfigError as e:
-        raise LaunchError(f"pretrain config error: {e}") from None
-    except ArgumentError as e:
-        raise LaunchError(f"bad pretrain arguments: {e}") from None
-
-
-def _subcommand_parser(command: str):
-    """The argument parser of `ssl-bf COMMAND` (an evaluation command)."""
-    from ssl_bf.eval.embed_cli import embed_parser
-    from ssl_bf.eval.evaluate_cli import evaluate_parser
-    from ssl_bf.eval.knn_cli import knn_parser
-    from ssl_bf.eval.linear_cli import linear_parser
-
-    return {"embed": embed_parser, "knn": knn_parser, "linear": linear_parser, "evaluate": evaluate_parser}[command]()
-
-
-def check_subcommand_args(command: str, args: list[str], what: str = "") -> None:
-    """Parse the arguments a job will give `ssl-bf COMMAND` now, so a job never starts only to
-    fail on them (LaunchError with the parser's reason). `what` names the option they came from."""
-    from ssl_bf.cli_args import ArgumentError
-
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # --help prints the help, then exits 0
-            _subcommand_parser(command).parse_args(list(args))
-    except SystemExit:  # only --help (or -h) exits the parser now
-        raise LaunchError(f"{what or f'the {command} arguments'} ask for help only: nothing to submit") from None
-    except ArgumentError as exc:
-        where = f"{what}: " if what else ""
-        raise LaunchError(f"{where}`ssl-bf {command}` would refuse these arguments: {exc}") from None
 
 
 def guess_run_dir(command: str, args: list[str]) -> Optional[str]:
@@ -268,14 +228,15 @@ def submit(command: str, args: list[str], opts: LaunchOptions, sweep_axes: Optio
     if "--print-config" in args or "-h" in args or "--help" in args:
         raise LaunchError("the subcommand's arguments ask for help/printing only: nothing to submit")
     if command != "pretrain":
-        check_subcommand_args(command, args)
+        check_job_inputs(command, args)
     if then_args:
         check_subcommand_args("evaluate", ["RUN", *then_args], what="--then-args")
 
     # Run folders (absolute: the job's working directory may differ) and per-job arguments.
     sweep: Optional[Sweep] = None
+    world = opts.nodes * (opts.ntasks_per_node if command in DISTRIBUTED_COMMANDS else 1)
     if command == "pretrain":
-        cfg = pretrain_config(args)
+        cfg = pretrain_config(args, world)
         base = os.path.abspath(cfg.run.dir)
         if sweep_axes or sweep_variants:
             sweep = expand(sweep_axes or {}, base, sweep_variants, variants_first)
@@ -283,7 +244,7 @@ def submit(command: str, args: list[str], opts: LaunchOptions, sweep_axes: Optio
             argvs = []
             for el in sweep.elements:
                 argv = with_overrides(args, [f"{k}={v}" for k, v in el.overrides.items()] + [f"run.dir={el.run_dir}"])
-                pretrain_config(argv)  # every element must be a valid config before anything is submitted
+                pretrain_config(argv, world)  # every element passes pretrain's checks before anything is submitted
                 argvs.append(["pretrain", *argv])
             run_dirs = [el.run_dir for el in sweep.elements]
         else:

@@ -7,8 +7,9 @@ import os
 import re
 from typing import Optional
 
-from ssl_bf.config import format_override_value
-from ssl_bf.io import write_json_atomic
+from ssl_bf.atomic_write import write_json
+from ssl_bf.config import Config, ConfigError, apply_dict, format_override_value
+from ssl_bf.run_layout import Owner
 from ssl_bf.sweep_file import SWEEP_FILE, VARIANT_KEY, Element, Sweep
 from ssl_bf.yaml_io import load_yaml_mapping
 
@@ -16,7 +17,9 @@ from .options import LaunchError
 
 
 def parse_sweep(items: list[str]) -> dict[str, list[str]]:
-    """['seed=0,1', 'batchformer.enabled=false,true'] -> {'seed': ['0', '1'], ...} (order kept)."""
+    """['seed=0,1', 'batchformer.insert_after=[1,3],[2]'] -> {'seed': ['0', '1'],
+    'batchformer.insert_after': ['[1,3]', '[2]']} (order kept). A comma inside brackets or quotes
+    belongs to its value: `KEY=[1,3]` is ONE value (a list-valued key), never two sweep points."""
     axes: dict[str, list[str]] = {}
     for item in items:
         key, eq, values = item.partition("=")
@@ -27,17 +30,53 @@ def parse_sweep(items: list[str]) -> dict[str, list[str]]:
             raise LaunchError("--sweep run.dir=... is not allowed: each element gets its own run folder")
         if key in axes:
             raise LaunchError(f"--sweep key '{key}' given twice")
-        vals = [v.strip() for v in values.split(",")]
+        vals = split_values(values, f"--sweep {item}")
         if any(v == "" for v in vals) or len(set(vals)) != len(vals):
             raise LaunchError(f"--sweep {key}: values must be non-empty and distinct, got '{values}'")
         axes[key] = vals
     return axes
 
 
-def _scalar(value, where: str) -> str:
-    """A YAML scalar as the string an override takes (as the command line would spell it)."""
-    if isinstance(value, (dict, list)):
-        raise LaunchError(f"{where}: expected a single value, got {value!r}")
+def split_values(text: str, where: str) -> list[str]:
+    """`text` split at the commas outside brackets and quotes, each value as written (stripped).
+    A bracket or quote that does not close is a LaunchError naming `where` (never repaired)."""
+    values, depth, start, quote, escaped = [], 0, 0, "", False
+    for i, ch in enumerate(text):
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\" and quote == '"':
+                escaped = True
+            elif ch == quote:
+                quote = ""
+        elif ch in "'\"" and not text[start:i].strip():  # a quote opens a value, as in YAML
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+            if depth < 0:
+                raise LaunchError(f"{where}: the '{ch}' at character {i + 1} closes no bracket")
+        elif ch == "," and depth == 0:
+            values.append(text[start:i].strip())
+            start = i + 1
+    if quote or depth:
+        raise LaunchError(f"{where}: a {'quote' if quote else 'bracket'} that does not close; write a list "
+                          f"value as [1,3] (one value) and separate values with commas: [1,3],[2]")
+    values.append(text[start:].strip())
+    return values
+
+
+def _override_text(key: str, value, where: str) -> str:
+    """A sweep file's YAML value of config key `key` as the override text that sets it. The value
+    is checked against the key's type now (YAML 1.2 core, as a config file: '010' quoted is text,
+    which a number key refuses); a list is one value of a list-valued key."""
+    if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)):
+        raise LaunchError(f"{where}: expected a single value (or a flat list for a list-valued key), got {value!r}")
+    try:
+        apply_dict(Config(), {key: value})  # the config's own reading: the key exists, the value fits its type
+    except ConfigError as err:
+        raise LaunchError(f"{where}: {err}") from None
     return format_override_value(value)
 
 
@@ -46,7 +85,7 @@ def _read_sweep_yaml(path: str) -> dict:
         raise LaunchError(f"--sweep-file {path} is a folder; give the sweep's YAML file")
     if not os.path.isfile(path):
         raise LaunchError(f"--sweep-file: no such file: {path}")
-    data = load_yaml_mapping(path, "sweep file", error=LaunchError, unique_keys=True)
+    data = load_yaml_mapping(path, "sweep file", error=LaunchError)
     if set(data) - {"variants", "axes"}:
         raise LaunchError(f"{path}: a sweep file holds 'variants' and/or 'axes' only, "
                           f"got {sorted(map(str, set(data) - {'variants', 'axes'}))}")
@@ -74,17 +113,19 @@ def load_sweep_file(path: str) -> tuple[dict[str, dict[str, str]], dict[str, lis
     for name, overrides in (data.get("variants") or {}).items():
         if not isinstance(name, str) or not name.strip():
             raise LaunchError(f"{path}: variant name {name!r} is not a non-empty string (YAML reads unquoted "
-                              f"on/off/yes/no/numbers as such): quote it")
+                              f"true/false/null and numbers as such): quote it")
         if not isinstance(overrides, dict) or not overrides:
             raise LaunchError(f"{path}: variant '{name}' must map config keys to values")
         if "run.dir" in overrides:
             raise LaunchError(f"{path}: variant '{name}' sets run.dir; each element gets its own run folder")
-        variants[name] = {str(k): _scalar(v, f"{path}: variant '{name}', key '{k}'") for k, v in overrides.items()}
+        variants[name] = {str(k): _override_text(str(k), v, f"{path}: variant '{name}', key '{k}'")
+                          for k, v in overrides.items()}
     axes: dict[str, list[str]] = {}
     for key, values in (data.get("axes") or {}).items():
         if values is None or values == []:
             raise LaunchError(f"{path}: axis '{key}' has no values (it needs distinct values, e.g. {key}: [0, 1, 2])")
-        values = [_scalar(v, f"{path}: axis '{key}'") for v in (values if isinstance(values, list) else [values])]
+        values = [_override_text(str(key), v, f"{path}: axis '{key}'")
+                  for v in (values if isinstance(values, list) else [values])]
         if str(key) == "run.dir":
             raise LaunchError(f"{path}: an axis over run.dir is not allowed: each element gets its own run folder")
         if not values or len(set(values)) != len(values):
@@ -134,5 +175,5 @@ def expand(axes: dict[str, list[str]], base_dir: str,
 def write_sweep(sweep: Sweep) -> str:
     """BASE/sweep.json (atomically, strict JSON); returns its path."""
     path = os.path.join(sweep.base_dir, SWEEP_FILE)
-    write_json_atomic(sweep.to_json(), path)
+    write_json(sweep.to_json(), path, option="the sweep file", owner=Owner.SUBMIT)
     return path

@@ -9,11 +9,15 @@ which makes them exit `EXIT_NOT_READ` unless --allow-missing is given.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
-from ssl_bf.io import OutputError, check_output
+from ssl_bf.file_kinds import FileKind
+from ssl_bf.outputs import OutputError, check_output, check_output_folder
+from ssl_bf.run_layout import Owner
 from ssl_bf.sweep_file import SWEEP_FILE, Element, Sweep
 
 from . import ReportError
@@ -87,7 +91,7 @@ def _json_kind(value: object) -> str:
         return "boolean"
     if isinstance(value, (int, float)):
         return "number"
-    return {list: "list", str: "string", type(None): "null"}.get(type(value), type(value).__name__)
+    return {list: "list", dict: "object", str: "string", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def read_json_object(path: str) -> dict:
@@ -111,23 +115,118 @@ def read_json_object(path: str) -> dict:
                          f"truncated or hand-edited?)") from None
     except RecursionError:
         raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        raise ValueError(f"{path}: not valid JSON ({str(err)[:120]})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: holds a JSON {_json_kind(data)}, not a JSON object")
     return data
 
 
+_ACCURACY = re.compile(r"(^|_)(top\d+|acc(uracy)?\d*)$", re.IGNORECASE)
+_GROUP_SECTIONS = ("per_group", "per_group_std")  # objects whose many/medium/few/class_std are percentages
+_GROUP_FIGURES = ("many", "medium", "few", "class_std")
+MAX_DEPTH = 32  # results.json nests a few levels; anything deeper is not a results file
+# Sections `ssl-bf evaluate` writes, and what each must be (null: that probe was not run).
+_SECTIONS = {"knn": (list,), "linear": (dict, type(None)), "logreg": (dict, type(None)),
+             "evaluated": (dict, type(None)), "few_shot": (dict,)}
+
+
+def is_accuracy(name: object) -> bool:
+    """A results field that holds a percentage: top1, top5, acc, accuracy, knn_top1, ..."""
+    return isinstance(name, str) and bool(_ACCURACY.search(name))
+
+
+def _group_accuracy(parent: object, key: object, node: object) -> bool:
+    """A percentage of the per-group figures (`ssl-bf knn | linear | evaluate`): many / medium / few
+    and class_std of a `per_group` or `per_group_std` object, and every value of its `per_class`."""
+    if not isinstance(node, dict):
+        return False
+    if parent in _GROUP_SECTIONS:
+        return key in _GROUP_FIGURES
+    return parent == "per_class"
+
+
+def _number_problem(value: Any) -> Optional[str]:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"is {value}, not a finite number"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 1e300:
+        return "is a number too large for a table"
+    return None
+
+
+def _accuracy_problem(value: Any) -> Optional[str]:
+    if value is None:
+        return None  # not measured
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"is a JSON {_json_kind(value)}, not a number"
+    if not (math.isfinite(value) and 0 <= value <= 100):
+        return f"is {value}, outside [0, 100] (an accuracy in percent)"
+    return None
+
+
+def _knn_entry_problem(entry: Any) -> Optional[str]:
+    if not isinstance(entry, dict):
+        return f"is a JSON {_json_kind(entry)}, not an object"
+    k, t = entry.get("k"), entry.get("temperature")
+    if "k" in entry and not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+        return f"has k = {json.dumps(k)[:40] if not isinstance(k, (dict, list)) else _json_kind(k)}, not a count"
+    if "temperature" in entry and not (isinstance(t, (int, float)) and not isinstance(t, bool)
+                                       and math.isfinite(t) and t > 0):
+        shown = json.dumps(t)[:40] if not isinstance(t, (dict, list)) else _json_kind(t)
+        return f"has temperature = {shown}, not a positive number"
+    return None
+
+
+def results_problem(data: dict) -> Optional[str]:
+    """Why a results.json object cannot go into a table, naming the field; None when it can.
+
+    Refused: an accuracy (`is_accuracy`) that is not a number in [0, 100] (a string, a bool,
+    NaN, 250), any number that is not finite or too large to average, a section of
+    `ssl-bf evaluate` of the wrong kind (k-NN entries: k a count, temperature positive), and
+    nesting deeper than MAX_DEPTH."""
+    for name, kinds in _SECTIONS.items():
+        if name in data and not isinstance(data[name], kinds):
+            return f"'{name}' is a JSON {_json_kind(data[name])}, not {'a list' if kinds == (list,) else 'an object'}"
+    for i, entry in enumerate(data.get("knn") or []):
+        problem = _knn_entry_problem(entry)
+        if problem:
+            return f"knn[{i}] {problem}"
+    stack: list[tuple[Any, str, int, object]] = [(data, "", 0, None)]
+    while stack:  # iterative: a deep file cannot exhaust the recursion limit
+        node, where, depth, parent = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            path = f"{where}[{key}]" if isinstance(node, list) else (f"{where}.{key}" if where else str(key))
+            accuracy = is_accuracy(key) or _group_accuracy(parent, key, node)
+            problem = _accuracy_problem(value) if accuracy else None
+            if problem is None and isinstance(value, (dict, list)):
+                if depth + 1 > MAX_DEPTH:
+                    return f"'{path}' is nested more than {MAX_DEPTH} levels deep"
+                stack.append((value, path, depth + 1, key))
+            elif problem is None:
+                problem = _number_problem(value)
+            if problem:
+                return f"'{path}' {problem}"
+    return None
+
+
 def read_results(run_dir: str) -> tuple[Optional[dict], Optional[str], str]:
     """(results, problem, kind) of RUN/results.json: (dict, None, "ok"), (None, NOT_EVALUATED,
-    "missing") or (None, "PATH: what is wrong", "unreadable")."""
+    "missing") or (None, "PATH: what is wrong", "unreadable"): a file that is not JSON, not an
+    object, or holds a value no table may show (`results_problem`)."""
     path = os.path.join(run_dir, RESULTS)
     if not os.path.lexists(path):
         return None, NOT_EVALUATED, "missing"
     if not os.path.exists(path):
         return None, f"{path}: a broken symbolic link", "unreadable"
     try:
-        return read_json_object(path), None, "ok"
+        data = read_json_object(path)
     except ValueError as err:
         return None, str(err), "unreadable"
+    problem = results_problem(data)
+    if problem:
+        return None, f"{path}: {problem}; it is left out of every table", "unreadable"
+    return data, None, "ok"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,26 +336,33 @@ def check_folder_argument(folder: str) -> None:
         raise ReportError(f"{folder} is a file, not a folder: give a run folder or a sweep folder")
 
 
-def check_output_folder(path: str, files: Sequence[str], protected: Sequence[str] = (),
-                        what: str = "--out") -> str:
-    """Refuse an output folder before any work: an existing file, a folder that cannot be created
-    or written, or an output file in it that is a folder or one of the `protected` inputs
-    (ssl_bf.io.check_output on each of `files`). Raises ReportError naming `what`; returns `path`."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ReportError(f"{what} {path} is a file; give a folder (the report writes {', '.join(files)} into it)")
+REPORT_FILE_KINDS = {".png": FileKind.PNG, ".json": FileKind.JSON, ".md": FileKind.TEXT, ".csv": FileKind.TEXT}
+
+
+def report_file_kind(name: str) -> FileKind:
+    """What a report file holds, by the name the report gives it (report.md, loss.png, ...)."""
+    return REPORT_FILE_KINDS[os.path.splitext(name)[1]]
+
+
+def check_report_folder(path: str, files: Sequence[str], protected: Sequence[str] = (), what: str = "--out",
+                        owner: Optional[Owner] = None) -> str:
+    """Refuse an output folder before any work (the output guard on the folder and on each of
+    `files` in it: never a special file, another command's run file, another kind of file or one
+    of the `protected` inputs). Raises ReportError naming `what`; returns `path`."""
     try:
+        check_output_folder(path, option=what, owner=owner)
         for name in files:
-            check_output(os.path.join(path, name), protected=protected, what=what)
+            check_output(os.path.join(path, name), report_file_kind(name), option=what, inputs=protected, owner=owner)
     except OutputError as err:
         raise ReportError(str(err)) from None
     return path
 
 
 def check_output_file(path: Optional[str], protected: Sequence[str], what: str) -> None:
-    """ssl_bf.io.check_output for a file option ('-' is stdout), as a ReportError."""
+    """The output guard on a JSON file option ('-' is stdout), as a ReportError."""
     if path and path != "-":
         try:
-            check_output(path, protected=protected, what=what)
+            check_output(path, FileKind.JSON, option=what, inputs=protected)
         except OutputError as err:
             raise ReportError(str(err)) from None
 

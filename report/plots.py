@@ -7,7 +7,6 @@ order, so a variant has the same colour in every figure.
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional, Sequence
 
 import matplotlib
@@ -17,7 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ssl_bf.io import atomic_write_bytes  # noqa: E402
+from ssl_bf.atomic_write import write_figure  # noqa: E402
+from ssl_bf.run_layout import Owner  # noqa: E402
 
 DPI = 120
 
@@ -28,15 +28,10 @@ def variant_colors(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def write_atomic(path: str, write_fn) -> None:
-    """Write through a temp file + os.replace (the usual file mode: reports are shared)."""
-    atomic_write_bytes(path, write_fn)
-
-
 def save_figure(fig, path: str) -> None:
-    """Write `fig` as PNG through a temp file + os.replace, then close it."""
+    """Write `fig` as PNG (through the output guard, atomically), then close it."""
     try:
-        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight"))
+        write_figure(fig, path, option="the report image", owner=Owner.REPORT, dpi=DPI, bbox_inches="tight")
     finally:
         plt.close(fig)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ssl_bf.config import format_override_value
-from ssl_bf.train.metrics import read_metrics
+from ssl_bf.train.metrics import MetricsError, read_metrics_log
 from ssl_bf.sweep_file import VARIANT_KEY
 
 from . import ReportError
@@ -49,32 +49,17 @@ class Variant:
 # ----------------------------------------------------------------------------------------------
 
 
-# Fields of a metrics record that the curves and times read as numbers.
-_NUMERIC_FIELDS = ("step", "epoch", "loss", "train_seconds", "knn_seconds", "knn_top1", "images_per_s", "world_size")
-
-
 def _read_records(run: Run) -> None:
-    """RUN/metrics.jsonl into run.records; an unreadable file goes into run.unreadable."""
+    """RUN/metrics.jsonl into run.records (every record checked: ssl_bf.train.metrics); a file
+    that cannot be read goes into run.unreadable, a dropped torn last line into run.partial."""
     path = os.path.join(run.run_dir, "metrics.jsonl")
     try:
-        # a run may be mid-write, or killed mid-line more than once: skip every line that is not a record
-        records = read_metrics(path, skip_bad_lines=True)
-    except UnicodeDecodeError:
-        run.unreadable.append(f"{path}: not a metrics file (not UTF-8 text)")
-    except (OSError, ValueError) as err:
-        run.unreadable.append(f"{path}: cannot be read ({getattr(err, 'strerror', None) or err})")
-    except RecursionError:
-        run.unreadable.append(f"{path}: a record is nested too deeply")
+        log = read_metrics_log(path)
+    except MetricsError as err:
+        run.unreadable.append(str(err))
     else:
-        run.records = [r for r in records if _well_typed(r)]
-        if len(run.records) < len(records):
-            run.partial.append(f"{path}: {len(records) - len(run.records)} record(s) skipped (a non-numeric "
-                               f"value in one of {', '.join(_NUMERIC_FIELDS)})")
-
-
-def _well_typed(record: dict) -> bool:
-    return all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-               for k, v in record.items() if k in _NUMERIC_FIELDS)
+        run.records = log.records
+        run.partial.extend(log.notes)
 
 
 def _read_run_results(run: Run) -> None:
@@ -169,7 +154,7 @@ def knn_records(records: list[dict]) -> list[dict]:
 
 def step_records(records: list[dict]) -> list[dict]:
     """Per-step records (every train.log_every steps): {'step', 'epoch', 'loss', ...}."""
-    return [r for r in records if "event" not in r and "loss" in r and "step" in r
+    return [r for r in records if "event" not in r and r.get("loss") is not None and r.get("step") is not None
             and "train_seconds" not in r and "images_per_s" not in r]
 
 
@@ -199,7 +184,7 @@ def loss_curve(run: Run) -> tuple[list[float], list[float]]:
             points[r["step"] / spe] = float(r["loss"])
     else:
         for r in epoch_records(run.records):
-            if r.get("loss") is not None:
+            if r.get("loss") is not None and r.get("epoch") is not None:
                 points[float(r["epoch"] + 1)] = float(r["loss"])
     xs = sorted(points)
     return xs, [points[x] for x in xs]
@@ -212,7 +197,7 @@ def knn_curve(run: Run) -> tuple[list[float], list[float]]:
         if r.get("event") == "knn_init" and r.get("knn_top1") is not None:
             points[0.0] = float(r["knn_top1"])
     for r in epoch_records(run.records) + knn_records(run.records):
-        if r.get("knn_top1") is not None:
+        if r.get("knn_top1") is not None and r.get("epoch") is not None:
             points[float(r["epoch"] + 1)] = float(r["knn_top1"])
     xs = sorted(points)
     return xs, [points[x] for x in xs]

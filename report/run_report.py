@@ -6,7 +6,7 @@ come from its `sweep.json`; any other folder's runs are its sub-folders with a `
 Runs are grouped into variants by the swept keys except the seed, and the results table is the
 one `ssl-bf sweep-report` computes (`sweep_table.collect` / `aggregate`). Written into
 FOLDER/report/ (or --out), each file atomically: loss.png, knn.png, ablation.png, tsne.png,
-report.md, report.json.
+report.md, report.json; with per-group figures also knn_groups.png and groups.png (group_figures.py).
 """
 from __future__ import annotations
 
@@ -18,14 +18,18 @@ import sys
 import time
 from typing import Optional
 
+from ssl_bf.atomic_write import write_json, write_text
 from ssl_bf.cli_args import ArgumentError, Parser, fail
-from ssl_bf.io import write_json_atomic
+from ssl_bf.outputs import OutputError
+from ssl_bf.run_layout import Owner
 
 from . import ReportError
-from .inputs import (EXIT_INPUT, EXIT_NOT_READ, NotRead, check_folder_argument, check_output_folder,
+from .inputs import (EXIT_INPUT, EXIT_NOT_READ, NotRead, check_folder_argument, check_report_folder,
                      exit_codes_help, run_inputs, summary_line)
 from .records import (TEST_EMBEDDINGS, Run, Variant, find_runs, group_runs, knn_curve, loss_curve, mean_curve,
                       missing_parts, not_read, step_records, steps_per_epoch, unfinished, wall_times)
+from .group_figures import FILES as GROUP_FILES
+from .group_figures import group_markdown, group_section
 from .sweep_table import aggregate
 
 # (metric path as sweep_table.numeric_leaves names it, column title, bar-chart label)
@@ -41,7 +45,6 @@ RAW_PIXEL_ANCHORS = {
 }
 FILES = {"loss": "loss.png", "knn": "knn.png", "ablation": "ablation.png", "tsne": "tsne.png",
          "markdown": "report.md", "json": "report.json"}
-MIN_MAP_POINTS = 10  # t-SNE needs perplexity < n; fewer points make no readable map
 
 
 def _finite(v: float) -> Optional[float]:
@@ -74,7 +77,7 @@ def _embedding_maps(variants: list[Variant], sample: int, perplexity: Optional[f
     """t-SNE of the first run with test embeddings in each variant: (maps, class names, notes)."""
     from ssl_bf.eval.formats import EmbeddingsError, load_embeddings
 
-    from .tsne import TSNE_SEED, sample_indices, tsne_2d
+    from .tsne import MIN_MAP_POINTS, TSNE_SEED, MapError, sample_indices, tsne_2d
 
     maps, classes, notes = [], None, []
     for v in variants:
@@ -102,9 +105,13 @@ def _embedding_maps(variants: list[Variant], sample: int, perplexity: Optional[f
             continue
         if verbose:
             print(f"t-SNE of {len(idx)} test points: {run.name}", file=sys.stderr, flush=True)
+        try:
+            xy = tsne_2d(emb.embeddings[idx], TSNE_SEED, perplexity)  # (n, 2)
+        except MapError as err:
+            notes.append(f"{v.label}: no map of {path}: {err}")
+            continue
         maps.append({"label": v.label, "title": v.label if v.label == run.name else f"{v.label}\n{run.name}",
-                     "xy": tsne_2d(emb.embeddings[idx], TSNE_SEED, perplexity), "labels": emb.labels[idx],
-                     "run": run.name, "points": len(idx)})
+                     "xy": xy, "labels": emb.labels[idx], "run": run.name, "points": len(idx)})
         classes = classes or emb.classes
     return maps, classes, notes
 
@@ -174,7 +181,6 @@ def build_report(folder: str, out_dir: Optional[str] = None, *, tsne_sample: int
     group_keys, variants = group_runs(keys, runs)
     unread = not_read(runs, not_started)
     out_dir = out_dir or os.path.join(folder, "report")
-    os.makedirs(out_dir, exist_ok=True)
     colors = dict(zip((v.label for v in variants), plots.variant_colors(len(variants))))
     notes: list[str] = []
     estimated = [r.name for r in runs if step_records(r.records) and steps_per_epoch(r)[1]]
@@ -185,6 +191,8 @@ def build_report(folder: str, out_dir: Optional[str] = None, *, tsne_sample: int
     table = results_table(keys, group_keys, variants)
     dataset = _dataset(runs)
     images.update(_results_figure(table, variants, colors, dataset, out_dir))
+    group_images, per_group = group_section(variants, colors, out_dir, band)
+    images.update(group_images)
     tsne_info = None
     if tsne:
         maps, classes, map_notes = _embedding_maps(variants, tsne_sample, perplexity, verbose)
@@ -205,13 +213,13 @@ def build_report(folder: str, out_dir: Optional[str] = None, *, tsne_sample: int
         "runs": [{"name": r.name, "variant": v.label, "params": r.params, **wall_times(r),
                   "missing": missing_parts(r)} for v in variants for r in v.runs],
         "not_started": not_started, "not_read": [n.to_json() for n in unread],
-        "images": images, "tsne": tsne_info, "notes": notes,
+        "images": images, "tsne": tsne_info, "notes": notes, **({"per_group": per_group} if per_group else {}),
         "seconds": round(time.perf_counter() - tic, 2),
     }
-    markdown = to_markdown(report).encode()
-    plots.write_atomic(os.path.join(out_dir, FILES["markdown"]), lambda f: f.write(markdown))
-    write_json_atomic(report, os.path.join(out_dir, FILES["json"]))
-    report["paths"] = {k: os.path.join(out_dir, name) for k, name in FILES.items()
+    write_text(to_markdown(report), os.path.join(out_dir, FILES["markdown"]), option="the report file",
+               owner=Owner.REPORT)
+    write_json(report, os.path.join(out_dir, FILES["json"]), option="the report file", owner=Owner.REPORT)
+    report["paths"] = {k: os.path.join(out_dir, name) for k, name in {**FILES, **GROUP_FILES}.items()
                        if k in images or k in ("markdown", "json")}
     return report
 
@@ -261,7 +269,7 @@ def to_markdown(report: dict) -> str:
         lines.append("No run has a results.json yet (`ssl-bf evaluate RUN`).")
     if "ablation" in images:
         lines += ["", f"![evaluation bars]({images['ablation']})"]
-    lines += ["", "## Training curves", ""]
+    lines += ["", *group_markdown(report.get("per_group"), images), "## Training curves", ""]  # the section ends blank
     for key, text in (("loss", "training loss"), ("knn", "online k-NN")):
         lines.append(f"![{text}]({images[key]})" if key in images else f"No {text} records.")
         lines.append("")
@@ -324,8 +332,8 @@ def _check_options(args: argparse.Namespace) -> None:
             raise ReportError(f"--perplexity {args.perplexity:g} must be below --tsne-sample {args.tsne_sample} "
                               f"(t-SNE needs more points than the perplexity)")
     check_folder_argument(args.folder)
-    check_output_folder(args.out or os.path.join(args.folder, "report"), tuple(FILES.values()),
-                        protected=run_inputs(args.folder),
+    check_report_folder(args.out or os.path.join(args.folder, "report"), tuple(FILES.values()),
+                        protected=run_inputs(args.folder), owner=Owner.REPORT,
                         what="--out" if args.out else "the output folder (FOLDER/report; see --out)")
 
 
@@ -341,7 +349,7 @@ def report_main(argv: Optional[list[str]] = None) -> int:
         rep = build_report(args.folder, args.out, tsne_sample=args.tsne_sample, tsne=not args.no_tsne,
                            perplexity=args.perplexity, band=not args.no_band,
                            command=shlex.join(["ssl-bf", "report", *argv]), verbose=True)
-    except ReportError as err:
+    except (ReportError, OutputError) as err:  # OutputError: a write refused at write time
         return fail(prog, err, EXIT_INPUT)
     for path in rep["paths"].values():
         print(f"wrote {path}")

@@ -16,20 +16,23 @@ import os
 import sys
 from typing import Any, Iterator, Optional
 
+from ssl_bf.atomic_write import strict_json, write_json, write_text
 from ssl_bf.cli_args import ArgumentError, Parser, fail
 from ssl_bf.config import PRESENTATION_ONLY, format_override_value
-from ssl_bf.io import atomic_write_bytes, strict_json, write_json_atomic
+from ssl_bf.outputs import OutputError
 from ssl_bf.yaml_io import load_yaml_mapping
 
 from . import ReportError
 from .inputs import (EXIT_INPUT, EXIT_NO_RUNS, EXIT_NOT_READ, NotRead, check_folder_argument,
-                     check_output_file, check_output_folder, element_dirs, exit_codes_help, read_results,
-                     read_sweep_checked, run_inputs, summary_line)
+                     check_output_file, check_report_folder, element_dirs, exit_codes_help, is_accuracy,
+                     read_results, read_sweep_checked, run_inputs, summary_line)
 
 REPORT_FILES = ("sweep-report.md", "sweep-report.csv")
 SEED_KEYS = ("seed",)
 # Fields of a list entry that name it rather than measure it, e.g. {"k": 20, "temperature": 0.07}.
 _ID_FIELDS = {"k", "temperature", "t", "name", "protocol", "split", "features", "method", "mode", "layer"}
+# Fields that hold labels, not measurements (per_group's class lists), left out of the tables.
+_LABEL_FIELDS = {"groups"}
 
 
 def numeric_leaves(obj: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
@@ -42,7 +45,8 @@ def numeric_leaves(obj: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
         return
     if isinstance(obj, dict):
         for k, v in obj.items():
-            yield from numeric_leaves(v, f"{prefix}.{k}" if prefix else str(k))
+            if k not in _LABEL_FIELDS:
+                yield from numeric_leaves(v, f"{prefix}.{k}" if prefix else str(k))
         return
     if isinstance(obj, (list, tuple)):
         for i, item in enumerate(obj):
@@ -57,8 +61,7 @@ def numeric_leaves(obj: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
 
 
 def _is_headline(metric: str) -> bool:
-    leaf = metric.rsplit(".", 1)[-1].lower()
-    return leaf.startswith(("top1", "top5", "acc"))
+    return is_accuracy(metric.rsplit(".", 1)[-1])
 
 
 def flat_config(run_dir: str) -> dict:
@@ -119,8 +122,9 @@ def collect(folder: str) -> tuple[list[str], list[dict], list[NotRead]]:
 
 
 def is_run(path: str) -> bool:
-    """A run folder: it has a config.yaml or a metrics.jsonl."""
-    return os.path.isfile(os.path.join(path, "config.yaml")) or os.path.isfile(os.path.join(path, "metrics.jsonl"))
+    """A run folder: it has a config.yaml or a metrics.jsonl (whatever is there: a folder in their
+    place is then reported as unreadable, not skipped)."""
+    return os.path.lexists(os.path.join(path, "config.yaml")) or os.path.lexists(os.path.join(path, "metrics.jsonl"))
 
 
 def differing_keys(configs: list[dict]) -> list[str]:
@@ -147,12 +151,23 @@ def aggregate(keys: list[str], runs: list[dict]) -> tuple[list[str], list[dict]]
     rows = []
     for gid, metrics in groups.items():
         for metric, values in metrics.items():
-            n = len(values)
-            mean = sum(values) / n
-            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
+            mean, std = mean_and_std(values)
             rows.append({"group": dict(zip(group_keys, gid)), "metric": metric, "mean": mean, "std": std,
-                         "n": n, "values": values})
+                         "n": len(values), "values": values})
     return group_keys, rows
+
+
+def mean_and_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (NaN for one value) of finite values, on the values divided by a power
+    of two near the largest magnitude: exact (the same figures as without it), and no sum or square
+    overflows or underflows however large or small they are."""
+    n = len(values)
+    peak = max(abs(v) for v in values)
+    scale = math.ldexp(1.0, math.frexp(peak)[1] - 1) if peak else 1.0  # peak / scale in [1, 2)
+    scaled = [v / scale for v in values]
+    mean = sum(scaled) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in scaled) / (n - 1)) * scale if n > 1 else float("nan")
+    return mean * scale, std
 
 
 def to_markdown(group_keys: list[str], rows: list[dict]) -> str:
@@ -221,9 +236,8 @@ def sweep_report(folder: str, out_dir: Optional[str] = None) -> dict:
         header = f"# Sweep report: {os.path.abspath(folder)}\n\n{len(runs)} of {total} run(s) with results, " \
                  f"{grouping}; mean ± sample std over: {over}.\n\n"
         body = header + md + ("\n" + not_read_markdown(not_read, total) if not_read else "")
-        atomic_write_bytes(paths["markdown"], lambda f: f.write(body.encode()))
-        text = to_csv(group_keys, rows)
-        atomic_write_bytes(paths["csv"], lambda f: f.write(text.encode()))
+        write_text(body, paths["markdown"], option="the sweep report file")
+        write_text(to_csv(group_keys, rows), paths["csv"], option="the sweep report file")
     return {"keys": keys, "group_keys": group_keys, "runs": len(runs), "total": total,
             "missing": [n.name for n in not_read], "not_read": not_read, "rows": rows,
             "markdown": md, "paths": paths if rows else {}}
@@ -254,12 +268,12 @@ def sweep_report_main(argv: Optional[list[str]] = None) -> int:
     try:
         check_folder_argument(args.folder)
         inputs = run_inputs(args.folder)
-        check_output_folder(args.out or args.folder, REPORT_FILES, protected=inputs,
+        check_report_folder(args.out or args.folder, REPORT_FILES, protected=inputs,
                             what="--out" if args.out else "the output folder (FOLDER; see --out)")
         check_output_file(args.json, [*inputs, *(os.path.join(args.out or args.folder, n) for n in REPORT_FILES)],
                           "--json")
         rep = sweep_report(args.folder, args.out)
-    except ReportError as err:
+    except (ReportError, OutputError) as err:  # OutputError: a write refused at write time
         return fail(prog, err, EXIT_INPUT)
     not_read = rep["not_read"]
     if rep["rows"]:
@@ -276,7 +290,10 @@ def sweep_report_main(argv: Optional[list[str]] = None) -> int:
         if args.json == "-":
             print(json.dumps(strict_json(data), indent=2, allow_nan=False))
         else:
-            write_json_atomic(data, args.json)
+            try:
+                write_json(data, args.json, option="--json")
+            except OutputError as err:
+                return fail(prog, err, EXIT_INPUT)
     blocking = [n for n in not_read if n.blocking]
     if blocking and not args.allow_missing:
         print(f"{prog}: error: {summary_line(not_read, rep['total'], 'the table')}", file=sys.stderr)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One short GPU check (under 8 minutes on one H100/H200; every stage fails fast and has a timeout):
+# One short GPU check (under 9 minutes on one H100/H200; every stage fails fast and has a timeout):
 #   smoke  a 3-step tiny `torchrun` pretraining on the GPU: a broken install fails in seconds
 #   (a)    NCCL really runs: `torchrun --nproc_per_node=1 -m ssl_bf pretrain` with
 #          train.process_group=always (backend cpu:gloo,cuda:nccl, NCCL_DEBUG=INFO), 30 steps each of
@@ -8,16 +8,22 @@
 #          a tiny k-NN monitor when FAISS and ssl_bf.eval import; checks rc 0, finite losses, and
 #          world_size 1 on cuda:0 in the start event; img/s from the epoch records
 #   (b)    model step throughput: ResNet-50, 224 px, bf16 autocast + channels-last, synthetic uint8
-#          crop pairs on the device (kornia photometric ops + forward/backward/update), MoCo-v2
+#          crop pairs on the device (photometric ops + forward/backward/update), MoCo-v2
 #          (batch 128) and MoCo-v3 (batch 256), BatchFormer off / on (projection), interleaved
 #          rounds, median img/s and each variant's peak memory
-#   (c)    end to end from the JPEG folder, same card, model (MoCo-v2 ResNet-50, BF off), batch and
-#          workers: ours (TwoCropFolder workers + kornia on the device + bf16 + channels-last) vs
-#          the reference (torchvision PIL MoCo-v2 pipeline in the workers, fp32); prints the ratio
+#   (d)    several processes against one (benchmarks/multi_gpu_check.py under torchrun, one process
+#          per visible GPU, NCCL): SyncBN in bf16 + channels-last, cross-rank shuffle-BN, the global
+#          BatchFormer gather, gather_shards_to_main, each against the one-process result; with
+#          fewer than 2 GPUs it runs nothing and the summary lists what stayed untested
+#   (c)    ours vs the reference MoCo-v2 pipeline (benchmarks/fair_comparison.py), MoCo-v2
+#          ResNet-50, same batch and workers, median step times after a warm-up on one long-lived
+#          loader: a data-only ratio (TwoCropFolder + photometric ops on the device vs the PIL pipeline with
+#          MoCo's own PIL blur), a model-only ratio (ssl-bf's step vs moco/builder.py's on the same
+#          views, bf16 + channels-last on both sides) and the end-to-end ratio
 # and a summary table, also written to $OUT/gpu_check.json and $OUT/gpu_check.md.
 #
 #   bash scripts/gpu_check.sh                  # on a GPU machine (exit 2 when no CUDA device is visible)
-#   bash scripts/gpu_check.sh --cpu-smoke      # the same stages, tiny, on the CPU (CI: well under 60 s)
+#   bash scripts/gpu_check.sh --cpu-smoke      # the same stages, tiny, on the CPU; (d) on 2 gloo processes
 #   options: --batch-v2 N (128) --batch-v3 N (256) --workers N (8) --run-batch N (64: stage a)
 #
 # Environment: OUT (default runs/gpu_check; gets gpu_check.{log,json,md} and gpu_check_runs.tar.gz
@@ -25,7 +31,7 @@
 # exists, else python3; torchrun is taken from beside it, else `$PYTHON -m torch.distributed.run`),
 # GPU_CHECK_WORK (scratch folder for the JPEGs and run folders, kept; default a temporary folder,
 # removed), GPU_CHECK_KNN (auto|on|off: the k-NN monitor in stage a), GPU_CHECK_DEADLINE_S (the
-# whole script's time budget, default 450; each stage's timeout is cut to what is left).
+# whole script's time budget, default 540; each stage's timeout is cut to what is left).
 #
 # Preparing a bare machine whose python has torch but not kornia (e.g. the lent H200 image): carry
 # wheels of kornia and kornia_rs (and faiss-cpu for the k-NN monitor, which then also needs
@@ -76,7 +82,7 @@ WORK=$(cd "$WORK" && pwd)
 rm -rf "$WORK/runs" "$WORK/stages" "$WORK/logs" "$WORK/env.json" "$WORK/prepare.env"
 mkdir -p "$WORK/runs" "$WORK/stages" "$WORK/logs"
 DATA="$WORK/data"
-DEADLINE=$((T_START + ${GPU_CHECK_DEADLINE_S:-450}))
+DEADLINE=$((T_START + ${GPU_CHECK_DEADLINE_S:-540}))
 
 LOG="$OUT/gpu_check.log"
 : > "$LOG"
@@ -87,17 +93,17 @@ if [ "$MODE" = gpu ]; then
     DEVICE=cuda EXPECT_DEVICE=cuda:0 BACKBONE=resnet50 SIZE=224
     CLASSES=2 TRAIN_PER_CLASS=256 VAL_PER_CLASS=32
     RUN_STEPS=30 LOG_EVERY=10 KNN_EVERY=2 BANK=256 QUERY=64
-    B_ROUNDS=5 B_STEPS=5 C_BATCH=$BATCH_V2 C_WARMUP=10 C_STEPS=40
+    B_ROUNDS=5 B_STEPS=5 C_BATCH=$BATCH_V2 C_WARMUP=10 C_STEPS=40 C_QUEUE=65536 C_SIZE=$SIZE
     MODEL=()  # the presets as they are
-    LIMIT_PREPARE=120 LIMIT_RUN=150 LIMIT_B=200 LIMIT_C=200
+    LIMIT_PREPARE=120 LIMIT_RUN=150 LIMIT_B=200 LIMIT_C=240 LIMIT_D=120
 else
     DEVICE=cpu EXPECT_DEVICE=cpu BACKBONE=resnet18 SIZE=64
     CLASSES=2 TRAIN_PER_CLASS=16 VAL_PER_CLASS=4
     RUN_STEPS=6 LOG_EVERY=3 KNN_EVERY=1 BANK=32 QUERY=8 RUN_BATCH=8
     BATCH_V2=8 BATCH_V3=8 WORKERS=1
-    B_ROUNDS=2 B_STEPS=1 C_BATCH=8 C_WARMUP=1 C_STEPS=3
+    B_ROUNDS=2 B_STEPS=1 C_BATCH=4 C_WARMUP=1 C_STEPS=3 C_QUEUE=256 C_SIZE=32  # (c): full-width ResNet-18
     MODEL=(backbone.width=8 moco.hidden_dim=64 moco.pred_hidden_dim=64 moco.queue_size=256)
-    LIMIT_PREPARE=60 LIMIT_RUN=60 LIMIT_B=60 LIMIT_C=60
+    LIMIT_PREPARE=60 LIMIT_RUN=60 LIMIT_B=60 LIMIT_C=90 LIMIT_D=60
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # tiny tensors: threads only add contention on a busy CI box
 fi
 OVERRIDE_ARGS=()
@@ -160,13 +166,19 @@ pretrain_run() {
     echo "== [$key: $name] $(date -u +%T) torchrun --nproc_per_node=1 pretrain, $method, $steps steps x $batch (timeout ${limit} s)"
     port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     t0=$(date +%s.%N)
-    NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT timeout -k 15 "$limit" "${TORCHRUN[@]}" --nproc_per_node=1 \
-        --master_addr=127.0.0.1 "--master_port=$port" \
-        -m ssl_bf pretrain --config "configs/${method}_r50_imagenet.yaml" "run.dir=$run_dir" \
+    local overrides=()  # pretrain refuses a key given twice: a later value replaces an earlier one here
+    mapfile -t overrides < <("$PYTHON" -c 'import sys
+keys = {}
+for a in sys.argv[1:]:
+    keys[a.split("=", 1)[0]] = a
+print("\n".join(keys.values()))' "run.dir=$run_dir" \
         data.name=imagefolder "data.root=$DATA" "data.num_workers=$WORKERS" "train.device=$DEVICE" \
         train.process_group=always "train.max_steps=$steps" "train.batch_size=$batch" \
         "train.log_every=$LOG_EVERY" "augment.image_size=$SIZE" "backbone.name=$BACKBONE" \
-        run.tensorboard=false run.progress=false "${knn[@]}" "${MODEL[@]+"${MODEL[@]}"}" "$@" > "$log" 2>&1 || rc=$?
+        run.tensorboard=false run.progress=false "${knn[@]}" "${MODEL[@]+"${MODEL[@]}"}" "$@")
+    NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=INIT timeout -k 15 "$limit" "${TORCHRUN[@]}" --nproc_per_node=1 \
+        --master_addr=127.0.0.1 "--master_port=$port" \
+        -m ssl_bf pretrain --config "configs/${method}_r50_imagenet.yaml" "${overrides[@]}" > "$log" 2>&1 || rc=$?
     t1=$(date +%s.%N)
     wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
     if [ "$rc" != 0 ]; then
@@ -210,12 +222,28 @@ for method in mocov2 mocov3; do
         batchformer.position=projection
 done
 
+# (d) several processes against one: every visible GPU (at most 8); 2 gloo processes in the CPU smoke
+if [ "$MODE" = gpu ]; then
+    NGPU=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
+    NPROC=$((NGPU > 8 ? 8 : NGPU)) D_DEVICE=cuda
+else
+    NGPU=0 NPROC=2 D_DEVICE=cpu
+fi
+if [ "$NPROC" -ge 2 ]; then
+    D_PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    run_stage multi_gpu "$LIMIT_D" "${TORCHRUN[@]}" --nproc_per_node="$NPROC" --master_addr=127.0.0.1 \
+        "--master_port=$D_PORT" benchmarks/multi_gpu_check.py --json "$WORK/stages/multi_gpu.json" --device "$D_DEVICE"
+else
+    run_stage multi_gpu 30 "$PYTHON" benchmarks/multi_gpu_check.py --json "$WORK/stages/multi_gpu.json" \
+        --skip "only $NGPU GPU visible: no collective ran between two GPUs"
+fi
+
 run_stage throughput "$LIMIT_B" "$PYTHON" benchmarks/gpu_check.py throughput --json "$WORK/stages/throughput.json" \
     --device "$DEVICE" --backbone "$BACKBONE" --size "$SIZE" --batch-v2 "$BATCH_V2" --batch-v3 "$BATCH_V3" \
     --rounds "$B_ROUNDS" --steps "$B_STEPS" "${OVERRIDE_ARGS[@]+"${OVERRIDE_ARGS[@]}"}"
 
 run_stage end_to_end "$LIMIT_C" "$PYTHON" benchmarks/gpu_check.py end-to-end --json "$WORK/stages/end_to_end.json" \
-    --folder "$DATA" --device "$DEVICE" --backbone "$BACKBONE" --size "$SIZE" --batch "$C_BATCH" \
-    --workers "$WORKERS" --warmup "$C_WARMUP" --steps "$C_STEPS" "${OVERRIDE_ARGS[@]+"${OVERRIDE_ARGS[@]}"}"
+    --folder "$DATA" --device "$DEVICE" --backbone "$BACKBONE" --size "$C_SIZE" --batch "$C_BATCH" \
+    --workers "$WORKERS" --warmup "$C_WARMUP" --steps "$C_STEPS" --queue "$C_QUEUE"
 
 STAGE=""

@@ -14,7 +14,7 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
 fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-if ! .venv/bin/python -c "import torch, torchvision, ssl_bf, faiss, kornia, submitit, sklearn, hypothesis" 2>/dev/null; then
+if ! .venv/bin/python -c "import torch, torchvision, ssl_bf, faiss, kornia, submitit, sklearn, hypothesis, webdataset, wids" 2>/dev/null; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
   .venv/bin/pip install -q -e ".[test]"

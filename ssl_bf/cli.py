@@ -1,4 +1,4 @@
-"""The `ssl-bf` command: pretrain, export, inspect, embed, knn, linear, evaluate, submit, sweep-report, report."""
+"""The `ssl-bf` command: pretrain, export, inspect, shard, embed, knn, linear, evaluate, submit, sweep-report, report."""
 from __future__ import annotations
 
 import importlib
@@ -12,6 +12,7 @@ _DELEGATED = {
     "pretrain": ("ssl_bf.train.cli", "pretrain_main", "pretrain MoCo-v2/v3 with or without BatchFormer"),
     "export": ("ssl_bf.checkpoints.cli", "export_main", "export a run's backbone (torchvision, timm, detectron2)"),
     "inspect": ("ssl_bf.eval.inspect_cli", "inspect_main", "format, architecture and loaded tensors of any checkpoint"),
+    "shard": ("ssl_bf.data.shards.cli", "shard_main", "image folder -> WebDataset tar shards + manifest.json"),
     "embed": ("ssl_bf.eval.embed_cli", "embed_main", "checkpoint -> embeddings file (safetensors)"),
     "knn": ("ssl_bf.eval.knn_cli", "knn_main", "FAISS weighted k-NN accuracy on embeddings files"),
     "linear": ("ssl_bf.eval.linear_cli", "linear_main", "linear probe (mocov2, mocov3, cached, logreg)"),

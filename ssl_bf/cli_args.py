@@ -5,7 +5,8 @@
   naming the option, the value and what is expected. NaN and infinities are never accepted.
 - `Parser`: the argument parser of every `ssl-bf` subcommand. A parse error raises `ArgumentError`
   (one line naming the option, ending `(see PROG --help)`); the command's `main(argv)` catches it,
-  prints it with `fail` and returns 2. `--help` prints the help and exits 0, as argparse does.
+  prints it with `fail` and returns 2. `--help` prints the help and exits 0, as argparse does. An
+  option given twice is merged (a list option) or refused (a single-value option), never dropped.
 - `fail`: the one error line `PROG: error: MESSAGE` on stderr, returning the exit code (2);
   `refuse`: a line `PROG: MESSAGE` for commands whose messages carry their own kind of error.
 - `one_line`: any error message on one line, shortened.
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import re
 import sys
@@ -32,10 +34,82 @@ EXIT_BAD_INPUT = 2  # the exit code of every refused argument or input
 class Parser(argparse.ArgumentParser):
     """The argument parser of every `ssl-bf` subcommand: a parse error raises `ArgumentError`
     (never argparse's usage dump and exit), one line that names the option and ends with
-    `(see PROG --help)`. `--help` still prints the help and exits 0."""
+    `(see PROG --help)`. `--help` still prints the help and exits 0.
+
+    An option given twice never silently drops the first value (argparse keeps the last): a list
+    option (nargs '+' or '*', e.g. `--k 20 --k 200`) merges the values in order; a single-value
+    option (`--config a.yaml --config b.yaml`, `--json a --json b`) is refused naming both; a flag
+    (`--no-progress`) may be repeated, but two flags that set one setting to different values are
+    refused. `append` options (`--sweep`, `--setup`) collect every use, as documented."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name, action in (("store", _StoreOnce), (None, _StoreOnce), ("store_const", _ConstOnce),
+                             ("store_true", _TrueOnce), ("store_false", _FalseOnce)):
+            self.register("action", name, action)
+        self._given: dict[str, tuple[str, object]] | None = None  # dest -> (option, value) of this parse
+
+    def parse_known_args(self, args=None, namespace=None):
+        with self._one_parse():
+            return super().parse_known_args(args, namespace)
+
+    def parse_known_intermixed_args(self, args=None, namespace=None):  # parses twice: one record for both
+        with self._one_parse():
+            return super().parse_known_intermixed_args(args, namespace)
+
+    @contextlib.contextmanager
+    def _one_parse(self):
+        outer = self._given is None
+        if outer:
+            self._given = {}
+        try:
+            yield
+        finally:
+            if outer:
+                self._given = None
 
     def error(self, message: str):  # argparse's hook for every parse error
         raise ArgumentError(f"{one_line(message, limit=900)} (see {self.prog} --help)")
+
+
+class _GivenOnce:
+    """An option action that records each use in its parser's `_given` and applies the repeat
+    rule of `Parser` (mixed into argparse's store actions)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = getattr(parser, "_given", None)
+        if option_string is None or given is None:  # a positional, or a parser of another class
+            return super().__call__(parser, namespace, values, option_string)
+        if self.dest in given:
+            first_option, first = given[self.dest]
+            if self.nargs in ("+", "*"):
+                setattr(namespace, self.dest, [*getattr(namespace, self.dest), *values])
+                return None
+            if self.nargs == 0 and first == self.const:
+                return None
+            shown = (lambda option, value: option if self.nargs == 0 else
+                     f"{option} {' '.join(map(str, value)) if isinstance(value, list) else value}")
+            raise argparse.ArgumentError(self, f"given twice ({shown(first_option, first)} and "
+                                               f"{shown(option_string, self.const if self.nargs == 0 else values)}), "
+                                               f"which would drop the first; give it once")
+        given[self.dest] = (option_string, self.const if self.nargs == 0 else values)
+        return super().__call__(parser, namespace, values, option_string)
+
+
+class _StoreOnce(_GivenOnce, argparse._StoreAction):
+    pass
+
+
+class _ConstOnce(_GivenOnce, argparse._StoreConstAction):
+    pass
+
+
+class _TrueOnce(_GivenOnce, argparse._StoreTrueAction):
+    pass
+
+
+class _FalseOnce(_GivenOnce, argparse._StoreFalseAction):
+    pass
 
 
 def fail(prog: str, err: BaseException | str, code: int = EXIT_BAD_INPUT) -> int:

@@ -5,6 +5,12 @@ tensor over gloo; a CPU run uses gloo. Each helper checks that the tensors it is
 device the group's backend serves (`check_served`), so a tensor on the wrong device fails here with
 a clear message instead of deep inside NCCL. Helpers run their collective whenever a process group
 exists, also at world size 1 (so a forced one-process group really exercises the backend).
+
+Two groups, two timeouts. Training collectives (the default group) give up after
+`TRAINING_TIMEOUT`, so a dead rank stops the others within 30 minutes instead of hours. Waits where
+rank 0 works alone (the monitor's k-NN vote, a checkpoint write) go through `wait_for_main()`, a
+barrier on a separate gloo group with `LONG_WAIT_TIMEOUT`. Where the process sits in its job
+(torchrun's variables, or SLURM's under a plain srun) is read by `ssl_bf.process_env`.
 """
 from __future__ import annotations
 
@@ -14,6 +20,12 @@ from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
+
+from .process_env import launch_env
+
+TRAINING_TIMEOUT = datetime.timedelta(minutes=30)  # every collective of a training step
+LONG_WAIT_TIMEOUT = datetime.timedelta(hours=2)  # waits for rank 0's k-NN vote or checkpoint write
+_LONG_WAIT_GROUP: Optional["dist.ProcessGroup"] = None  # gloo, created with the default group
 
 # backend name -> device types it serves (gloo kept to CPU: its CUDA support is partial)
 _BACKEND_DEVICES = {"gloo": ("cpu",), "nccl": ("cuda",)}
@@ -36,7 +48,8 @@ def rank() -> int:
 
 
 def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    """This process's index on its node (torchrun's LOCAL_RANK, or SLURM_LOCALID under a plain srun)."""
+    return launch_env().local_rank
 
 
 def is_main() -> bool:
@@ -49,25 +62,52 @@ def backend_spec(device: torch.device) -> str:
 
 
 def init_distributed(device: torch.device, force: bool = False) -> bool:
-    """Join the process group described by env:// variables when WORLD_SIZE > 1 (or `force`).
+    """Join the process group of this job when it has more than one process (or `force`).
 
-    `force` builds a group even for one process (e.g. `torchrun --nproc_per_node=1`), so its
-    collectives really run. Returns True when a process group is in use.
+    The job is read from torchrun's variables or, under a plain srun, SLURM's
+    (`ssl_bf.process_env.launch_env`; ProcessEnvError when they are incomplete). `force` builds a
+    group even for one process (e.g. `torchrun --nproc_per_node=1`), so its collectives really run.
+    The default group's collectives time out after TRAINING_TIMEOUT; a gloo group with
+    LONG_WAIT_TIMEOUT serves `wait_for_main`. Returns True when a process group is in use.
     """
+    global _LONG_WAIT_GROUP
     if is_initialized():
         return True
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not force:
+    env = launch_env()
+    if env.world_size <= 1 and not force:
         return False
-    if force:  # a lone process outside torchrun: a one-member group on this host
+    if env.world_size > 1:
+        os.environ.update(env.torch_variables())  # a plain srun sets none of them
+    else:  # a lone process outside torchrun: a one-member group on this host
         for name, default in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500"), ("RANK", "0"),
                               ("WORLD_SIZE", "1")):
             os.environ.setdefault(name, default)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    # a long timeout: evaluation between epochs (the k-NN vote) runs on rank 0 alone
-    dist.init_process_group(backend=backend_spec(device), init_method="env://",
-                            timeout=datetime.timedelta(hours=2))
+    dist.init_process_group(backend=backend_spec(device), init_method="env://", timeout=TRAINING_TIMEOUT)
+    _LONG_WAIT_GROUP = dist.new_group(backend="gloo", timeout=LONG_WAIT_TIMEOUT)
     return True
+
+
+def wait_for_main() -> None:
+    """Every rank waits here until all have arrived, on the long-wait gloo group (LONG_WAIT_TIMEOUT):
+    the call after work that rank 0 does alone (the monitor's vote, a checkpoint write), so the
+    others never sit in a training collective, whose timeout is short, while it works."""
+    if is_initialized():
+        dist.barrier(group=_LONG_WAIT_GROUP)
+
+
+def shut_down(wait: bool = False) -> None:
+    """Leave the process group (no-op without one). `wait`: first meet on the long-wait group, so no
+    rank tears the group down while rank 0 still writes; without it (a failed rank must not leave
+    the others waiting) the group is destroyed at once."""
+    global _LONG_WAIT_GROUP
+    if not is_initialized():
+        return
+    if wait:
+        wait_for_main()
+    dist.destroy_process_group()
+    _LONG_WAIT_GROUP = None
 
 
 def served_device_types() -> tuple[str, ...]:
@@ -193,12 +233,12 @@ def shuffle_batch(x: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor
         inverse = torch.argsort(perm)
         return x[perm], lambda y: y[inverse]
     x_all = gather_rows(x)  # (W*N, ...)
-    perm = torch.randperm(x_all.shape[0], device=x.device)
+    perm = torch.randperm(x_all.shape[0], device=x.device)  # (W*N,), rank 0's draw for everyone
     broadcast_(perm, src=0)
-    inverse = torch.argsort(perm)
     mine = slice(rank() * n, (rank() + 1) * n)
+    back = torch.argsort(perm)[mine]  # (N,): where this rank's original rows went
 
     def restore(y: torch.Tensor) -> torch.Tensor:
-        return gather_rows(y)[inverse][mine]
+        return gather_rows(y)[back]  # (N, ...): only this rank's rows are indexed
 
-    return x_all[perm][mine], restore
+    return x_all[perm[mine]], restore  # (N, ...): only this rank's share of the permuted batch

@@ -1,21 +1,16 @@
-"""Atomic writes and safe loading: the one place ssl-bf writes result files and reads tensors.
+"""Safe loading: tensor files are read with `torch.load(weights_only=True)`, and pickles of plain
+arrays (CIFAR's) with a restricted unpickler: nothing in a data file is ever executed.
 
-Every file ssl-bf produces (checkpoints, JSON results, embeddings, configs, metrics rewrites) is
-written to a temp file beside its target and renamed over it, so a crash never leaves a
-half-written file. Tensor files are read with `torch.load(weights_only=True)`, and pickles of
-plain arrays (CIFAR's) with a restricted unpickler: nothing in a data file is ever executed.
+(Writing is `ssl_bf/atomic_write.py`, through the output guard of `ssl_bf/outputs.py`.)
 """
 from __future__ import annotations
 
 import codecs
 import contextlib
-import json
-import math
 import os
 import pickle
 import re
-import tempfile
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -26,75 +21,6 @@ try:  # numpy >= 2
 except ImportError:  # numpy 1.x
     from numpy.core import multiarray as _np_multiarray  # type: ignore[no-redef]
     from numpy.core import numeric as _np_numeric  # type: ignore[no-redef]
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows (/proc); else set and restore."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def usual_file_mode() -> int:
-    """0666 minus the umask: the mode `open()` would give (mkstemp's temp files are 0600)."""
-    return 0o666 & ~_umask()
-
-
-@contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """Yield a temp path beside `path`; when the block succeeds, give it the usual file mode and
-    rename it over `path`. On any error the temp file is removed and `path` is untouched."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, usual_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: str, write_fn: Callable[[Any], Any]) -> None:
-    """Call `write_fn(binary file object)` on a temp file beside `path` (flushed and fsynced),
-    then rename it over `path`."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def save_atomic(obj: Any, path: str) -> None:
-    """torch.save to a temp file, then rename: a crash never leaves a half-written `path`."""
-    atomic_write_bytes(path, lambda f: torch.save(obj, f))
-
-
-def strict_json(obj: Any) -> Any:
-    """`obj` with every NaN/inf float replaced by None, so it serialises as strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict_json(v) for v in obj]
-    return obj
-
-
-def write_json_atomic(obj: Any, path: str) -> None:
-    """Strict JSON (NaN/inf written as null), atomically."""
-    text = json.dumps(strict_json(obj), indent=2, allow_nan=False)
-    atomic_write_bytes(path, lambda f: f.write((text + "\n").encode()))
 
 
 class UnreadableFileError(ValueError):
@@ -151,49 +77,6 @@ def load_tensors(path: str, map_location: str | torch.device = "cpu", metadata_t
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise UnreadableFileError(f"{path} is not a torch checkpoint (corrupt, truncated or another "
                                   f"format: {first})") from None
-
-
-def folder_problem(folder: str) -> Optional[str]:
-    """Why `folder` could not be created or written (its nearest existing ancestor is a file or is
-    not writable), or None. Reads only; nothing is created."""
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        return f"{existing} is a file, so the folder cannot be created"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"the folder {existing} is not writable"
-    return None
-
-
-class OutputError(ValueError):
-    """An output path that must not be written: a folder, a checkpoint, an input, unwritable."""
-
-
-def check_output(path: str, protected: Sequence[str] = (), what: str = "output") -> str:
-    """Refuse `path` as an output before any compute starts; returns it unchanged.
-
-    Refused: an existing folder; a training checkpoint (`.../checkpoints/*.pt`); any of the
-    `protected` input files (same file by path or inode); a folder that cannot be created or
-    written. The message names the option (`what`) and the path.
-    """
-    target = os.path.abspath(path)
-    if os.path.isdir(target):
-        raise OutputError(f"{what} {path} is a folder; give a file name")
-    for p in protected:
-        if p and os.path.exists(p) and (os.path.abspath(p) == target
-                                        or (os.path.exists(target) and os.path.samefile(p, target))):
-            raise OutputError(f"{what} {path} is this command's own input; write to another file")
-    if os.path.exists(target) and os.path.basename(os.path.dirname(target)) == "checkpoints" \
-            and target.endswith(".pt"):
-        raise OutputError(f"{what} {path} is a training checkpoint; refusing to overwrite it: write to "
-                          f"another file")
-    problem = folder_problem(os.path.dirname(target))
-    if problem:
-        raise OutputError(f"{what} {path}: {problem}")
-    if os.path.exists(target) and not os.access(target, os.W_OK):
-        raise OutputError(f"{what} {path} exists and is not writable")
-    return path
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,6 +27,15 @@ EMBED_OUT = [*EMBED, "--out", "{tmp}/out.safetensors"]
 MOCOV2 = ["linear", "--protocol", "mocov2", "--checkpoint", "{ckpt}", "--subset", "40", "--epochs", "1", NP]
 
 
+def given(base: list[str], option: str, value: str) -> list[str]:
+    """`base` with `option` set to `value`: its value in `base` replaced (an option given twice is
+    refused by every parser), or the pair appended when `base` does not give it."""
+    if option in base:
+        i = base.index(option)
+        return [*base[:i + 1], value, *base[i + 2:]]
+    return [*base, option, value]
+
+
 def case(id: str, argv: list[str], says: tuple[str, ...], *, code: int = 2, watch: tuple[str, ...] = (),
          **kw) -> Case:
     return Case(id, list(argv), code=code, says=says, unchanged=WATCH + tuple(watch), **kw)
@@ -345,36 +354,36 @@ KNN_CASES = [
     case("knn-json-under-a-file", [*KNN, "--k", "5", "--json", "{bad_text}/knn.json"], ("--json", "{bad_text}"),
          watch=("{bad_text}",)),
     # defect 6: unreadable or wrong files
-    case("knn-train-empty-file", [*KNN, "--train", "{bad_empty}"], ("{bad_empty}", "empty")),
-    case("knn-train-random-bytes", [*KNN, "--train", "{bad_random}"], ("{bad_random}",)),
-    case("knn-train-text-file", [*KNN, "--train", "{bad_text}"], ("{bad_text}",)),
-    case("knn-train-namespace-pickle", [*KNN, "--train", "{bad_namespace_pickle}"],
+    case("knn-train-empty-file", given(KNN, "--train", "{bad_empty}"), ("{bad_empty}", "empty")),
+    case("knn-train-random-bytes", given(KNN, "--train", "{bad_random}"), ("{bad_random}",)),
+    case("knn-train-text-file", given(KNN, "--train", "{bad_text}"), ("{bad_text}",)),
+    case("knn-train-namespace-pickle", given(KNN, "--train", "{bad_namespace_pickle}"),
          ("{bad_namespace_pickle}", "argparse.Namespace")),
-    case("knn-train-malicious-pickle", [*KNN, "--train", "{bad_malicious_pickle}"], ("{bad_malicious_pickle}",)),
-    case("knn-train-is-checkpoint", [*KNN, "--train", "{ckpt}"], ("{ckpt}",)),
-    case("knn-train-is-folder", [*KNN, "--train", "{tmp}"], ("{tmp}", "folder")),
-    case("knn-train-is-yaml", [*KNN, "--train", "{config}"], ("{config}", ".safetensors")),
-    case("knn-test-missing", [*KNN, "--test", "{tmp}/nope.safetensors"], ("{tmp}/nope.safetensors",)),
-    case("knn-test-truncated-safetensors", [*KNN, "--test", "{tmp}/cut.safetensors"],
+    case("knn-train-malicious-pickle", given(KNN, "--train", "{bad_malicious_pickle}"), ("{bad_malicious_pickle}",)),
+    case("knn-train-is-checkpoint", given(KNN, "--train", "{ckpt}"), ("{ckpt}",)),
+    case("knn-train-is-folder", given(KNN, "--train", "{tmp}"), ("{tmp}", "folder")),
+    case("knn-train-is-yaml", given(KNN, "--train", "{config}"), ("{config}", ".safetensors")),
+    case("knn-test-missing", given(KNN, "--test", "{tmp}/nope.safetensors"), ("{tmp}/nope.safetensors",)),
+    case("knn-test-truncated-safetensors", given(KNN, "--test", "{tmp}/cut.safetensors"),
          ("{tmp}/cut.safetensors",), setup=truncated_safetensors),
-    case("knn-test-garbage-safetensors", [*KNN, "--test", "{tmp}/junk.safetensors"],
+    case("knn-test-garbage-safetensors", given(KNN, "--test", "{tmp}/junk.safetensors"),
          ("{tmp}/junk.safetensors",), setup=garbage_safetensors),
-    case("knn-test-without-labels", [*KNN, "--test", "{tmp}/nolabels.safetensors"],
+    case("knn-test-without-labels", given(KNN, "--test", "{tmp}/nolabels.safetensors"),
          ("{tmp}/nolabels.safetensors", "labels"), setup=safetensors_without_labels),
-    case("knn-test-dims-differ", [*KNN, "--test", "{tmp}/d7.safetensors"], ("{tmp}/d7.safetensors", "D=7"),
+    case("knn-test-dims-differ", given(KNN, "--test", "{tmp}/d7.safetensors"), ("{tmp}/d7.safetensors", "D=7"),
          setup=dims_differ),
-    case("knn-test-labels-wrong-length", [*KNN, "--test", "{tmp}/x.npy"], ("{tmp}/x.npy", "labels"),
+    case("knn-test-labels-wrong-length", given(KNN, "--test", "{tmp}/x.npy"), ("{tmp}/x.npy", "labels"),
          setup=npy_labels_short),
     case("knn-train-labels-is-folder", [*KNN, "--train-labels", "{tmp}"], ("{tmp}", "folder")),
     case("knn-train-labels-file-wrong-length", [*KNN, "--train-labels", "{tmp}/short.npy"],
          ("{tmp}/short.npy",), setup=labels_file_short),
-    case("knn-test-nan-rows", [*KNN, "--test", "{tmp}/nan.safetensors"], ("{tmp}/nan.safetensors", "NaN"),
+    case("knn-test-nan-rows", given(KNN, "--test", "{tmp}/nan.safetensors"), ("{tmp}/nan.safetensors", "NaN"),
          setup=nan_embeddings),
-    case("knn-test-fractional-labels", [*KNN, "--test", "{tmp}/f.npy"], ("{tmp}/f_labels.npy", "integers"),
+    case("knn-test-fractional-labels", given(KNN, "--test", "{tmp}/f.npy"), ("{tmp}/f_labels.npy", "integers"),
          setup=float_labels),
-    case("knn-test-other-class-list", [*KNN, "--test", "{tmp}/other.safetensors"],
+    case("knn-test-other-class-list", given(KNN, "--test", "{tmp}/other.safetensors"),
          ("{tmp}/other.safetensors", "class"), setup=other_classes),
-    case("knn-test-labels-beyond-classes", [*KNN, "--test", "{tmp}/beyond.safetensors"],
+    case("knn-test-labels-beyond-classes", given(KNN, "--test", "{tmp}/beyond.safetensors"),
          ("{tmp}/beyond.safetensors", "classes"), setup=labels_beyond_classes),
     # scoring a set against itself finds every query as its own neighbour (an inflated number)
     case("knn-train-and-test-same-file", ["knn", "--train", "{train}", "--test", "{train}", NP],
@@ -435,8 +444,8 @@ EMBED_CASES = [
     # defect 2: numbers and names at parse time
     case("embed-batch-size-zero", [*EMBED_OUT, "--batch-size", "0"], ("--batch-size",)),
     case("embed-batch-size-negative", [*EMBED_OUT, "--batch-size", "-8"], ("--batch-size", "-8")),
-    case("embed-subset-zero", [*EMBED_OUT, "--subset", "0"], ("--subset",)),
-    case("embed-subset-larger-than-split", [*EMBED_OUT, "--subset", "10000000"], ("--subset", "10000000")),
+    case("embed-subset-zero", given(EMBED_OUT, "--subset", "0"), ("--subset",)),
+    case("embed-subset-larger-than-split", given(EMBED_OUT, "--subset", "10000000"), ("--subset", "10000000")),
     case("embed-workers-negative", [*EMBED_OUT, "--workers", "-1"], ("--workers", "-1")),
     case("embed-image-size-zero", [*EMBED_OUT, "--image-size", "0"], ("--image-size",)),
     case("embed-device-tpu", [*EMBED_OUT, "--device", "tpu"], ("--device", "tpu")),
@@ -475,7 +484,7 @@ LINEAR_CASES = [
     case("linear-val-fraction-one", [*CACHED, "--val-fraction", "1"], ("--val-fraction",)),
     case("linear-val-fraction-zero", [*LOGREG, "--val-fraction", "0"], ("--val-fraction",)),
     case("linear-seed-negative", [*CACHED, "--seed", "-3"], ("--seed", "-3")),
-    case("linear-subset-zero", [*MOCOV2, "--subset", "0"], ("--subset",)),
+    case("linear-subset-zero", given(MOCOV2, "--subset", "0"), ("--subset",)),
     case("linear-workers-negative", [*MOCOV2, "--workers", "-2"], ("--workers", "-2")),
     case("linear-image-size-zero", [*MOCOV2, "--image-size", "0"], ("--image-size",)),
     case("linear-save-every-zero", [*MOCOV2, "--work-dir", "{tmp}/probe", "--save-every", "0"], ("--save-every",)),
@@ -511,12 +520,12 @@ LINEAR_CASES = [
     case("linear-json-same-as-save-head", [*CACHED, "--json", "{tmp}/h.pt", "--save-head", "{tmp}/h.pt"],
          ("--json", "--save-head")),
     # embeddings files
-    case("linear-test-dims-differ", [*CACHED, "--test", "{tmp}/d7.safetensors"], ("{tmp}/d7.safetensors", "D=7"),
+    case("linear-test-dims-differ", given(CACHED, "--test", "{tmp}/d7.safetensors"), ("{tmp}/d7.safetensors", "D=7"),
          setup=dims_differ),
-    case("linear-test-labels-wrong-length", [*LOGREG, "--test", "{tmp}/x.npy"], ("{tmp}/x.npy",),
+    case("linear-test-labels-wrong-length", given(LOGREG, "--test", "{tmp}/x.npy"), ("{tmp}/x.npy",),
          setup=npy_labels_short),
-    case("linear-train-random-bytes", [*CACHED, "--train", "{bad_random}"], ("{bad_random}",)),
-    case("linear-train-nan-rows", [*LOGREG, "--train", "{tmp}/nan.safetensors"], ("{tmp}/nan.safetensors", "NaN"),
+    case("linear-train-random-bytes", given(CACHED, "--train", "{bad_random}"), ("{bad_random}",)),
+    case("linear-train-nan-rows", given(LOGREG, "--train", "{tmp}/nan.safetensors"), ("{tmp}/nan.safetensors", "NaN"),
          setup=nan_embeddings),
     case("linear-train-only", ["linear", "--protocol", "cached", "--train", "{train}", NP], ("--test",)),
     case("linear-test-only-with-checkpoint", ["linear", "--protocol", "logreg", "--checkpoint", "{ckpt}", "--test",
@@ -564,7 +573,7 @@ EVALUATE_CASES = [
     case("evaluate-projection-of-exported-backbone", [*EVAL, "--checkpoint", "{tmp}/backbone.pt", "--features",
                                                       "projection"], ("--features", "{tmp}/backbone.pt"),
          setup=lambda env, tmp: (evaluated_run(env, tmp), exported_backbone(env, tmp))),
-    case("evaluate-k-larger-than-subset", [*EVAL, "--subset", "100"], ("--subset", "200"), setup=evaluated_run),
+    case("evaluate-k-larger-than-subset", given(EVAL, "--subset", "100"), ("--subset", "200"), setup=evaluated_run),
     case("evaluate-config-broken", EVAL, ("{tmp}/run/config.yaml",),
          setup=_evaluated_run_with(_text("config.yaml", "method: [mocov2\n  seed: {\n"))),
     case("evaluate-data-missing", EVAL, ("{tmp}/no-such-data",), setup=run_with_missing_data),
@@ -579,10 +588,10 @@ EVALUATE_CASES = [
     # defect 2: parse time
     case("evaluate-batch-size-zero", [*EVAL, "--batch-size", "0"], ("--batch-size",), setup=evaluated_run),
     case("evaluate-memory-budget-nan", [*EVAL, "--memory-budget", "nan"], ("--memory-budget",), setup=evaluated_run),
-    case("evaluate-subset-zero", [*EVAL, "--subset", "0"], ("--subset",), setup=evaluated_run),
+    case("evaluate-subset-zero", given(EVAL, "--subset", "0"), ("--subset",), setup=evaluated_run),
     case("evaluate-workers-negative", [*EVAL, "--workers", "-1"], ("--workers",), setup=evaluated_run),
     case("evaluate-seed-negative", [*EVAL, "--seed", "-1"], ("--seed",), setup=evaluated_run),
-    case("evaluate-device-tpu", [*EVAL, "--device", "tpu"], ("--device", "tpu"), setup=evaluated_run),
+    case("evaluate-device-tpu", given(EVAL, "--device", "tpu"), ("--device", "tpu"), setup=evaluated_run),
     case("evaluate-linear-unknown-probe", [*EVAL, "--linear", "cached,svm"], ("--linear", "svm"),
          setup=evaluated_run),
     case("evaluate-index-unknown", [*EVAL, "--index", "lsh"], ("--index", "lsh"), setup=evaluated_run),
@@ -700,3 +709,175 @@ def _image_cases():
 
 UNREADABLE_IMAGE_CASES = _image_cases()
 CASES += UNREADABLE_IMAGE_CASES
+
+# ----------------------------------------------------------------------------------------------
+# Issue 21, cause 1: one output guard for every output (ssl_bf/outputs.py). Every case is refused
+# before any compute, names the option, and leaves the target (a special file stays special), the
+# run and the scratch folder byte-identical.
+# ----------------------------------------------------------------------------------------------
+from output_targets import (JSON, LONG_NAME, PNG, both, copy_of, make_bytes, make_chardev,  # noqa: E402
+                            make_fifo, make_link, make_socket)
+
+KNN_JSON = [*KNN, "--k", "5", "--json"]
+LOGREG_JSON = [*LOGREG, "--json"]
+INSPECT_JSON = [*INSPECT, "--json"]
+EMBED_JSON = [*EMBED_OUT, "--json"]
+
+OUTPUT_GUARD_CASES = [
+    # special files: the atomic rename used to replace them with a regular file
+    case("knn-json-a-char-device", [*KNN_JSON, "{tmp}/null"], ("--json", "{tmp}/null"), setup=make_chardev("null")),
+    case("knn-json-a-fifo", [*KNN_JSON, "{tmp}/fifo"], ("--json", "{tmp}/fifo", "FIFO"), setup=make_fifo("fifo")),
+    case("knn-json-a-socket", [*KNN_JSON, "{tmp}/sock"], ("--json", "{tmp}/sock", "socket"),
+         setup=make_socket("sock")),
+    case("knn-json-a-link-to-a-fifo", [*KNN_JSON, "{tmp}/link"], ("--json", "{tmp}/link", "FIFO"),
+         setup=both(make_fifo("fifo"), make_link("link", "fifo"))),
+    case("knn-json-a-dangling-link", [*KNN_JSON, "{tmp}/link"], ("--json", "{tmp}/link", "dangling"),
+         setup=make_link("link", "nowhere.json")),
+    case("linear-json-a-fifo", [*LOGREG_JSON, "{tmp}/fifo"], ("--json", "{tmp}/fifo"), setup=make_fifo("fifo")),
+    case("linear-save-head-a-char-device", [*LOGREG, "--save-head", "{tmp}/null"], ("--save-head", "{tmp}/null"),
+         setup=make_chardev("null")),
+    case("embed-out-a-fifo", [*EMBED, "--out", "{tmp}/e.safetensors"], ("--out", "{tmp}/e.safetensors", "FIFO"),
+         setup=make_fifo("e.safetensors")),
+    case("embed-json-a-socket", [*EMBED_JSON, "{tmp}/sock"], ("--json", "{tmp}/sock"), setup=make_socket("sock")),
+    case("inspect-json-a-fifo", [*INSPECT_JSON, "{tmp}/fifo"], ("--json", "{tmp}/fifo"), setup=make_fifo("fifo")),
+    case("evaluate-json-a-char-device", [*EVAL, "--json", "{tmp}/null"], ("--json", "{tmp}/null"),
+         setup=both(evaluated_run, make_chardev("null"))),
+    case("evaluate-results-json-a-fifo", EVAL, ("{tmp}/run/results.json", "FIFO"),
+         setup=both(evaluated_run, lambda env, tmp: os.unlink(os.path.join(tmp, "run", "results.json")),
+                    make_fifo("run/results.json"))),
+    case("evaluate-history-a-socket", EVAL, ("{tmp}/run/evaluations.jsonl", "socket"),
+         setup=both(evaluated_run, lambda env, tmp: os.unlink(os.path.join(tmp, "run", "evaluations.jsonl")),
+                    make_socket("run/evaluations.jsonl"))),
+    # a run folder's files, written only by the command that owns them
+    case("knn-json-onto-run-config", [*KNN_JSON, "{config}"], ("--json", "{config}", "ssl-bf pretrain")),
+    case("knn-json-onto-run-metrics", [*KNN_JSON, "{run}/metrics.jsonl"], ("--json", "{run}/metrics.jsonl")),
+    case("knn-json-onto-run-results-not-yet-written", [*KNN_JSON, "{run}/results.json"],
+         ("--json", "{run}/results.json", "ssl-bf evaluate")),
+    case("linear-json-onto-run-metrics", [*LOGREG_JSON, "{run}/metrics.jsonl"], ("--json", "{run}/metrics.jsonl")),
+    case("linear-save-head-onto-evaluate-head", [*LOGREG, "--save-head", "{tmp}/run/linear_head.pt"],
+         ("--save-head", "{tmp}/run/linear_head.pt", "ssl-bf evaluate"), setup=evaluated_run),
+    case("embed-json-onto-run-config", [*EMBED_JSON, "{config}"], ("--json", "{config}")),
+    case("embed-out-into-run-checkpoints", [*EMBED, "--out", "{run}/checkpoints/e.safetensors"],
+         ("--out", "{run}/checkpoints/e.safetensors", "ssl-bf pretrain")),
+    case("inspect-json-onto-run-metrics", [*INSPECT_JSON, "{run}/metrics.jsonl"], ("--json", "{run}/metrics.jsonl")),
+    case("evaluate-json-onto-run-metrics", [*EVAL, "--json", "{tmp}/run/metrics.jsonl"],
+         ("--json", "{tmp}/run/metrics.jsonl", "ssl-bf pretrain"), setup=evaluated_run),
+    case("evaluate-json-onto-run-history", [*EVAL, "--json", "{tmp}/run/evaluations.jsonl"],
+         ("--json", "{tmp}/run/evaluations.jsonl"), setup=evaluated_run),
+    # an existing file of another kind (recognised by its bytes, whatever its name)
+    case("knn-json-onto-an-embeddings-file-named-json", [*KNN_JSON, "{tmp}/e.json"],
+         ("--json", "{tmp}/e.json", "safetensors"), setup=copy_of("test", "e.json")),
+    case("knn-json-onto-a-png", [*KNN_JSON, "{tmp}/plot.png"], ("--json", "{tmp}/plot.png", "PNG"),
+         setup=make_bytes("plot.png", PNG)),
+    case("linear-save-head-onto-json", [*LOGREG, "--save-head", "{tmp}/h.pt"], ("--save-head", "{tmp}/h.pt", "JSON"),
+         setup=make_bytes("h.pt", JSON)),
+    case("embed-out-onto-a-json-file", [*EMBED, "--out", "{tmp}/e.safetensors"],
+         ("--out", "{tmp}/e.safetensors", "JSON"), setup=make_bytes("e.safetensors", JSON)),
+    case("inspect-json-onto-a-checkpoint-copy", [*INSPECT_JSON, "{tmp}/c.json"], ("--json", "{tmp}/c.json", "torch"),
+         setup=copy_of("ckpt", "c.json")),
+    case("evaluate-json-onto-a-png", [*EVAL, "--json", "{tmp}/e.json"], ("--json", "{tmp}/e.json", "PNG"),
+         setup=both(evaluated_run, make_bytes("e.json", PNG))),
+    # names the file system refuses: refused up front, not after the work naming a temp file
+    case("knn-json-name-too-long", [*KNN_JSON, "{tmp}/" + LONG_NAME], ("--json", "bytes")),
+    case("knn-json-trailing-slash", [*KNN_JSON, "{tmp}/out.json/"], ("--json", "{tmp}/out.json/")),
+    case("linear-save-head-name-too-long", [*LOGREG, "--save-head", "{tmp}/" + LONG_NAME], ("--save-head", "bytes")),
+    case("embed-out-name-too-long", [*EMBED, "--out", "{tmp}/" + "e" * 300 + ".safetensors"], ("--out", "bytes")),
+    case("embed-json-trailing-slash", [*EMBED_JSON, "{tmp}/s/"], ("--json", "{tmp}/s/")),
+    case("inspect-json-name-too-long", [*INSPECT_JSON, "{tmp}/" + LONG_NAME], ("--json", "bytes")),
+    # evaluate is all or nothing: a --json it cannot write used to leave RUN's files rewritten
+    case("evaluate-json-name-too-long", [*EVAL, "--json", "{tmp}/" + LONG_NAME], ("--json", "bytes"),
+         setup=evaluated_run),
+    case("evaluate-json-trailing-slash", [*EVAL, "--json", "{tmp}/e.json/"], ("--json", "{tmp}/e.json/"),
+         setup=evaluated_run),
+]
+CASES = CASES + OUTPUT_GUARD_CASES
+
+
+# ==================================================================================================
+# Issue 21, cause 5 (configlang): an option given twice never silently drops the first (list
+# options merge, single-value options are refused), in every subcommand's parser.
+# ==================================================================================================
+CASES += [
+    case("knn-json-given-twice", [*KNN, "--json", "{tmp}/a.json", "--json", "{tmp}/b.json"],
+         ("--json", "{tmp}/a.json", "{tmp}/b.json", "given twice")),
+    case("knn-train-given-twice", [*KNN, "--train", "{test}"], ("--train", "given twice")),
+    case("knn-index-given-twice", [*KNN, "--index", "flat", "--index", "hnsw"], ("--index", "given twice")),
+    case("embed-split-given-twice", [*EMBED_OUT, "--split", "train"], ("--split", "given twice")),
+    case("linear-protocol-given-twice", [*CACHED, "--protocol", "logreg"], ("--protocol", "given twice")),
+    case("evaluate-checkpoint-given-twice", ["evaluate", "{run}", "--checkpoint", "{ckpt}", "--checkpoint", "{ckpt}",
+                                             NP], ("--checkpoint", "given twice")),
+    case("inspect-json-given-twice", ["inspect", "{ckpt}", "--json", "{tmp}/a.json", "--json", "{tmp}/b.json"],
+         ("--json", "given twice")),
+]
+
+
+# ==================================================================================================
+# Issue 22, parts 2-3 (lteval): per-group accuracy and few-shot / low-label probes. A shot count
+# no class can give, a fraction outside (0, 1), class counts that do not fit the classes and
+# thresholds in the wrong order are refused (exit 2, naming the option and the file or class)
+# before anything is written.
+# ==================================================================================================
+def _npy_counts(counts):
+    def setup(env, tmp):
+        import numpy as np
+
+        np.save(os.path.join(tmp, "counts.npy"), np.asarray(counts))
+    return setup
+
+
+GROUP_COUNTS = "{tmp}/counts.npy"
+CASES += [
+    case("knn-shots-above-the-smallest-class", [*KNN, "--shots", "1000"], ("--shots 1000", "class", "smallest")),
+    case("linear-shots-above-the-smallest-class", [*LOGREG, "--shots", "1000", "--json", "{tmp}/l.json"],
+         ("--shots 1000", "class", "smallest")),
+    case("evaluate-shots-above-the-smallest-class", [*EVAL, "--shots", "1000", "--draws", "1"],
+         ("--shots 1000", "class", "smallest"), setup=evaluated_run),
+    case("knn-shots-zero", [*KNN, "--shots", "0"], ("--shots", "at least 1")),
+    case("linear-shots-zero", [*CACHED, "--shots", "0"], ("--shots", "at least 1")),
+    case("evaluate-shots-zero", [*EVAL, "--shots", "0"], ("--shots", "at least 1"), setup=evaluated_run),
+    case("linear-label-fraction-zero", [*LOGREG, "--label-fraction", "0"], ("--label-fraction", "between 0 and 1")),
+    case("linear-label-fraction-above-one", [*LOGREG, "--label-fraction", "1.5"],
+         ("--label-fraction", "between 0 and 1")),
+    case("linear-shots-with-an-image-protocol", [*MOCOV2, "--shots", "5"], ("--shots", "--protocol cached")),
+    case("linear-shots-and-label-fraction", [*LOGREG, "--shots", "5", "--label-fraction", "0.1"],
+         ("--shots", "--label-fraction", "one of them")),
+    case("knn-group-counts-wrong-length", [*KNN, "--group-counts", GROUP_COUNTS, "--json", "{tmp}/k.json"],
+         ("--group-counts", GROUP_COUNTS, "3 counts", "10 classes"), setup=_npy_counts([5, 4, 3])),
+    case("linear-group-counts-wrong-length", [*LOGREG, "--group-counts", "{tmp}/counts.json"],
+         ("--group-counts", "{tmp}/counts.json", "11 counts"),
+         setup=make_bytes("counts.json", b"[" + b"1," * 10 + b"1]")),
+    case("knn-group-counts-negative", [*KNN, "--group-counts", GROUP_COUNTS],
+         ("--group-counts", GROUP_COUNTS, "negative", "class 3"), setup=_npy_counts([9, 8, 7, -1, 5, 4, 3, 2, 1, 1])),
+    case("linear-group-counts-not-a-file", [*CACHED, "--group-counts", "{tmp}/none.npy"],
+         ("--group-counts", "{tmp}/none.npy", "no such file")),
+    case("knn-group-counts-a-folder", [*KNN, "--group-counts", "{tmp}"], ("--group-counts", "{tmp}", "not a file")),
+    case("knn-group-counts-not-counts", [*KNN, "--group-counts", "{tmp}/counts.json"],
+         ("--group-counts", "{tmp}/counts.json", "JSON list"), setup=make_bytes("counts.json", b'{"a": 1}')),
+    case("knn-group-thresholds-low-above-high", [*KNN, "--group-thresholds", "20", "100"],
+         ("--group-thresholds", "LOW is above HIGH")),
+    case("linear-group-thresholds-low-above-high", [*LOGREG, "--group-thresholds", "5", "50", "--json", "{tmp}/l.json"],
+         ("--group-thresholds", "LOW is above HIGH")),
+]
+
+
+def _data_indices(content):
+    """RUN/data_indices.npy of an evaluated run: an array (saved) or raw bytes."""
+    def write(run):
+        import numpy as np
+
+        path = os.path.join(run, "data_indices.npy")
+        if isinstance(content, bytes):
+            with open(path, "wb") as f:
+                f.write(content)
+        else:
+            np.save(path, np.asarray(content))
+    return _evaluated_run_with(write)
+
+
+CASES += [
+    case("evaluate-data-indices-negative", EVAL, ("{tmp}/run/data_indices.npy", "-4"),
+         setup=_data_indices([0, 1, -4])),
+    case("evaluate-data-indices-twice", EVAL, ("{tmp}/run/data_indices.npy", "twice"), setup=_data_indices([3, 3, 5])),
+    case("evaluate-data-indices-not-npy", EVAL, ("{tmp}/run/data_indices.npy", "not a readable .npy"),
+         setup=_data_indices(b"not an array")),
+]

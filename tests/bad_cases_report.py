@@ -393,3 +393,220 @@ CASES = [
     Case("submit-evaluate-bad-value", ["submit", "evaluate", "--cluster", "local", "--dry-run", "--", "{run}",
                                        "--subset", "all"], says=("evaluate", "--subset"), unchanged=("{tmp}", "{run}")),
 ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 21, cause 1: one output guard for every output (ssl_bf/outputs.py): report --out and its
+# files, sweep-report --out/--json, submit --json/--folder. Each is refused before any work, names
+# the option, and leaves the target (a special file stays special) and the runs byte-identical.
+# ----------------------------------------------------------------------------------------------
+from output_targets import (JSON, LONG_NAME, PNG, both, copy_of, make_bytes, make_chardev, make_fifo,  # noqa: E402
+                            make_socket)
+
+REPORT = ["report", "{run}", "--no-tsne"]
+SUBMIT = ["submit", "pretrain", "--cluster", "local", "--dry-run"]
+SUBMIT_ARGS = ["--", "--config", "{tiny}", "run.dir={tmp}/r"]
+
+
+def _copied_run(name: str):
+    return lambda env, tmp: copy_run(env, os.path.join(tmp, name))
+
+
+OUTPUT_GUARD_CASES = [
+    Case("report-out-a-fifo", [*REPORT, "--out", "{tmp}/fifo"], says=("--out", "{tmp}/fifo", "FIFO"),
+         setup=make_fifo("fifo"), unchanged=("{run}", "{tmp}")),
+    Case("report-out-holds-report-md-as-a-fifo", [*REPORT, "--out", "{tmp}/o"], says=("--out", "{tmp}/o/report.md"),
+         setup=make_fifo("o/report.md"), unchanged=("{run}", "{tmp}")),
+    Case("report-out-loss-png-holds-json", [*REPORT, "--out", "{tmp}/o"], says=("--out", "{tmp}/o/loss.png", "JSON"),
+         setup=make_bytes("o/loss.png", JSON), unchanged=("{run}", "{tmp}")),
+    Case("report-default-folder-a-socket", ["report", "{tmp}/r", "--no-tsne"], says=("{tmp}/r/report", "socket"),
+         setup=both(_copied_run("r"), make_socket("r/report")), unchanged=("{run}", "{tmp}")),
+    Case("report-out-into-run-embeddings", [*REPORT, "--out", "{run}/embeddings"],
+         says=("--out", "{run}/embeddings", "ssl-bf evaluate")),
+    Case("report-out-into-run-checkpoints", [*REPORT, "--out", "{run}/checkpoints"],
+         says=("--out", "{run}/checkpoints", "ssl-bf pretrain")),
+    Case("report-out-name-too-long", [*REPORT, "--out", "{tmp}/" + "r" * 300], says=("--out", "bytes"),
+         unchanged=("{run}", "{tmp}")),
+    Case("sweep-report-json-a-fifo", [*SR, "--json", "{tmp}/fifo"], setup=both(sweep(), make_fifo("fifo")),
+         says=("--json", "{tmp}/fifo", "FIFO"), unchanged=("{tmp}",)),
+    Case("sweep-report-json-a-char-device", [*SR, "--json", "{tmp}/null"], setup=both(sweep(), make_chardev("null")),
+         says=("--json", "{tmp}/null"), unchanged=("{tmp}",)),
+    Case("sweep-report-json-into-run-checkpoints", [*SR, "--json", "{tmp}/sweep/seed=0/checkpoints/t.json"],
+         setup=sweep(), says=("--json", "ssl-bf pretrain"), unchanged=("{tmp}",)),
+    Case("sweep-report-json-onto-a-png", [*SR, "--json", "{tmp}/t.json"], setup=both(sweep(), make_bytes("t.json", PNG)),
+         says=("--json", "{tmp}/t.json", "PNG"), unchanged=("{tmp}",)),
+    Case("sweep-report-json-name-too-long", [*SR, "--json", "{tmp}/" + LONG_NAME], setup=sweep(),
+         says=("--json", "bytes"), unchanged=("{tmp}",)),
+    Case("sweep-report-out-md-a-socket", [*SR, "--out", "{tmp}/o"], setup=both(sweep(), make_socket("o/sweep-report.md")),
+         says=("--out", "{tmp}/o/sweep-report.md", "socket"), unchanged=("{tmp}",)),
+    Case("sweep-report-out-csv-holds-a-png", [*SR, "--out", "{tmp}/o"],
+         setup=both(sweep(), make_bytes("o/sweep-report.csv", PNG)), says=("--out", "PNG"), unchanged=("{tmp}",)),
+    Case("submit-json-a-fifo", [*SUBMIT, "--json", "{tmp}/fifo", *SUBMIT_ARGS], setup=make_fifo("fifo"),
+         says=("--json", "{tmp}/fifo", "FIFO"), unchanged=("{tmp}",)),
+    Case("submit-json-a-char-device", [*SUBMIT, "--json", "{tmp}/null", *SUBMIT_ARGS], setup=make_chardev("null"),
+         says=("--json", "{tmp}/null"), unchanged=("{tmp}",)),
+    Case("submit-json-onto-run-metrics", [*SUBMIT, "--json", "{run}/metrics.jsonl", *SUBMIT_ARGS],
+         says=("--json", "{run}/metrics.jsonl", "ssl-bf pretrain"), unchanged=("{tmp}", "{run}")),
+    Case("submit-json-onto-a-checkpoint-copy", [*SUBMIT, "--json", "{tmp}/s.json", *SUBMIT_ARGS],
+         setup=copy_of("ckpt", "s.json"), says=("--json", "{tmp}/s.json", "torch"), unchanged=("{tmp}",)),
+    Case("submit-json-name-too-long", [*SUBMIT, "--json", "{tmp}/" + LONG_NAME, *SUBMIT_ARGS],
+         says=("--json", "bytes"), unchanged=("{tmp}",)),
+    Case("submit-folder-a-fifo", [*SUBMIT, "--folder", "{tmp}/fifo", *SUBMIT_ARGS], setup=make_fifo("fifo"),
+         says=("--folder", "{tmp}/fifo", "FIFO"), unchanged=("{tmp}",)),
+]
+CASES = CASES + OUTPUT_GUARD_CASES
+
+
+# ===========================================================================================
+
+# issue 21, cause 6 (worktree runfiles): reports refuse impossible values, and t-SNE of degenerate
+# embeddings is skipped with a note. An accuracy outside [0, 100], or a string, bool or NaN where
+# a number belongs, used to be averaged into the table (or dropped from it without a word); t-SNE
+# of all-zero or identical embeddings crashed the process with SIGSEGV before report.md.
+# ==================================================================================================
+def _results_with(edit):
+    def make(path):
+        res = _results(1)
+        edit(res)
+        with open(path, "w") as f:
+            f.write(json.dumps(res))  # NaN / Infinity as Python writes them
+    return make
+
+
+_RESULTS_FILES.update({
+    "acc_250": _results_with(lambda r: r["knn"][0].update(top1=250.0)),
+    "acc_negative": _results_with(lambda r: r["linear"].update(top1=-3.5)),
+    "acc_string": _results_with(lambda r: r["linear"].update(top1="81.0")),
+    "acc_bool": _results_with(lambda r: r["logreg"].update(top1=True)),
+    "acc_nan": _results_with(lambda r: r["knn"][1].update(top5=float("nan"))),
+    "acc_inf": _results_with(lambda r: r["linear"].update(top5=float("inf"))),
+    "huge_int": _results_with(lambda r: r.update(evaluated={"seconds": 10 ** 400})),
+    "knn_not_a_list": _results_with(lambda r: r.update(knn={"top1": 70.0})),
+    "k_a_string": _results_with(lambda r: r["knn"][0].update(k="twenty")),
+})
+
+
+def _report_tsne_of(make):
+    """A setup: {tmp}/r, a copy of the tiny run whose embeddings/test.safetensors holds `make(x)`
+    in place of its features (written directly: no reader's checks)."""
+    def setup(env, tmp):
+        import torch
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        run = copy_run(env, os.path.join(tmp, "r"))
+        with safe_open(env.paths(tmp)["test"], "pt") as f:
+            tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+        x = make(torch, tensors["embeddings"])  # (N', D)
+        tensors = {"embeddings": x.contiguous(), "labels": tensors["labels"][:len(x)].contiguous()}
+        os.makedirs(os.path.join(run, "embeddings"), exist_ok=True)
+        save_file(tensors, os.path.join(run, "embeddings", "test.safetensors"), metadata=meta)
+    return setup
+
+
+def _nan_rows(torch, x):
+    x = x.clone()
+    x[3, 1] = float("nan")
+    return x
+
+
+_TSNE = ["report", "{tmp}/r", "--tsne-sample", "60"]
+_REPORT_WRITTEN = ("{tmp}/r/report/report.md", "no map")
+
+CASES += [
+    *[Case(f"sweep-report-{kind.replace('_', '-')}-is-an-unreadable-run", SR, code=3,
+           setup=sweep(("ok", kind, "ok")), says=("seed=1", "{tmp}/sweep/seed=1/results.json", word, *NOT_READ),
+           unchanged=RUNS, wrong_result=True)
+      for kind, word in (("acc_250", "outside [0, 100]"), ("acc_negative", "outside [0, 100]"),
+                         ("acc_string", "a JSON string, not a number"), ("acc_bool", "a JSON boolean"),
+                         ("acc_nan", "nan"), ("acc_inf", "inf"), ("huge_int", "too large"),
+                         ("knn_not_a_list", "'knn'"), ("k_a_string", "knn[0]"))],
+    Case("sweep-report-allow-missing-leaves-the-impossible-run-out-of-the-mean", [*SR, "--allow-missing"], code=0,
+         setup=sweep(("ok", "ok", "acc_250")), says=("seed=2", "outside [0, 100]", "70.50 ± 0.71 (n=2)"),
+         unchanged=RUNS, wrong_result=True),
+    Case("report-accuracy-above-100-is-an-unreadable-run", ["report", "{tmp}/sweep", "--no-tsne"], code=3,
+         setup=sweep(("acc_250", "ok", "ok")), says=("seed=0", "{tmp}/sweep/seed=0/results.json", "outside [0, 100]"),
+         unchanged=RUNS, wrong_result=True),
+    Case("report-accuracy-a-string-is-an-unreadable-run", ["report", "{tmp}/r", "--no-tsne"], code=3,
+         setup=run_with(results="acc_string"), says=("{tmp}/r/results.json", "'linear.top1'", "not a number"),
+         unchanged=("{tmp}/r/results.json", "{tmp}/r/checkpoints"), wrong_result=True),
+    # metrics.jsonl: a garbage line in the middle, or a folder in its place (used to be skipped silently)
+    Case("report-metrics-garbage-line-in-the-middle", ["report", "{tmp}/r", "--no-tsne"], code=3,
+         setup=run_with(metrics='{"step": 0}\nnot json\n{"step": 2, "epoch": 0, "loss": 1.0}\n'),
+         says=("{tmp}/r/metrics.jsonl", "line 2 is not JSON", *NOT_READ), unchanged=("{tmp}/r/metrics.jsonl",)),
+    Case("report-metrics-impossible-accuracy", ["report", "{tmp}/r", "--no-tsne"], code=3,
+         setup=run_with(metrics='{"event": "knn", "epoch": 0, "step": 4, "knn_top1": 250}\n{"step": 5}\n'),
+         says=("{tmp}/r/metrics.jsonl", "'knn_top1' = 250"), unchanged=("{tmp}/r/metrics.jsonl",), wrong_result=True),
+    Case("report-metrics-is-a-folder", ["report", "{tmp}/r", "--no-tsne"], code=3,
+         setup=lambda env, tmp: (copy_run(env, f"{tmp}/r"), os.unlink(f"{tmp}/r/metrics.jsonl"),
+                                 os.makedirs(f"{tmp}/r/metrics.jsonl")),
+         says=("{tmp}/r/metrics.jsonl", "folder"), unchanged=("{tmp}/r/checkpoints",)),
+    Case("report-metrics-torn-last-line-is-a-note", ["report", "{tmp}/r", "--no-tsne"], code=0,
+         setup=run_with(metrics='{"step": 2, "epoch": 0, "loss": 1.0}\n{"step": 4, "lo'),
+         says=("missing or partial",), unchanged=("{tmp}/r/metrics.jsonl",)),
+    # t-SNE of degenerate embeddings: skipped with a note, report.md written (in a child: a crash shows)
+    *[Case(f"report-tsne-of-{name}-is-skipped-with-a-note", _TSNE, code=0, setup=_report_tsne_of(make),
+           says=says, unchanged=("{tmp}/r/embeddings", "{tmp}/r/checkpoints"), subprocess=True)
+      for name, make, says in (
+          ("all-zero-embeddings", lambda t, x: t.zeros_like(x), _REPORT_WRITTEN),
+          ("identical-points", lambda t, x: x[:1].repeat(len(x), 1), _REPORT_WRITTEN),
+          ("two-distinct-points", lambda t, x: t.cat([x[:1].repeat(40, 1), x[1:2].repeat(40, 1)]),
+           (*_REPORT_WRITTEN, "2 distinct")),
+          ("one-point", lambda t, x: x[:1].clone(), ("{tmp}/r/report/report.md", "too few for a map")),
+          ("nan-embeddings", _nan_rows, _REPORT_WRITTEN))],
+]
+
+# ==================================================================================================
+# Issue 21, cause 5 (configlang): submit's sweep values, its options given twice, and the
+# subcommand's own input checks before anything is submitted (a dry run makes them too).
+# ==================================================================================================
+_SUBMIT_KNN = ["submit", "knn", "--cluster", "local", "--dry-run", "--"]
+
+
+def _with_file(id_: str, option: str, text: str, says: tuple[str, ...]) -> Case:
+    """`submit pretrain OPTION {tmp}/f.yaml --dry-run` with `text` as the sweep file or preset."""
+    local = ["--cluster", "local"] if option == "--sweep-file" else []
+    return Case(id_, ["submit", "pretrain", *local, option, "{tmp}/f.yaml", "--dry-run", "--", "--config", "{tiny}",
+                      "run.dir={tmp}/r"], setup=write("f.yaml", text), says=("{tmp}/f.yaml", *says),
+                unchanged=("{tmp}",))
+
+
+CASES += [
+    Case("submit-sweep-unbalanced-bracket", ["submit", "pretrain", "--cluster", "local", "--sweep",
+                                             "batchformer.insert_after=[1,3", "--dry-run", "--", "--config", "{tiny}",
+                                             "run.dir={tmp}/r"],
+         says=("--sweep", "batchformer.insert_after=[1,3", "does not close"), unchanged=("{tmp}",)),
+    _with_file("submit-sweep-file-quoted-number", "--sweep-file", "axes: {seed: ['010', '011']}\n",
+               ("seed", "text '010'")),
+    _with_file("submit-sweep-file-complex-key", "--sweep-file", "axes: {[seed]: [0, 1]}\n", ("complex key",)),
+    _with_file("submit-preset-recursive-alias", "--preset", "cluster: local\nsetup: &s [*s]\n", ("recursive alias",)),
+    _with_file("submit-preset-key-twice", "--preset", "cluster: local\ntime: 10\ntime: 20\n",
+               ("'time' is given twice",)),
+    Case("submit-cluster-given-twice", ["submit", "pretrain", "--cluster", "local", "--cluster", "slurm", "--dry-run",
+                                        "--", "--config", "{tiny}", "run.dir={tmp}/r"],
+         says=("--cluster", "given twice"), unchanged=("{tmp}",)),
+    Case("submit-dry-run-knn-missing-train", [*_SUBMIT_KNN, "--train", "{tmp}/nope.safetensors", "--test", "{test}"],
+         says=("--train", "{tmp}/nope.safetensors", "no such file"), unchanged=("{tmp}",)),
+    Case("submit-dry-run-knn-train-is-test", [*_SUBMIT_KNN, "--train", "{train}", "--test", "{train}"],
+         says=("--test", "is the --train file"), unchanged=("{tmp}",)),
+    Case("submit-dry-run-knn-json-onto-an-input", [*_SUBMIT_KNN, "--train", "{train}", "--test", "{test}",
+                                                   "--json", "{test}"],
+         says=("--json", "{test}"), unchanged=("{tmp}", "{test}")),
+    Case("submit-dry-run-embed-out-is-a-folder", ["submit", "embed", "--cluster", "local", "--dry-run", "--",
+                                                  "--checkpoint", "{ckpt}", "--split", "test", "--out", "{tmp}"],
+         says=("--out", "{tmp}"), unchanged=("{tmp}",)),
+    Case("submit-dry-run-evaluate-missing-run", ["submit", "evaluate", "--cluster", "local", "--dry-run", "--",
+                                                 "{tmp}/no-run"],
+         says=("run folder not found", "{tmp}/no-run"), unchanged=("{tmp}",)),
+    Case("submit-dry-run-pretrain-run-dir-is-a-file", ["submit", "pretrain", "--cluster", "local", "--dry-run", "--",
+                                                       "--config", "{tiny}", "run.dir={bad_text}"],
+         says=("run.dir", "{bad_text}"), unchanged=("{tmp}", "{bad_text}")),
+    Case("submit-dry-run-pretrain-resume-changes-the-run", ["submit", "pretrain", "--cluster", "local", "--dry-run",
+                                                            "--", "--config", "{tiny}", "run.dir={run}",
+                                                            "train.epochs=1", "data.subset=256",
+                                                            "moco.queue_size=128", "seed=3"],
+         says=("seed",), unchanged=("{tmp}", "{run}")),
+    Case("submit-knn-missing-train-not-a-dry-run", ["submit", "knn", "--cluster", "local", "--folder", "{tmp}/jobs",
+                                                    "--", "--train", "{tmp}/nope.safetensors", "--test", "{test}"],
+         says=("--train", "no such file"), unchanged=("{tmp}",)),
+]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -35,22 +36,34 @@ class Case:
     subprocess: bool = False  # run `python -m ssl_bf` in a child (signals, real exit codes)
     wrong_result: bool = False  # a case that used to print a wrong number (for the tally)
     check: Optional[Callable[[str], None]] = None  # (case tmp folder) -> None: asserts on what it wrote
+    environ: dict = field(default_factory=dict)  # variables set while the case runs (None: unset)
+
+
+def _content(path: str) -> bytes:
+    """A regular file's bytes; for a FIFO, socket or device (never opened: a FIFO would block) or a
+    dangling link, what it is, so that replacing one with a regular file changes the digest."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return b"<dangling link>"
+    if not stat.S_ISREG(st.st_mode):
+        return f"<special file {stat.S_IFMT(st.st_mode):o}>".encode()
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def digest(path: str) -> str:
     """sha256 over a file, or over every file (name and bytes) under a folder; '-' if absent."""
     h = hashlib.sha256()
-    if os.path.isfile(path):
-        with open(path, "rb") as f:
-            h.update(f.read())
-    elif os.path.isdir(path):
+    if os.path.isdir(path):
         for dirpath, dirnames, filenames in sorted(os.walk(path)):
             dirnames.sort()
             for name in sorted(filenames):
                 full = os.path.join(dirpath, name)
                 h.update(os.path.relpath(full, path).encode())
-                with open(full, "rb") as f:
-                    h.update(f.read())
+                h.update(_content(full))
+    elif os.path.lexists(path):
+        h.update(_content(path))
     else:
         return "-"
     return h.hexdigest()

@@ -6,7 +6,9 @@
 - an accepted input gives the result an independent float64 numpy reference gives.
 
 `run_cli` runs `ssl-bf ARGV` in-process and returns (exit code, stdout + stderr); `Tally` counts
-the generated inputs each suite tried, for the closing tally (pytest -s prints it).
+the generated inputs each suite tried, for the closing tally (pytest -s prints it);
+`fuzz_examples(n)` is a suite's example budget (also importable from conftest.py; import it from
+here: in a whole run tests/cluster/conftest.py can be the module named `conftest`).
 """
 from __future__ import annotations
 
@@ -19,10 +21,12 @@ from bad_inputs_harness import TRACEBACK, digest
 
 FUZZ_SCALE = max(1, int(os.environ.get("SSL_BF_FUZZ_SCALE", "1") or 1))
 TRIED: collections.Counter = collections.Counter()  # suite name -> generated inputs tried
+FUZZ_SCALE = max(1, int(os.environ.get("SSL_BF_FUZZ_SCALE", "1") or 1))
 
 
 def fuzz_examples(n: int) -> int:
-    """The example budget of one fuzz test: `n` times SSL_BF_FUZZ_SCALE (e.g. 10 for a longer local hunt)."""
+    """The example budget of one fuzz test: `n` times SSL_BF_FUZZ_SCALE (import it from here:
+    `from conftest import` may find tests/cluster/conftest.py in a whole-tree run)."""
     return n * FUZZ_SCALE
 
 

@@ -28,6 +28,8 @@ def test_the_corpus_is_large_and_ids_are_unique():
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case, env, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SSL_BF_PWNED", str(tmp_path / "pwned"))
+    for name, value in case.environ.items():
+        monkeypatch.setenv(name, value) if value is not None else monkeypatch.delenv(name, raising=False)
     values = env.paths(str(tmp_path))
     if case.setup is not None:
         case.setup(env, str(tmp_path))
@@ -45,7 +47,7 @@ def test_bad_input(case, env, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "pwned").exists(), "a pickle in a data file was executed"
 
 
-SUBCOMMANDS = ["pretrain", "export", "inspect", "embed", "knn", "linear", "evaluate", "submit", "sweep-report",
+SUBCOMMANDS = ["pretrain", "export", "inspect", "shard", "embed", "knn", "linear", "evaluate", "submit", "sweep-report",
                "report"]
 
 

@@ -164,7 +164,7 @@ def test_batchformer_v2_gets_gradients_and_stays_out_of_the_ema_and_the_backbone
     ((*VIT, "batchformer.position=vit_blocks", "batchformer.insert_after=[1,1]"), "distinct"),
     ((*VIT, "batchformer.position=vit_blocks", "batchformer.insert_after=[1]", "batchformer.heads=5"), "divisible"),
     ((*VIT, "batchformer.insert_after=[1]"), "is for batchformer.position=vit_blocks"),
-    ((*VIT, "batchformer.position=vit_blocks", "batchformer.insert_after=[x]"), "expected int"),
+    ((*VIT, "batchformer.position=vit_blocks", "batchformer.insert_after=[x]"), "expected an integer"),
 ])
 def test_bad_vit_blocks_settings_are_refused_with_the_fix(overrides, message):
     with pytest.raises(ConfigError, match=message):

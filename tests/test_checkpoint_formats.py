@@ -503,8 +503,9 @@ def test_sincos_matches_moco_v3_formula():
 def _sslbf_checkpoint(tmp_path, *overrides: str, in_channels: int = 1, image_size: int = 28) -> str:
     from ssl_bf.config import save_config, to_dict
     from ssl_bf.run_config import load_config
-    from ssl_bf.io import save_atomic
+    from ssl_bf.atomic_write import write_torch
     from ssl_bf.models.registry import build_model
+    from ssl_bf.run_layout import Owner
 
     run = str(tmp_path / "run")
     cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
@@ -513,8 +514,8 @@ def _sslbf_checkpoint(tmp_path, *overrides: str, in_channels: int = 1, image_siz
     model = build_model(cfg, in_channels=in_channels, image_size=image_size)
     save_config(cfg, os.path.join(run, "config.yaml"))
     path = os.path.join(run, "checkpoints", "last.pt")
-    save_atomic({"model": model.state_dict(), "config": to_dict(cfg), "in_channels": in_channels,
-                 "image_size": image_size, "epoch": 1, "step": 8}, path)
+    write_torch({"model": model.state_dict(), "config": to_dict(cfg), "in_channels": in_channels,
+                 "image_size": image_size, "epoch": 1, "step": 8}, path, owner=Owner.PRETRAIN)
     return path
 
 

@@ -83,7 +83,8 @@ def test_two_process_gradients_equal_one_process_on_the_global_batch(tmp_path, b
 
     torch.manual_seed(0)
     # one process, the whole batch; split BN with 2 contiguous groups = each rank's BN
-    cfg = tiny_config(None, *OVERRIDES, "moco.split_bn_groups=2", "train.batch_size=64", *_bf_overrides(bf))
+    overrides = [o for o in OVERRIDES if not o.startswith("train.batch_size=")]  # each key once
+    cfg = tiny_config(None, *overrides, "moco.split_bn_groups=2", "train.batch_size=64", *_bf_overrides(bf))
     model = build_model(cfg, 1, 28).train()
     x1, x2 = _inputs()
     model(x1, x2, momentum=0.9)["loss"].backward()

@@ -178,3 +178,41 @@ def test_ddp_mocov2_drops_split_bn_for_shuffle_bn(tmp_path):
         groups, description = (tmp_path / f"norm{rank}.txt").read_text().split("|")
         assert groups == "1"  # plain BN in every layer, whatever the preset said
         assert "shuffle-BN" in description and "2 ranks" in description
+
+
+# --- two groups, two timeouts ----------------------------------------------------------------------
+def test_training_group_times_out_within_30_minutes_and_waits_use_a_long_gloo_group(one_process_group):
+    """The process groups' own options (what gloo and NCCL enforce), read back from torch."""
+    from datetime import timedelta
+
+    world = dist.group.WORLD._get_backend(torch.device("cpu")).options._timeout
+    long_group = dist_utils._LONG_WAIT_GROUP
+    assert long_group is not None and dist.get_backend(long_group) == "gloo"
+    long = long_group._get_backend(torch.device("cpu")).options._timeout
+    assert world == dist_utils.TRAINING_TIMEOUT <= timedelta(minutes=30)
+    assert long == dist_utils.LONG_WAIT_TIMEOUT > world
+    dist_utils.wait_for_main()  # a real barrier on it
+
+
+def test_no_module_but_distributed_py_calls_torch_distributed():
+    """Every collective lives in ssl_bf/distributed.py: no other installed module imports
+    torch.distributed or reaches it as an attribute (DDP, the model wrapper, is not a collective call)."""
+    import ast
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    offenders = []
+    for folder in ("ssl_bf", "eval", "launch", "report"):
+        for dirpath, _, files in os.walk(os.path.join(root, folder)):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                if not name.endswith(".py") or path == os.path.abspath(dist_utils.__file__):
+                    continue
+                with open(path) as f:
+                    tree = ast.parse(f.read(), path)
+                for node in ast.walk(tree):
+                    names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                             [node.module or ""] if isinstance(node, ast.ImportFrom) else
+                             [ast.unparse(node)] if isinstance(node, ast.Attribute) else [])
+                    if any(n == "torch.distributed" or n.startswith("torch.distributed.") for n in names):
+                        offenders.append(f"{os.path.relpath(path, root)}:{node.lineno}")
+    assert not offenders, offenders

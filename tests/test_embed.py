@@ -10,6 +10,7 @@ import torch
 
 from ssl_bf.eval.formats import (EmbeddingsError, find_labels_file, load_embeddings, make_embeddings,
                                  save_embeddings)
+from ssl_bf.outputs import OutputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,8 +55,8 @@ def test_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
-        save_embeddings(path, np.zeros((5, 2)), [0] * 5)
+    with pytest.raises(OutputError, match="disk full"):  # one line naming the file
+        save_embeddings(path, np.full((5, 2), 2.0), [0] * 5)
     monkeypatch.undo()
     assert open(path, "rb").read() == before
     assert os.listdir(tmp_path) == ["e.safetensors"]
@@ -154,8 +155,9 @@ def _fashion_mnist_or_skip():
 
 def make_run(tmp_path, *overrides: str) -> str:
     """A run folder with config.yaml and a freshly initialised checkpoint (tiny preset)."""
-    from ssl_bf.io import save_atomic
+    from ssl_bf.atomic_write import write_torch
     from ssl_bf.config import save_config, to_dict
+    from ssl_bf.run_layout import Owner
     from ssl_bf.run_config import load_config
     from ssl_bf.models.registry import build_model
 
@@ -163,8 +165,8 @@ def make_run(tmp_path, *overrides: str) -> str:
     cfg = load_config(os.path.join(ROOT, "configs", "tiny.yaml"), [f"run.dir={run}", *overrides])
     model = build_model(cfg, in_channels=1)
     save_config(cfg, os.path.join(run, "config.yaml"))
-    save_atomic({"model": model.state_dict(), "config": to_dict(cfg), "in_channels": 1, "epoch": 3, "step": 24},
-                os.path.join(run, "checkpoints", "last.pt"))
+    write_torch({"model": model.state_dict(), "config": to_dict(cfg), "in_channels": 1, "epoch": 3, "step": 24},
+                os.path.join(run, "checkpoints", "last.pt"), owner=Owner.PRETRAIN)
     return run
 
 
@@ -207,14 +209,14 @@ def test_embed_image_folder_with_paths(tmp_path):
     argv = ["--checkpoint", os.path.join(run, "checkpoints", "last.pt"), "--data", str(tmp_path / "imgs"),
             "--split", "test", "--out", out, "--no-progress", "--workers", "0", "--image-size", "32"]
     assert embed_main(argv) == 2
-    from ssl_bf.io import save_atomic
+    from ssl_bf.atomic_write import write_torch
     from ssl_bf.config import to_dict
     from ssl_bf.run_config import load_config
     from ssl_bf.models.registry import build_model
 
     cfg = load_config(os.path.join(run, "config.yaml"))
     ckpt3 = str(tmp_path / "rgb.pt")
-    save_atomic({"model": build_model(cfg, 3).state_dict(), "config": to_dict(cfg), "in_channels": 3}, ckpt3)
+    write_torch({"model": build_model(cfg, 3).state_dict(), "config": to_dict(cfg), "in_channels": 3}, ckpt3)
     argv[1] = ckpt3
     assert embed_main([*argv, "--dtype", "float16", "--json", str(tmp_path / "s.json")]) == 0
     e = load_embeddings(out)

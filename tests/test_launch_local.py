@@ -95,6 +95,8 @@ def test_dry_run_chained_evaluation_keeps_the_pretraining_layout(tmp_path, capsy
 def test_evaluation_commands_are_submitted_across_nodes_and_gpus(tmp_path, capsys, no_cluster, monkeypatch,
                                                                   command, args):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "RUN" / "checkpoints").mkdir(parents=True)  # the dry run checks the inputs exist
+    (tmp_path / "RUN" / "checkpoints" / "last.pt").write_bytes(b"")
     rc = ssl_bf_main(["submit", command, "--cluster", "slurm", "--nodes", "2", "--gpus-per-node", "4",
                       "--dry-run", "--", *args])
     out = capsys.readouterr().out
@@ -337,3 +339,136 @@ def test_an_explicit_slurm_option_on_the_local_cluster_is_refused(tmp_path, caps
         make_options(None, cluster="local", partition="gpu")
     with pytest.raises(LaunchError, match=r"--mem-gb must be a positive number of GB per node, got nan"):
         make_options(None, cluster="slurm", mem_gb=float("nan"))
+
+
+# --- submit checks what the job would check; a job's refusal is one line (issue 21) -------------
+def _npz(path: Path, rows: int = 8) -> str:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(path, embeddings=rng.normal(size=(rows, 4)).astype("float32"), labels=np.arange(rows) % 2)
+    return str(path)
+
+
+def _fill(argv: list[str], tmp_path: Path) -> list[str]:
+    return [a.replace("{tmp}", str(tmp_path)) for a in argv]
+
+
+REFUSED_BY_THE_SUBCOMMAND = [
+    (["knn", "--", "--train", "{tmp}/nope.npz", "--test", "{tmp}/b.npz"], ["--train", "{tmp}/nope.npz", "no such file"]),
+    (["knn", "--", "--train", "{tmp}/a.npz", "--test", "{tmp}/a.npz"], ["is the --train file"]),
+    (["knn", "--", "--train", "{tmp}/a.npz", "--test", "{tmp}/b.npz", "--json", "{tmp}/a.npz"], ["--json"]),
+    (["knn", "--", "--train", "{tmp}/a.npz", "--test", "{tmp}/b.npz", "--json", "{tmp}"], ["--json", "folder"]),
+    (["linear", "--", "--protocol", "cached", "--train", "{tmp}/a.npz", "--test", "{tmp}/a.npz"],
+     ["is the --train file"]),
+    (["embed", "--", "--checkpoint", "{tmp}/none.pt", "--split", "test", "--out", "{tmp}/e.safetensors"],
+     ["--checkpoint", "{tmp}/none.pt"]),
+    (["embed", "--", "--checkpoint", "{tmp}/a.npz", "--split", "test", "--out", "{tmp}"], ["--out"]),
+    (["evaluate", "--", "{tmp}/no-run"], ["run folder not found", "{tmp}/no-run"]),
+    (["pretrain", "--", "--config", TINY, "run.dir={tmp}/a.npz"], ["run.dir", "{tmp}/a.npz"]),
+    (["pretrain", "--", "--config", TINY, "run.dir={tmp}/r", "--json", TINY], ["--json", TINY]),
+]
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "submission"])
+@pytest.mark.parametrize("argv, words", REFUSED_BY_THE_SUBCOMMAND,
+                         ids=["knn-missing-train", "knn-train-is-test", "knn-json-onto-input", "knn-json-folder",
+                              "linear-train-is-test", "embed-missing-checkpoint", "embed-out-folder",
+                              "evaluate-missing-run", "pretrain-run-dir-is-a-file", "pretrain-json-is-the-config"])
+def test_submit_runs_the_subcommands_own_input_checks_before_submitting(tmp_path, capsys, no_cluster, argv, words,
+                                                                        dry_run):
+    _npz(tmp_path / "a.npz")
+    _npz(tmp_path / "b.npz")
+    command, rest = argv[0], argv[1:]
+    rc = ssl_bf_main(["submit", command, "--cluster", "local", "--folder", str(tmp_path / "jobs"),
+                      *(["--dry-run"] if dry_run else []), *_fill(rest, tmp_path)])
+    out = capsys.readouterr()
+    assert rc == 2, out
+    assert out.err.count("\n") == 1 and "Traceback" not in out.err + out.out, out.err
+    for word in _fill(words, tmp_path):
+        assert word in out.err, (word, out.err)
+    assert "submitted" not in out.out and not (tmp_path / "jobs").exists()
+
+
+def test_a_dry_run_with_good_inputs_passes_the_same_checks(tmp_path, capsys, no_cluster):
+    rc = ssl_bf_main(["submit", "knn", "--cluster", "local", "--dry-run", "--", "--train", _npz(tmp_path / "a.npz"),
+                      "--test", _npz(tmp_path / "b.npz"), "--json", str(tmp_path / "knn.json")])
+    assert rc == 0, capsys.readouterr()
+    assert not (tmp_path / "knn.json").exists()
+
+
+VIT_BF = ["backbone.name=vit_mini", "backbone.patch_size=7", "method=mocov3", "batchformer.enabled=true",
+          "batchformer.position=vit_blocks", "batchformer.insert_after=[4]"]
+
+
+def test_a_bracketed_sweep_value_is_one_value(tmp_path, capsys, no_cluster):
+    def elements(sweep: str) -> list[str]:
+        rc = ssl_bf_main(["submit", "pretrain", "--cluster", "local", "--dry-run", "--sweep", sweep, "--",
+                          "--config", TINY, f"run.dir={tmp_path}/s", *VIT_BF])
+        out = capsys.readouterr()
+        assert rc == 0, out
+        return [line for line in out.out.splitlines() if line.startswith("# local: ssl-bf pretrain")]
+
+    one = elements("batchformer.insert_after=[1,3]")
+    assert len(one) == 1 and "batchformer.insert_after=[1,3]" in one[0]
+    two = elements("batchformer.insert_after=[1,3],[2]")
+    assert len(two) == 2 and "batchformer.insert_after=[1,3]" in two[0] and "batchformer.insert_after=[2]" in two[1]
+    for bad, words in (("batchformer.insert_after=[1,3", "does not close"), ("seed=0],1", "closes no bracket")):
+        rc = ssl_bf_main(["submit", "pretrain", "--cluster", "local", "--dry-run", "--sweep", bad, "--",
+                          "--config", TINY, f"run.dir={tmp_path}/s", *VIT_BF])
+        err = capsys.readouterr().err
+        assert rc == 2 and words in err and bad in err, err
+
+
+def test_a_sweep_file_list_value_is_one_value_of_a_list_key(tmp_path, capsys, no_cluster):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("axes:\n  batchformer.insert_after: [[1, 3], [2]]\n  seed: ['010']\n")
+    rc = ssl_bf_main(["submit", "pretrain", "--cluster", "local", "--dry-run", "--sweep-file", str(path), "--",
+                      "--config", TINY, f"run.dir={tmp_path}/s", *VIT_BF])
+    err = capsys.readouterr().err
+    assert rc == 2 and "seed: expected an integer, got the text '010'" in err, err  # quoted: YAML text
+    path.write_text("axes:\n  batchformer.insert_after: [[1, 3], [2]]\n  seed: [010]\n")
+    rc = ssl_bf_main(["submit", "pretrain", "--cluster", "local", "--dry-run", "--sweep-file", str(path), "--",
+                      "--config", TINY, f"run.dir={tmp_path}/s", *VIT_BF])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    lines = [line for line in out.splitlines() if line.startswith("# local: ssl-bf pretrain")]
+    assert len(lines) == 2 and "batchformer.insert_after=[1,3]' seed=10" in lines[0]  # 010 is 10 (YAML 1.2)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_wait_prints_the_one_line_of_a_job_that_refuses_its_input(tmp_path, capsys, one_thread):
+    """The device is the one check submit leaves to the job (the job's node may have GPUs): the
+    job's refusal comes back as its one line and exit 2, not submitit's traceback."""
+    run = tmp_path / "run"
+    rc = ssl_bf_main(["submit", "pretrain", "--cluster", "debug", "--wait", "--json", str(tmp_path / "sub.json"),
+                      "--", "--config", TINY, f"run.dir={run}", "train.device=cuda:7"])
+    out = capsys.readouterr()
+    assert rc == 2, out
+    assert "Traceback" not in out.out + out.err and out.err.count("\n") == 1, out.err
+    assert "refused its input: ssl-bf pretrain: config error: train.device" in out.err
+    assert json.loads((tmp_path / "sub.json").read_text())["results"][0]["state"] == "FAILED"
+    assert not (run / "checkpoints").exists()
+
+
+def test_wait_prints_the_one_line_of_an_evaluation_job_that_refuses_its_input(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_text("not an archive\n")  # it exists (the submit-time check), the job cannot read it
+    rc = ssl_bf_main(["submit", "knn", "--cluster", "debug", "--folder", str(tmp_path / "jobs"), "--",
+                      "--train", str(bad), "--test", _npz(tmp_path / "b.npz"), "--no-progress"])
+    out = capsys.readouterr()
+    assert rc == 2, out
+    assert "Traceback" not in out.out + out.err, out.err  # (a debug job runs here: its own line shows too)
+    assert out.err.splitlines()[-1].endswith(f"refused its input: ssl-bf knn: error: {bad}: not a readable .npz "
+                                             f"file (corrupt, or it holds Python objects, which ssl-bf never loads)")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_wait_on_a_local_job_that_refuses_its_input(tmp_path, capsys, one_thread):
+    rc = ssl_bf_main(["submit", "pretrain", "--cluster", "local", "--wait", "--",
+                      "--config", TINY, f"run.dir={tmp_path / 'run'}", "train.device=cuda:7"])
+    out = capsys.readouterr()
+    assert rc == 2, out
+    assert "Traceback" not in out.out + out.err and out.err.count("\n") == 1, out.err
+    assert "refused its input: ssl-bf pretrain: config error: train.device" in out.err

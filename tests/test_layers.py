@@ -5,7 +5,7 @@ eval/ imports only the core; launch/ and report/ import eval/ and the core (neve
 ssl_bf/cli.py, ssl_bf/__main__.py (and the package's __init__) may import anything.
 
 Inside the core, by folder, bottom to top:
-  base         io, yaml_io, devices, distributed, cli_args, sweep_file, config/
+  base         io, yaml_io, devices, process_env, distributed, cli_args, sweep_file, config/
   models/      base
   data/        base
   knn/         base

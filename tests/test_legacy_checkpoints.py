@@ -4,6 +4,12 @@ tests/golden/legacy/ holds two small run folders written on 2026-12-04 by the co
 (before the core was regrouped into models/ train/ knn/ checkpoints/), stopped after 4 of 16 steps,
 with the per-step losses that code reached when resumed to the end and the test features it
 embedded (make.sh records the commands). Today's code must give the same numbers exactly.
+
+One deliberate change: issue 25 made the augmentation torchvision's, which changes every view drawn
+after the resume. The resumed losses (steps 5-16) were therefore rewritten once with
+resume_losses.sh (each expected_losses.json says so in its "note" and keeps the old code's values
+under "superseded_resumed_losses"); steps 1-4, the checkpoints and the embeddings are the old
+code's, and the embeddings must still match bit for bit.
 """
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ def test_eval_and_launch_install_as_subpackages():
     assert os.path.samefile(os.path.dirname(ssl_bf.launch.__file__), os.path.join(ROOT, "launch"))
 
 
-SUBCOMMANDS = {"pretrain", "export", "inspect", "embed", "knn", "linear", "evaluate", "submit", "sweep-report", "report"}
+SUBCOMMANDS = {"pretrain", "export", "inspect", "shard", "embed", "knn", "linear", "evaluate", "submit", "sweep-report", "report"}
 
 
 def listed_subcommands(help_text: str) -> list[str]:

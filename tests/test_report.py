@@ -226,3 +226,66 @@ def test_report_lists_every_run_it_could_not_read(tmp_path, capsys):
     assert variant["results"]["linear.top1"] == {"mean": 61.5, "std": None, "n": 1, "values": [61.5]}
     assert main(["report", str(base), "--no-tsne", "--out", str(out), "--allow-missing"]) == 0
     assert "seed=2" in capsys.readouterr().out
+
+
+# --- issue 21, cause 6: impossible values, degenerate t-SNE inputs --------------------------------
+@pytest.mark.parametrize("results, problem", [
+    ({"knn": [{"k": 20, "temperature": 0.07, "top1": 70.0, "top5": None}], "linear": None, "extra": {"x": [1, "a"]}},
+     None),
+    ({"linear": {"top1": 100.0, "top5": 0}, "evaluated": {"seconds": 12.5, "epoch": 3}}, None),
+    ({"linear": {"top1": 100.01}}, "'linear.top1' is 100.01, outside [0, 100] (an accuracy in percent)"),
+    ({"knn": [{"k": 20, "top1": "71"}]}, "'knn[0].top1' is a JSON string, not a number"),
+    ({"logreg": {"acc1": True}}, "'logreg.acc1' is a JSON boolean, not a number"),
+    ({"knn": [{"k": 20, "top5": float("nan")}]}, "'knn[0].top5' is nan, outside [0, 100] (an accuracy in percent)"),
+    ({"evaluated": {"seconds": float("-inf")}}, "'evaluated.seconds' is -inf, not a finite number"),
+    ({"evaluated": {"rows": 10 ** 301}}, "'evaluated.rows' is a number too large for a table"),
+    ({"knn": {"top1": 70}}, "'knn' is a JSON object, not a list"),
+    ({"knn": [{"k": 0, "top1": 70}]}, "knn[0] has k = 0, not a count"),
+    ({"knn": [{"k": 20, "temperature": -1, "top1": 70}]}, "knn[0] has temperature = -1, not a positive number"),
+    ({"x": {"val_accuracy": [50]}}, "'x.val_accuracy' is a JSON list, not a number"),
+])
+def test_results_problem_names_the_first_impossible_value(results, problem):
+    from ssl_bf.report.inputs import results_problem
+
+    assert results_problem(results) == problem
+
+
+def test_results_nested_deeper_than_a_results_file_are_refused_without_recursion():
+    from ssl_bf.report.inputs import MAX_DEPTH, results_problem
+
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    assert f"nested more than {MAX_DEPTH} levels deep" in results_problem({"extra": deep})
+
+
+def test_means_stay_finite_and_match_a_float64_reference():
+    from ssl_bf.report.sweep_table import mean_and_std
+
+    rng = np.random.default_rng(0)
+    for scale in (1.0, 1e-300, 1e150, 1e307):
+        values = list(rng.uniform(-1, 1, size=5) * scale)
+        mean, std = mean_and_std(values)
+        ref = np.asarray(values, dtype=np.float64) / scale
+        assert np.isclose(mean / scale, ref.mean(), rtol=1e-12) and np.isclose(std / scale, ref.std(ddof=1), rtol=1e-12)
+    assert mean_and_std([1.7e308, 1.7e308]) == (1.7e308, 0.0)
+    assert mean_and_std([70.0, 71.0, 72.0]) == (71.0, 1.0) and np.isnan(mean_and_std([61.5])[1])
+
+
+@pytest.mark.parametrize("name, rows, words", [
+    ("all zeros", np.zeros((50, 8)), "only 1 distinct direction(s) among 50 points"),
+    ("one point", np.ones((1, 8)), "only 1 distinct direction(s) among 1 points"),
+    ("two points", np.repeat(np.eye(8)[:2], 25, axis=0), "only 2 distinct direction(s)"),
+    ("identical points", np.tile(np.arange(8.0), (50, 1)), "only 1 distinct direction(s)"),
+    ("one direction at many scales", np.tile(np.arange(8.0), (50, 1)) * np.linspace(1, 2, 50)[:, None], "direction"),
+    ("NaN", np.where(np.eye(50, 8) > 0, np.nan, 1.0), "NaN or infinite"),
+    ("one dimension", np.arange(50.0)[:, None], "rows of 2 or more values"),
+])
+def test_tsne_refuses_degenerate_rows_before_scikit_learn_sees_them(name, rows, words):
+    """scikit-learn crashes the process (SIGSEGV) on all-zero or identical rows: the check runs first."""
+    from ssl_bf.report.tsne import MapError, map_problem, tsne_2d
+
+    assert words in map_problem(rows)
+    with pytest.raises(MapError, match="direction|NaN|values"):
+        tsne_2d(rows)
+    assert map_problem(np.random.default_rng(0).normal(size=(50, 8))) is None

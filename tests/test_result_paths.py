@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
+from ssl_bf.run_layout import Owner
 from test_embed import _fashion_mnist_or_skip, make_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,11 +103,11 @@ def test_embeddings_of_another_checkpoint_or_features_are_not_reused(tmp_path):
     shutil.copy(ckpt, other)
     path = os.path.join(run, "embeddings", "train.safetensors")
     x, y = np.ones((4, 2)), [0, 1, 0, 1]
-    save_embeddings(path, x, y, checkpoint="checkpoints/last.pt", features="backbone")
+    save_embeddings(path, x, y, checkpoint="checkpoints/last.pt", features="backbone", owner=Owner.EVALUATE)
     assert _reusable(path, ckpt, "backbone", run)
     assert not _reusable(path, ckpt, "projection", run)
     assert not _reusable(path, other, "backbone", run)  # --checkpoint another file
-    save_embeddings(path, x, y, checkpoint=other, features="backbone")  # outside RUN: absolute
+    save_embeddings(path, x, y, checkpoint=other, features="backbone", owner=Owner.EVALUATE)  # outside RUN: absolute
     assert _reusable(path, other, "backbone", run) and not _reusable(path, ckpt, "backbone", run)
 
 
@@ -134,7 +135,7 @@ def test_files_with_absolute_paths_from_older_versions_are_still_read(tmp_path, 
         path = os.path.join(run, "embeddings", f"{split}.safetensors")
         emb = load_embeddings(path)
         save_embeddings(path, emb.embeddings, emb.labels, checkpoint=ckpt, features="backbone",
-                        classes=emb.classes)
+                        classes=emb.classes, owner=Owner.EVALUATE)  # as an older evaluate wrote it
 
     assert sweep_report_main([str(tmp_path), "--allow-missing"]) == 0  # reads the old results.json
     with open(tmp_path / "sweep-report.md") as f:

@@ -245,7 +245,9 @@ def test_a_shorter_run_is_refused_and_resume_safe_settings_are_not(tmp_path, cap
     safe = ("train.log_every=2", "train.checkpoint_every_steps=3", "train.max_steps=4", "train.time_budget_min=30",
             "train.device=cpu", "train.amp=false", "data.num_workers=0", "monitor.knn_every=3", "monitor.knn_k=5",
             "monitor.bank_subset=100", "monitor.query_subset=50", "run.tensorboard=false", "run.progress=false")
-    assert main(["pretrain", "--config", TINY, f"run.dir={cfg.run.dir}", *SMALL, "train.epochs=3", *safe]) == 0
+    keys = {s.split("=")[0] for s in safe}
+    small = [s for s in SMALL if s.split("=")[0] not in keys]  # safe sets them: a key is given once
+    assert main(["pretrain", "--config", TINY, f"run.dir={cfg.run.dir}", *small, "train.epochs=3", *safe]) == 0
     assert _saved_step(cfg.run.dir) == 4
 
 
@@ -274,3 +276,102 @@ def test_a_requeued_attempt_waits_for_the_lock_of_the_attempt_still_ending(tmp_p
     with pytest.raises(RunLockError, match=rf"PID {os.getpid()} .*\(waited 1 s\)"):
         RunLock(str(tmp_path)).acquire(wait_s=1)
     second.release()
+
+
+# --- issue 21, cause 4: what marks a run folder, metrics.jsonl, the checkpoint's schema ---------------
+def test_a_new_run_may_use_a_missing_an_empty_or_a_submit_prepared_folder_but_not_a_folder_of_other_files(tmp_path):
+    from ssl_bf.train.run_folder import RunFolder
+
+    for name, prepare in (("missing", lambda p: None), ("empty", os.makedirs),
+                          ("submitted", lambda p: os.makedirs(os.path.join(p, "submitit", "logs")))):
+        path = str(tmp_path / name)
+        prepare(path)
+        RunFolder(tiny_config(None, f"run.dir={path}"), 1)  # accepted: a new run
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("lr: 0.1\n")
+    with pytest.raises(RunFolderError, match=r"holds files \(config.yaml\) but is not an ssl-bf run folder"):
+        RunFolder(tiny_config(None, f"run.dir={mine}"), 1)
+    assert [p.name for p in mine.iterdir()] == ["config.yaml"] and (mine / "config.yaml").read_text() == "lr: 0.1\n"
+    (mine / ".lock").touch()  # what pretrain creates first: now it is a run folder (a run killed early)
+    RunFolder(tiny_config(None, f"run.dir={mine}"), 1)
+
+
+def test_metrics_jsonl_drops_only_a_torn_last_line_and_names_any_other_bad_line(tmp_path):
+    from ssl_bf.train.metrics import MetricsError, read_metrics_log, record_problem
+    from ssl_bf.train.run_folder import RunFolder
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"step": 0, "event": "start"}\n\n{"step": 2, "loss": 1.5}\n{"step": 4, "lo')
+    log = read_metrics_log(str(path))
+    assert log.records == [{"step": 0, "event": "start"}, {"step": 2, "loss": 1.5}]
+    assert log.notes == [f"{path}: the last line is cut short (a run killed while writing it) and is dropped"]
+    for text, line, words in ((b'{"step": 0}\n{"step": 4, "lo\n{"step": 5}\n', 2, "is not JSON"),
+                              (b'{"step": 0}\n[1, 2]\n', 2, "is JSON but not an object"),
+                              (b'{"step": -1}\n', 1, "'step' = -1"), (b'{"step": 1}\n{"knn_top1": 100.5}', 2, "[0, 100]"),
+                              (b'\xff\xfe\n{"step": 1}\n', 1, "not UTF-8")):
+        path.write_bytes(text)
+        with pytest.raises(MetricsError, match=rf"^{path}: line {line} .*{words}".replace("[", r"\[")):
+            read_metrics_log(str(path))
+    assert record_problem({"step": 3, "knn_top1": None, "loss": float("nan"), "note": "free"}) is None
+    assert "'images_per_s'" in record_problem({"images_per_s": -1.0})
+    os.remove(path)
+    os.makedirs(path)
+    with pytest.raises(MetricsError, match="is a folder"):
+        read_metrics_log(str(path))
+    # A fresh start in a run folder killed before its first checkpoint: the torn line and the
+    # records of the killed attempt go, so the next append starts on a line of its own.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").touch()
+    (run / "metrics.jsonl").write_bytes(b'{"event": "start", "step": 0}\n{"step": 2, "loss": 1.0}\n{"step": 4, "lo')
+    notes = RunFolder(tiny_config(None, f"run.dir={run}"), 1).rewind_metrics(0)
+    assert "cut short" in notes[0] and (run / "metrics.jsonl").read_text() == '{"event": "start", "step": 0}\n'
+
+
+@pytest.mark.parametrize("legacy", ["mocov2_bf", "mocov3_bf"])
+def test_checkpoints_of_an_earlier_ssl_bf_pass_the_schema(tmp_path, legacy):
+    """SGD with a BatchFormer group (mocov2_bf) and LARS (mocov3_bf): the set-up checks every field
+    against what it built, and accepts what the trainer of that day saved."""
+    import shutil
+
+    from ssl_bf.run_config import load_config
+
+    run = tmp_path / legacy
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "golden", "legacy", legacy), run)
+    trainer = Trainer(load_config(str(run / "config.yaml"), [f"run.dir={run}", "train.device=cpu"]))
+    layout = trainer.folder.layout
+    assert layout is not None and layout.state_kinds == {"momentum_buffer": "param"}
+    assert trainer.folder.checked_state()["step"] == 4
+
+
+def test_the_optimizer_state_kinds_come_from_the_optimizer_itself():
+    from ssl_bf.train.checkpoint_schema import optimizer_state_kinds
+    from ssl_bf.train.optim import LARS
+
+    p = [torch.nn.Parameter(torch.zeros(3, 2))]
+    assert optimizer_state_kinds(torch.optim.AdamW(p, lr=0.1)) == {"step": "scalar", "exp_avg": "param",
+                                                                   "exp_avg_sq": "param"}
+    assert optimizer_state_kinds(torch.optim.SGD(p, lr=0.1, momentum=0.9)) == {"momentum_buffer": "param"}
+    assert optimizer_state_kinds(LARS(p, lr=0.1)) == {"momentum_buffer": "param"}
+
+
+def test_a_saved_rng_state_is_checked_without_touching_the_global_generators():
+    import random
+
+    import numpy as np
+
+    from ssl_bf.train.rng import rng_state, rng_state_problem
+
+    cpu = torch.device("cpu")
+    state = rng_state(cpu)
+    before = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    assert rng_state_problem(state, cpu) is None
+    bad = {**state, "torch": torch.zeros(7, dtype=torch.uint8)}
+    assert rng_state_problem(bad, cpu).startswith("rng['torch'] is not a state torch accepts")
+    assert torch.equal(torch.get_rng_state(), before[0]) and (np.random.get_state()[1] == before[1]).all()
+    assert random.getstate() == before[2]
+    words = state["numpy"].clone()
+    words[-1] = 625
+    assert rng_state_problem({**state, "numpy": words}, cpu) == "rng['numpy'] has position 625, outside [0, 624]"
+    assert "only zero words" in rng_state_problem({**state, "python": torch.zeros(625, dtype=torch.int64)}, cpu)

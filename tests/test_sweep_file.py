@@ -50,18 +50,20 @@ def test_axes_first_vary_slowest_and_variants_carry_their_overrides(tmp_path):
     ("seeds: [0]\n", "holds 'variants' and/or 'axes' only"),
     ("variants: {a: {run.dir: x}}\n", "sets run.dir"),
     ("variants: {a: 3}\n", "must map config keys to values"),
-    ("variants: {a: {seed: [1, 2]}}\n", "expected a single value"),
+    ("variants: {a: {seed: [1, 2]}}\n", "seed: expected an integer, got a list"),
     ("axes: {seed: [1, 1]}\n", "needs distinct values"),
     ("axes: {seed: []}\n", "needs distinct values"),
     ("{}\n", "defines no variants and no axes"),
-    ("variants: {on: {seed: 1}}\n", "is not a non-empty string"),
+    ("variants: {true: {seed: 1}}\n", "is not a non-empty string"),
+    ("variants: {010: {seed: 1}}\n", "is not a non-empty string"),
     ("variants: {a: {seed: 1}, a: {seed: 2}}\n", "the key 'a' is given twice"),
     ("variants: {a: {seed: 1, seed: 2}}\n", "the key 'seed' is given twice"),
     ("variants: [a, b]\n", "'variants' must be a mapping"),
     ("axes: [seed]\n", "'axes' must be a mapping"),
     ("axes: {seed: [0}\n", "not valid YAML"),
 ], ids=["top-level-key", "run-dir", "not-a-mapping", "list-value", "duplicate", "no-values", "empty",
-        "yaml-boolean-name", "variant-twice", "key-twice", "variants-list", "axes-list", "bad-yaml"])
+        "yaml-boolean-name", "yaml-number-name",
+        "variant-twice", "key-twice", "variants-list", "axes-list", "bad-yaml"])
 def test_bad_sweep_files_are_rejected(tmp_path, text, message):
     with pytest.raises(LaunchError, match=message):
         load_sweep_file(_write(tmp_path, text))
@@ -135,13 +137,13 @@ def test_max_parallel_throttles_the_slurm_array(tmp_path, capsys, monkeypatch):
 
 
 def test_merge_keys_null_values_commas_and_folder_clashes(tmp_path):
-    path = _write(tmp_path, "variants:\n  base: &b {data.subset: null, data.name: 'a,b'}\n"
+    path = _write(tmp_path, "variants:\n  base: &b {data.subset: null, data.root: 'a,b'}\n"
                             "  more:\n    <<: *b\n    data.subset: 512\n")
     variants, axes, _ = load_sweep_file(path)
-    assert variants == {"base": {"data.subset": "null", "data.name": "a,b"},
-                        "more": {"data.subset": "512", "data.name": "a,b"}}  # a merged key may be overridden
-    variants, axes, _ = load_sweep_file(_write(tmp_path, "axes: {data.name: ['a,b', c]}\n"))
-    assert axes == {"data.name": ["a,b", "c"]}  # a comma inside a value is not a separator here
+    assert variants == {"base": {"data.subset": "null", "data.root": "a,b"},
+                        "more": {"data.subset": "512", "data.root": "a,b"}}  # a merged key may be overridden
+    variants, axes, _ = load_sweep_file(_write(tmp_path, "axes: {data.root: ['a,b', c]}\n"))
+    assert axes == {"data.root": ["a,b", "c"]}  # a comma inside a value is not a separator here
     variants, axes, _ = load_sweep_file(_write(tmp_path, "variants: {'a b': {seed: 1}, a_b: {seed: 2}}\n"))
     with pytest.raises(LaunchError, match="share the folder name 'variant=a_b'"):
         expand(axes, str(tmp_path), variants)

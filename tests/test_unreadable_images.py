@@ -18,7 +18,7 @@ import torch
 from fuzz_contract import run_cli
 from image_files import image_folder, rgb_checkpoint, write_jpeg
 from ssl_bf.train.metrics import read_metrics
-from tiny_run import TINY
+from tiny_run import TINY, each_key_once
 
 TRACEBACK = "Traceback (most recent call last)"
 BAD = {"val/ant/1_trunc": "truncated", "val/bee/0_empty": "empty", "val/bee/2_text": "text",
@@ -151,7 +151,8 @@ PRETRAIN = ["data.name=imagefolder", "data.subset=null", "data.load_size=32", "a
 
 
 def _pretrain(root, run_dir, *extra):
-    return run_cli(["pretrain", "--config", TINY, f"run.dir={run_dir}", f"data.root={root}", *PRETRAIN, *extra])
+    return run_cli(["pretrain", *each_key_once("--config", TINY, f"run.dir={run_dir}", f"data.root={root}", *PRETRAIN,
+                                               *extra)])
 
 
 def _losses(run_dir):
@@ -250,8 +251,8 @@ def test_torchrun_pretraining_lists_every_ranks_unreadable_images(tmp_path):
     root, bad = _folder(tmp_path, {"train/ant/3_trunc": "truncated", "train/bee/9_text": "text",
                                    "val/ant/8_empty": "empty"})
     run_dir = str(tmp_path / "run")
-    done = _torchrun("pretrain", "--config", TINY, f"run.dir={run_dir}", f"data.root={root}", *PRETRAIN,
-                     "train.batch_size=4", "data.num_workers=1", "data.skip_unreadable=true")
+    done = _torchrun("pretrain", *each_key_once("--config", TINY, f"run.dir={run_dir}", f"data.root={root}", *PRETRAIN,
+                                                "train.batch_size=4", "data.num_workers=1", "data.skip_unreadable=true"))
     assert done.returncode == 0 and TRACEBACK not in done.stderr, done.stderr[-3000:]
     records = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
     listed = [p for r in records if r.get("event") == "unreadable" for p in r["paths"]]

@@ -7,7 +7,10 @@ from typing import Optional
 
 import torch
 
-from ..io import check_output, load_tensors, save_atomic, write_json_atomic
+from ..atomic_write import write_json, write_pickle, write_torch
+from ..file_kinds import FileKind
+from ..io import load_tensors
+from ..outputs import check_output
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -45,17 +48,6 @@ class ExportError(ValueError):
     """A checkpoint `ssl-bf export` cannot export (the message names the file and the fix)."""
 
 
-def _run_files(checkpoint_path: str) -> list[str]:
-    """The checkpoint and, when it lies in RUN/checkpoints/, its run's config and metrics: the files
-    an export must never overwrite."""
-    files = [checkpoint_path]
-    folder = os.path.dirname(os.path.abspath(checkpoint_path))
-    if os.path.basename(folder) == CHECKPOINT_DIR:
-        run = os.path.dirname(folder)
-        files += [os.path.join(run, "config.yaml"), os.path.join(run, "metrics.jsonl"), last_path(run)]
-    return files
-
-
 def _training_state(path: str) -> dict:
     """The loaded training checkpoint at `path`, checked to hold what an export needs."""
     if os.path.isdir(path):
@@ -83,12 +75,12 @@ def export_backbone(checkpoint_path: str, out_path: str, fmt: str = "torchvision
     (ssl-bf's state dict, the default), timm or detectron2.
 
     A sidecar `OUT.json` records the backbone config so `load_backbone` can rebuild it (timm,
-    detectron2: also what those tools need, see `export_formats`). Both outputs are checked before
-    the checkpoint is read: never a folder, a training checkpoint, the input or its run's files
-    (ExportError / io.OutputError; FileNotFoundError or io.UnreadableFileError for a checkpoint
-    that cannot be read).
+    detectron2: also what those tools need, see `export_formats`). Both outputs pass the output
+    guard before the checkpoint is read (`ssl_bf.outputs.check_output`: OutputError); ExportError
+    for a checkpoint that cannot be exported, FileNotFoundError or io.UnreadableFileError for one
+    that cannot be read.
     """
-    from .export_formats import EXPORT_FORMATS, ExportFormatError, detectron2_export, save_state, timm_export, write_pickle
+    from .export_formats import EXPORT_FORMATS, ExportFormatError, detectron2_export, timm_export
 
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
@@ -96,9 +88,10 @@ def export_backbone(checkpoint_path: str, out_path: str, fmt: str = "torchvision
     if os.path.abspath(sidecar) == os.path.abspath(out_path):
         raise ExportError(f"export OUT {out_path} ends in .json, the name of the config file written beside "
                           "the weights; give a .pt name")
-    protected = _run_files(checkpoint_path)
-    check_output(out_path, protected=protected, what="export OUT")
-    check_output(sidecar, protected=protected, what="export OUT's config file")
+    inputs = [checkpoint_path]  # its run folder's files are refused by the guard (ssl_bf/run_layout.py)
+    kind = FileKind.PICKLE if fmt == "detectron2" else FileKind.TORCH
+    check_output(out_path, kind, option="export OUT", inputs=inputs)
+    check_output(sidecar, FileKind.JSON, option="export OUT's config file", inputs=inputs)
     ckpt = _training_state(checkpoint_path)
     state = backbone_state_dict(ckpt["model"])
     if not state:
@@ -117,17 +110,12 @@ def export_backbone(checkpoint_path: str, out_path: str, fmt: str = "torchvision
     except (ExportFormatError, ValueError) as err:
         raise ExportError(f"{checkpoint_path}: {err}") from None
     meta.update(extra)
-    try:
-        if fmt == "detectron2":
-            write_pickle(out_state, out_path)
-        elif fmt == "timm":
-            save_state(out_state, out_path)
-        else:
-            save_atomic(out_state, out_path)
-        write_json_atomic(meta, sidecar)
-    except OSError as e:  # a place check_output cannot foresee (e.g. under /proc, a full disk)
-        raise ExportError(f"export OUT {out_path}: cannot write it ({e.strerror or e}); choose another "
-                          "place") from None
+    if fmt == "detectron2":
+        write_pickle(out_state, out_path, option="export OUT", inputs=inputs)
+    else:  # timm's renamed tensors may be views: each is saved on its own
+        write_torch({k: v.detach().clone() if isinstance(v, torch.Tensor) and fmt == "timm" else v
+                     for k, v in out_state.items()}, out_path, option="export OUT", inputs=inputs)
+    write_json(meta, sidecar, option="export OUT's config file", inputs=inputs)
     return meta
 
 

@@ -28,7 +28,8 @@ def export_parser() -> Parser:
 
 def export_main(argv: list[str]) -> int:
     """`ssl-bf export CHECKPOINT OUT`; a bad argument or checkpoint is one line on stderr and exit 2."""
-    from ..io import OutputError, UnreadableFileError
+    from ..io import UnreadableFileError
+    from ..outputs import OutputError
     from .checkpoint import ExportError, export_backbone
 
     try:

@@ -12,9 +12,6 @@
 """
 from __future__ import annotations
 
-import pickle
-from typing import Any
-
 import torch
 
 from .resnet_layout import resnet_geometry, to_detectron2
@@ -83,16 +80,3 @@ def detectron2_export(state: dict, config: dict) -> tuple[dict, dict]:
                      "(detectron2's default is BGR); STRIDE_IN_1X1 False as torchvision's bottleneck strides "
                      "in the 3x3 conv"}
     return {"model": model, "__author__": "ssl-bf", "matching_heuristics": True}, side
-
-
-def write_pickle(obj: Any, path: str) -> None:
-    """Pickle `obj` (plain containers of numpy arrays) atomically."""
-    from ..io import atomic_write_bytes
-
-    atomic_write_bytes(path, lambda f: pickle.dump(obj, f, protocol=4))
-
-
-def save_state(state: dict, path: str) -> None:
-    from ..io import save_atomic
-
-    save_atomic({k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}, path)

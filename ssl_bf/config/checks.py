@@ -48,3 +48,13 @@ def check_common(cfg: Config) -> None:
         raise ConfigError("train.batch_size must be divisible by batchformer.recompose_groups")
     if cfg.data.subset is not None and cfg.data.subset < cfg.train.batch_size:
         raise ConfigError(f"data.subset ({cfg.data.subset}) is smaller than one batch ({cfg.train.batch_size})")
+    d = cfg.data
+    if d.long_tail.ratio > 1 and d.indices_file is not None:
+        raise ConfigError("data.indices_file and data.long_tail.ratio > 1 both choose the training images; give "
+                          "one (data.long_tail.ratio=1 or data.indices_file=null)")
+    if d.long_tail.ratio > 1 and d.name == "folder":
+        raise ConfigError("data.long_tail.ratio > 1 needs class labels, and data.name=folder has none; use "
+                          "imagefolder (class folders) or data.long_tail.ratio=1")
+    if (d.long_tail.ratio > 1 or d.indices_file is not None) and d.name == "shards":
+        raise ConfigError("data.long_tail.ratio and data.indices_file are not supported for shards yet (the "
+                          "streams read whole shards); write shards of the chosen images instead")

@@ -6,15 +6,15 @@ key). Nothing here fills in method defaults or checks ranges: ssl_bf/run_config.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import typing
 from typing import Any, Literal, Optional
 
-import yaml
-
-from ..io import atomic_write_bytes
-from ..yaml_io import did_you_mean, load_yaml_mapping
+from ..atomic_write import write_text
+from ..run_layout import Owner
+from ..yaml_io import NULL, core_tag, did_you_mean, dump_yaml, load_yaml_mapping, read_yaml_value, scalar_value
 from .schema import Config, ConfigError
 
 # Values a key no longer takes, with what they became. A user who gives one is told; a config saved
@@ -26,9 +26,15 @@ RENAMED = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a schema dataclass (typing.get_type_hints, computed once)."""
+    return typing.get_type_hints(cls)
+
+
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
     keys = []
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for f in dataclasses.fields(cls):
         t = hints[f.name]
         if dataclasses.is_dataclass(t):
@@ -54,7 +60,7 @@ def key_field(key: str) -> Optional[dataclasses.Field]:
         if part not in fields:
             return None
         found = fields[part]
-        cls = typing.get_type_hints(cls)[part]
+        cls = _hints(cls)[part]
     return found
 
 
@@ -64,7 +70,7 @@ def key_type(key: str) -> Any:
     for part in key.split("."):
         if not dataclasses.is_dataclass(cls):
             return None
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)
         if part not in hints:
             return None
         cls = hints[part]
@@ -76,67 +82,115 @@ def _unknown_key(key: str) -> ConfigError:
 
 
 def coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert `value` (from YAML or a CLI string) to the annotated type `tp`."""
+    """`value` as read from YAML 1.2 core (a file, an override's value, a saved config) converted to
+    the annotated type `tp`, or a ConfigError naming the key. Nothing is reinterpreted: a number
+    key takes a YAML number (a whole float for an int key: 1e3), a true/false key a YAML boolean,
+    a text key a YAML string, and null only an Optional key. Text that merely looks like a value in
+    another dialect ('yes', 'none', '1:30', '1_000') is refused with the spelling to use."""
+    return _coerce(value, tp, key, "")
+
+
+def _coerce(value: Any, tp: Any, key: str, or_null: str) -> Any:
+    """coerce(); `or_null` (" or null" for an Optional key) completes "expected ..." in messages."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is typing.Union:  # Optional[X]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if value is None:
             return None
         inner = [a for a in args if a is not type(None)][0]
-        return coerce(value, inner, key)
+        return _coerce(value, inner, key, " or null")
+    if value is None:
+        raise ConfigError(f"{key}: expected {_type_words(tp)}, got null; give a value (null is only for "
+                          f"keys that allow it)")
     if origin is Literal:
-        if (key, value) in RENAMED:
+        if isinstance(value, str) and (key, value) in RENAMED:
             raise ConfigError(f"{key}: '{value}' is no longer a choice: {RENAMED[key, value][1]}")
-        if value not in args:
-            raise ConfigError(f"{key}: '{value}' is not one of {list(args)}")
+        if not isinstance(value, str) or value not in args:
+            raise ConfigError(f"{key}: {_shown(value)} is not one of {list(args)}")
         return value
     if origin is list:
         return _coerce_list(value, args[0], key)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
-            return False
-        raise ConfigError(f"{key}: expected true/false, got '{value}'")
+        raise ConfigError(f"{key}: expected true or false{or_null}, got {_shown(value)}{_hint(value)}")
     if tp is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
-        return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected text{or_null}, got {_shown(value)}; in a YAML file, quote it to "
+                              f"keep it as written (e.g. '010')")
+        return value
     if tp in (int, float):
-        return _number(value, tp, key)
+        return _number(value, tp, key, or_null)
     raise ConfigError(f"{key}: unsupported type {tp}")
 
 
-def _number(value: Any, tp: type, key: str) -> int | float:
-    if isinstance(value, bool) or isinstance(value, (dict, list)) or value is None:
-        raise ConfigError(f"{key}: expected {tp.__name__}, got '{value}'")
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"{key}: expected {tp.__name__}, got '{value}'") from None
-    if not math.isfinite(number):  # no config key gives NaN or inf a meaning
-        raise ConfigError(f"{key}: expected a finite {tp.__name__}, got '{value}' (NaN and inf mean nothing here)")
+def _type_words(tp: Any) -> str:
+    if typing.get_origin(tp) is list:
+        return "a list"
+    if typing.get_origin(tp) is Literal:
+        return f"one of {list(typing.get_args(tp))}"
+    return {bool: "true or false", str: "text", int: "an integer", float: "a number"}.get(tp, str(tp))
+
+
+def _shown(value: Any) -> str:
+    """A YAML value as a message shows it: 'text', 3, 1.5, true, null, a list [...]."""
+    if isinstance(value, str):
+        return f"the text '{value}'" if len(value) <= 80 else f"the text '{value[:77]}...'"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (dict, list)):
+        text = repr(value)
+        return f"a {'mapping' if isinstance(value, dict) else 'list'} {text if len(text) <= 80 else text[:77] + '...'}"
+    return repr(value)
+
+
+def _hint(value: Any) -> str:
+    """How YAML 1.2 core spells what a text value may have meant (for refusals)."""
+    if not isinstance(value, str):
+        return ""
+    word = value.strip().lower()
+    if word in ("yes", "no", "on", "off", "y", "n"):
+        return " (YAML 1.2 booleans are true and false)"
+    if word in ("none", "nil", "nul"):
+        return " (YAML 1.2 writes null as null or ~)"
+    if word.lstrip("+-.") in ("nan", "inf", "infinity"):
+        return " (a finite number is needed: NaN and infinities mean nothing here)"
+    return " (YAML 1.2 numbers are written 10, -3, 1.5, 1e-3, 0o17 or 0x1f)"
+
+
+def _number(value: Any, tp: type, key: str, or_null: str = "") -> int | float:
+    words = ("an integer" if tp is int else "a number") + or_null
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}: expected {words}, got {_shown(value)}{_hint(value)}")
+    if isinstance(value, float) and not math.isfinite(value):  # no config key gives NaN or inf a meaning
+        raise ConfigError(f"{key}: expected a finite number, got '{value}' (NaN and inf mean nothing here)")
     if tp is float:
-        return number
-    if isinstance(value, int):
-        return value
-    if not number.is_integer():
-        raise ConfigError(f"{key}: expected int (a whole number), got '{value}'")
-    try:
-        return int(value) if isinstance(value, str) else int(number)
-    except ValueError:  # '1e3', '64.0'
-        return int(number)
+        return float(value)
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ConfigError(f"{key}: expected an integer (a whole number), got {value!r}")
+        return int(value)
+    return value
 
 
 def _coerce_list(value: Any, item: Any, key: str) -> list:
-    """A YAML list, one bare value, or comma-separated text -> a list of `item`."""
+    """A YAML list, one bare value, or comma-separated text (1,3) -> a list of `item`. Text with a
+    bracket is not a list (an unbalanced or nested bracket is refused, never repaired)."""
     if isinstance(value, str):
-        value = [v.strip() for v in value.strip().strip("[]").split(",") if v.strip()]
+        if any(c in value for c in "[]{}"):
+            raise ConfigError(f"{key}: {_shown(value)} is not a list (an unbalanced or nested bracket); "
+                              f"write it as [1, 3] or 1,3")
+        try:
+            value = [scalar_value(v.strip()) for v in value.split(",") if v.strip()]
+        except ValueError as err:
+            raise ConfigError(f"{key}: {err}") from None
+    elif isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a list, got {_shown(value)}")
     elif not isinstance(value, (list, tuple)):
         value = [value]
-    return [coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    return [_coerce(v, item, f"{key}[{i}]", "") for i, v in enumerate(value)]
 
 
 def _apply(obj: Any, key: str, value: Any, full_key: str) -> None:
@@ -144,7 +198,7 @@ def _apply(obj: Any, key: str, value: Any, full_key: str) -> None:
     names = {f.name for f in dataclasses.fields(obj)}
     if head not in names:
         raise _unknown_key(full_key)
-    tp = typing.get_type_hints(type(obj))[head]
+    tp = _hints(type(obj))[head]
     if dataclasses.is_dataclass(tp):
         if rest:
             _apply(getattr(obj, head), rest, value, full_key)
@@ -171,15 +225,14 @@ def apply_dict(cfg: Config, values: dict, prefix: str = "") -> Config:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """'a.b=3' -> ('a.b', 3); the value is parsed as YAML (so 1e-3, true, null work)."""
+    """'a.b=3' -> ('a.b', 3): the value is read as YAML 1.2 core (so 1e-3, true, null, [1, 3] work;
+    010 is 10, and a value that is not valid YAML, such as '[1,3', is a ConfigError naming it)."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' is not of the form key=value")
     key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
+    if not key.strip():
+        raise ConfigError(f"override '{text}' has no key before '='")
+    return key.strip(), read_yaml_value(raw, f"override '{text}'", error=ConfigError)
 
 
 def format_override_value(value: Any) -> str:
@@ -199,18 +252,37 @@ def _is_text(tp: Any) -> bool:
 def read_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
     """Defaults <- YAML preset <- key=value overrides, typed but not yet resolved or checked.
 
-    A text key (run.dir, data.root, train.device) takes an override's text as written (so
-    `run.dir=on` is the folder 'on', not true); every other value is read as YAML.
+    A text key (run.dir, data.root, train.device, method) takes an override's text as written (so
+    `run.dir=1e3` is the folder '1e3'; an optional one is null for the YAML nulls: null, ~, nothing);
+    every other value is read as YAML 1.2 core. Overrides setting one key twice are refused.
     """
     cfg = Config()
     if path:
-        apply_dict(cfg, load_yaml_mapping(path, "config file", error=ConfigError, unique_keys=True))
+        values = load_yaml_mapping(path, "config file", error=ConfigError)
+        try:
+            apply_dict(cfg, values)
+        except ConfigError as err:  # a bad key or value of the file: name the file too
+            raise ConfigError(f"{path}: {err}") from None
+    given: dict[str, str] = {}  # each key an override sets -> that override
     for text in overrides:
-        key, value = parse_override(text)
-        if _is_text(key_type(key)):
-            value = text.split("=", 1)[1]
+        key, value = _override_value(text)
+        for leaf in flatten({key: value}) if isinstance(value, dict) else [key]:
+            if leaf in given:
+                raise ConfigError(f"the key '{leaf}' is set twice ('{given[leaf]}' and '{text}'); give it once")
+            given[leaf] = text
         _apply(cfg, key, value, key)
     return cfg
+
+
+def _override_value(text: str) -> tuple[str, Any]:
+    """An override's key and value: a text key's value as written, every other key's as YAML."""
+    if "=" in text:
+        key, raw = text.split("=", 1)
+        tp = key_type(key.strip())
+        if _is_text(tp):
+            optional = typing.get_origin(tp) is typing.Union
+            return key.strip(), None if optional and core_tag(raw) == NULL else raw
+    return parse_override(text)
 
 
 def flatten(values: dict, prefix: str = "") -> dict:
@@ -248,9 +320,9 @@ def from_dict(values: dict) -> Config:
 
 
 def save_config(cfg: Config, path: str) -> None:
-    """Write the resolved config as YAML, atomically."""
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+    """Write the resolved config as YAML, atomically (the run folder's config.yaml: pretrain's file;
+    every string that YAML 1.2 or 1.1 would read as another type is quoted, so it reads back the same)."""
+    write_text(dump_yaml(to_dict(cfg)), path, option="the run's config file", owner=Owner.PRETRAIN)
 
 
 def same_value(key: str, saved: Any, given: Any) -> bool:

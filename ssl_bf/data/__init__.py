@@ -28,6 +28,7 @@ from .decode import UnreadableImageError
 from .fashion_mnist import FASHION_MNIST_CLASSES, build_fashion_mnist, read_idx
 from .folders import (ImageFolderDataset, build_imagefolder, build_unlabeled_folder, find_images,
                       load_image)
+from .shards import build_shards
 
 __all__ = [
     "DATASET_NAMES", "DATASET_STATS", "FASHION_MNIST_CLASSES", "IMAGENET_STATS", "SPLITS",
@@ -35,7 +36,7 @@ __all__ = [
     "UnreadableImageError", "build_dataset", "find_images", "load_image", "read_idx",
 ]
 
-DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "folder")
+DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "folder", "shards")
 SPLITS = ("train", "test")
 
 
@@ -45,8 +46,8 @@ def build_dataset(name: str, root: Optional[str] = None, split: str = "train",
     """Build a dataset by name; see the module docstring for the layout rules.
 
     Args:
-        name: fashion-mnist | cifar10 | cifar100 | imagefolder | folder.
-        root: data folder; None searches the defaults (Fashion-MNIST, CIFAR cache folder).
+        name: fashion-mnist | cifar10 | cifar100 | imagefolder | folder | shards.
+        root: data folder (shards: the manifest); None searches the defaults (Fashion-MNIST, CIFAR cache folder).
         split: "train" or "test" (unlabeled `folder` ignores it: the folder is the data).
         subset: keep only the first N samples; ValueError if N exceeds the dataset.
         load_size: decoded image size for folder datasets.
@@ -68,6 +69,11 @@ def build_dataset(name: str, root: Optional[str] = None, split: str = "train",
         dataset = build_cifar(name, root, split)
     elif name == "imagefolder":
         dataset = build_imagefolder(root, split, load_size, skip_unreadable)
+    elif name == "shards":
+        if skip_unreadable:
+            raise ValueError("data.skip_unreadable applies to image folders: a shard's images were checked when "
+                             "`ssl-bf shard` wrote it, and a damaged one is refused naming the shard")
+        dataset = build_shards(root, split, load_size)
     else:
         dataset = build_unlabeled_folder(root, load_size, skip_unreadable)
     if subset is not None:

@@ -1,45 +1,81 @@
-"""Two-view augmentation pipelines in kornia, run batched on the training device.
+"""Two-view augmentation recipes, run batched on the training device, with torchvision's semantics.
 
-The DataLoader only delivers uint8 batches; these modules turn a (N, C, H, W) uint8 batch
-into normalised float views on whatever device it lives on (CPU or CUDA). With `crop=False`
-the random resized crops are already cut per sample (`ssl_bf.data.crops.TwoCropFolder`) and
-`TwoViews` takes the pair `(crops1, crops2)`; flip and the photometric ops stay here.
+The DataLoader only delivers uint8 batches; `TwoViews` turns a (N, C, H, W) uint8 batch into two
+normalised float views on whatever device it lives on (CPU or CUDA). With `crop=False` the random
+resized crops are already cut per sample (`ssl_bf.data.crops.TwoCropFolder`) and `TwoViews` takes
+the pair `(crops1, crops2)`; flip and the photometric ops stay here.
+
+Each op equals torchvision's functional op on one image with the same parameters
+(`photometric.py`, `resized_crop.py`); the parameters are drawn per image on the CPU generator,
+colour-jitter order included (`view_params.py`). docs/protocols.md ("Augmentation fidelity")
+states each op's reference and tolerance.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from typing import Sequence
 
-import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import photometric as P
+from .resized_crop import resized_crop
+from .view_params import SLOTS, SIGMA_RANGE, ViewParams, ViewRecipe, draw_view_params
 
-def _blur_kernel(size: int) -> int:
-    """Odd kernel of about 10% of the image side (23 px at 224), at least 3."""
-    k = max(3, int(0.1 * size))
-    return k if k % 2 else k + 1
-
-
-def _colour_ops(channels: int, brightness: float, contrast: float, saturation: float, hue: float,
-                p_jitter: float, p_gray: float) -> list[nn.Module]:
-    """Colour jitter (+ grayscale). Grayscale images only get brightness and contrast."""
-    if channels == 1:
-        return [K.ColorJiggle(brightness, contrast, 0.0, 0.0, p=p_jitter)]
-    return [K.ColorJiggle(brightness, contrast, saturation, hue, p=p_jitter), K.RandomGrayscale(p=p_gray)]
+BLUR_REACH = 3.0  # the blur kernel reaches 3 sigma each side, as PIL's three box passes do
+HUE_LIMIT = 0.5  # torchvision's ColorJitter: a hue jitter of at most half a turn
 
 
-def _view(size: int, channels: int, mean: Sequence[float], std: Sequence[float], scale_min: float,
-          jitter: tuple[float, float, float, float], p_blur: float, p_solarize: float,
-          crop: bool = True) -> nn.Sequential:
-    ops: list[nn.Module] = [K.RandomResizedCrop((size, size), scale=(scale_min, 1.0))] if crop else []
-    ops += _colour_ops(channels, *jitter, p_jitter=0.8, p_gray=0.2)
-    if p_blur > 0:
-        ops.append(K.RandomGaussianBlur((_blur_kernel(size),) * 2, sigma=(0.1, 2.0), p=p_blur))
-    if p_solarize > 0:
-        ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=p_solarize))
-    ops += [K.RandomHorizontalFlip(), K.Normalize(mean=torch.tensor(mean), std=torch.tensor(std))]
-    return nn.Sequential(*ops)
+class RecipeRangeError(ValueError):
+    """A recipe scaled beyond what torchvision's ops accept; the message starts with the value."""
+
+
+def blur_kernel_size(size: int) -> int:
+    """Odd kernel of 2 * ceil(3 * 2.0) + 1 = 13 taps (3 sigma at the largest sigma), at most
+    2 * size - 1 so that reflect padding fits in a `size`-pixel image."""
+    reach = math.ceil(BLUR_REACH * SIGMA_RANGE[1])
+    return min(2 * reach + 1, 2 * size - 1)
+
+
+def apply_view(x: torch.Tensor, params: ViewParams, recipe: ViewRecipe, size: int) -> torch.Tensor:
+    """Float (N, C, H, W) in [0, 1] and its parameters (on x's device) -> the view in [0, 1], before
+    normalisation: crop (to S x S; without a crop the size is kept), colour jitter (4 slots),
+    grayscale, blur, solarize, flip."""
+    if recipe.crop_scale is not None:
+        x = resized_crop(x, params.boxes, size)  # (N, C, S, S)
+    colour = x.shape[1] == 3
+    with_hue = colour and recipe.jitter[3] > 0
+    for k in range(SLOTS):
+        x = P.blend(x, params.blend_a[:, k], params.blend_b[:, k], params.blend_c[:, k])
+        rows = params.hue_rows[k]  # the images whose hue shifts in slot k
+        if with_hue and len(rows):
+            x = x.index_copy(0, rows, P.shift_hue(x.index_select(0, rows), params.hue_shift[rows, k]))
+    if colour and recipe.p_gray > 0:
+        x = P.grayscale(x, params.gray)
+    if recipe.p_blur > 0:
+        kernels = P.gaussian_kernels(params.sigma, blur_kernel_size(min(x.shape[-2:])))  # (N, k)
+        x = P.gaussian_blur(x, kernels, params.blur)
+    if recipe.p_solarize > 0:
+        x = P.solarize(x, params.solarize)
+    return P.hflip(x, params.flip)
+
+
+class AugmentView(nn.Module):
+    """float (N, C, H, W) in [0, 1] -> one normalised view (N, C, S, S), parameters drawn per image
+    on the CPU generator and sent to x's device in one copy."""
+
+    def __init__(self, recipe: ViewRecipe, size: int, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.recipe, self.size = recipe, size
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        params = draw_view_params(self.recipe, len(x), x.shape[-2], x.shape[-1]).to(x.device)
+        view = apply_view(x, params, self.recipe, self.size)
+        return (view - self.mean.to(view.device)) / self.std.to(view.device)
 
 
 class TwoViews(nn.Module):
@@ -74,28 +110,41 @@ def recipe_crop_scale(recipe: str, scale_min: float = 0.0) -> float:
     return scale_min if scale_min > 0 else RECIPE_CROP_SCALE[recipe]
 
 
+def _recipe_views(recipe: str, crop: tuple[float, float] | None, s: float, blur: bool) -> tuple[ViewRecipe, ViewRecipe]:
+    """The two views of a recipe (jitter magnitudes times `s`; `blur=False` drops the blur)."""
+    if recipe == "mocov2":  # MoCo-v2 main_moco.py --aug-plus: both views alike
+        view = ViewRecipe(crop, (0.4 * s, 0.4 * s, 0.4 * s, 0.1 * s), p_blur=0.5 if blur else 0.0)
+        return view, view
+    if recipe == "mocov3":  # MoCo-v3 main_moco.py (BYOL's asymmetric pair)
+        jitter = (0.4 * s, 0.4 * s, 0.2 * s, 0.1 * s)
+        return (ViewRecipe(crop, jitter, p_blur=1.0 if blur else 0.0),
+                ViewRecipe(crop, jitter, p_blur=0.1 if blur else 0.0, p_solarize=0.2))
+    if recipe == "light":  # crop + flip + mild jitter, no blur: for tiny images and short budgets
+        view = ViewRecipe(crop, (0.4 * s, 0.4 * s, 0.2 * s, 0.05 * s))
+        return view, view
+    raise ValueError(f"unknown augmentation recipe '{recipe}'; choose {', '.join(RECIPE_CROP_SCALE)}")
+
+
 def build_two_views(recipe: str, size: int, channels: int, mean: Sequence[float], std: Sequence[float],
                     scale_min: float | None = None, jitter_strength: float = 1.0, blur: bool = True,
                     crop: bool = True) -> TwoViews:
-    """The MoCo-v2 (symmetric), MoCo-v3/BYOL (asymmetric) or a light recipe as kornia modules.
+    """The MoCo-v2 (symmetric), MoCo-v3/BYOL (asymmetric) or the light recipe.
 
-    `crop=False` leaves out the RandomResizedCrop: the inputs are already S x S crops.
+    `crop=False` leaves out the RandomResizedCrop: the inputs are already S x S crops. One-channel
+    images get brightness and contrast only (saturation, hue and grayscale leave them unchanged in
+    torchvision too). RecipeRangeError: a `jitter_strength` that takes the hue jitter past 0.5.
     """
-    s = jitter_strength
     lo = recipe_crop_scale(recipe, scale_min or 0.0)
-    if recipe == "mocov2":
-        v2 = (0.4 * s, 0.4 * s, 0.4 * s, 0.1 * s)
-        view = lambda: _view(size, channels, mean, std, lo, v2, 0.5 if blur else 0.0, 0.0, crop)
-        return TwoViews(view(), view())
-    if recipe == "mocov3":
-        v3 = (0.4 * s, 0.4 * s, 0.2 * s, 0.1 * s)
-        return TwoViews(_view(size, channels, mean, std, lo, v3, 1.0 if blur else 0.0, 0.0, crop),
-                        _view(size, channels, mean, std, lo, v3, 0.1 if blur else 0.0, 0.2, crop))
-    if recipe == "light":  # crop + flip + mild jitter, no blur: for tiny images and short budgets
-        light = (0.4 * s, 0.4 * s, 0.2 * s, 0.05 * s)
-        view = lambda: _view(size, channels, mean, std, lo, light, 0.0, 0.0, crop)
-        return TwoViews(view(), view())
-    raise ValueError(f"unknown augmentation recipe '{recipe}'; choose mocov2, mocov3 or light")
+    views = _recipe_views(recipe, (lo, 1.0) if crop else None, jitter_strength, blur)
+    hue = max(v.jitter[3] for v in views)
+    if hue > HUE_LIMIT:
+        limit = jitter_strength * HUE_LIMIT / hue
+        raise RecipeRangeError(f"{jitter_strength:g} makes the {recipe} recipe's hue jitter {hue:g}; torchvision's "
+                               f"ColorJitter takes at most {HUE_LIMIT} (half a turn of the hue circle): at most "
+                               f"{limit:g} here")
+    if channels == 1:
+        views = tuple(replace(v, jitter=(*v.jitter[:2], 0.0, 0.0), p_gray=0.0) for v in views)
+    return TwoViews(*(AugmentView(v, size, mean, std) for v in views))
 
 
 class EvalTransform(nn.Module):
@@ -127,3 +176,24 @@ class EvalTransform(nn.Module):
         elif (h, w) != (s, s):
             x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+def min_image_size(recipe: str, blur: bool = True) -> int:
+    """The smallest crop side (px) the recipe's two views can process. The crop and the colour ops
+    take any size; a Gaussian blur pads by half its kernel with reflection, which needs more
+    pixels than that padding (`blur_kernel_size` shrinks the kernel to fit small images)."""
+    if not any(v.p_blur > 0 for v in _recipe_views(recipe, None, 1.0, blur)):
+        return 1
+    return next(s for s in range(1, 4097) if blur_kernel_size(s) // 2 < s)
+
+
+def check_image_size(recipe: str, size: int, blur: bool, native: bool) -> None:
+    """ConfigError naming augment.image_size when `size` is below `min_image_size` (`native`: the
+    size is the data's own, augment.image_size=0)."""
+    from ..config import ConfigError
+
+    least = min_image_size(recipe, blur)
+    if size < least:
+        given = f"the data's native {size} px (augment.image_size=0)" if native else str(size)
+        raise ConfigError(f"augment.image_size: the {recipe} recipe's Gaussian blur needs crops of at least "
+                          f"{least} px, got {given}; set augment.image_size={least} or more, or augment.blur=false")

@@ -9,8 +9,11 @@ import copy
 import os
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from ..validate import check_images, check_labels
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -63,6 +66,14 @@ class ImageDataset(Dataset):
         """Keep only the first `n` samples (used by `subset`)."""
         raise NotImplementedError
 
+    def label_array(self) -> "np.ndarray":
+        """Every sample's label, (N,) int64 (-1: unlabelled), in dataset order."""
+        raise NotImplementedError
+
+    def select(self, indices: "np.ndarray") -> None:
+        """Keep only the samples at `indices` (sorted, distinct), in that order (the long-tail subset)."""
+        raise ValueError(f"{self.name}: a subset of chosen images needs fashion-mnist, cifar10/100 or imagefolder")
+
     def split_last(self, n: int) -> "ImageDataset":
         """Remove the last `n` samples and return them as a dataset of their own (a validation
         split carved from train). In-memory datasets only: a folder is sorted by class."""
@@ -79,10 +90,8 @@ class TensorImageDataset(ImageDataset):
 
     def __init__(self, name: str, root: str, classes: list[str], images: torch.Tensor,
                  labels: torch.Tensor) -> None:
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-        if labels.shape != (images.shape[0],):
-            raise ValueError(f"labels shape {tuple(labels.shape)} does not match {images.shape[0]} images")
+        check_images(images, f"{name} images", 4)  # (N, C, H, W) uint8
+        check_labels(labels, f"{name} labels", rows=images.shape[0], num_classes=len(classes) or None)
         super().__init__(name, root, classes, num_channels=images.shape[1],
                          image_size=images.shape[2], stats=DATASET_STATS[name])
         self.images = images.contiguous()  # (N, C, H, W) uint8
@@ -102,6 +111,13 @@ class TensorImageDataset(ImageDataset):
     def take_first(self, n: int) -> None:
         """Keep only the first `n` samples (views, no copy)."""
         self.images, self.labels = self.images[:n], self.labels[:n]
+
+    def label_array(self) -> np.ndarray:
+        return self.labels.numpy().astype(np.int64)  # (N,)
+
+    def select(self, indices: np.ndarray) -> None:
+        keep = torch.as_tensor(np.asarray(indices, dtype=np.int64))  # (M,)
+        self.images, self.labels = self.images.index_select(0, keep), self.labels.index_select(0, keep)
 
     def split_last(self, n: int) -> "TensorImageDataset":
         if not 0 < n < len(self):

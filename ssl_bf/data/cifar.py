@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..io import NUMPY_ARRAY_GLOBALS, safe_unpickle
+from ..validate import check_images, check_labels
 from .base import CACHE_DIR, DataError, TensorImageDataset, cached_arrays, expand_path
 
 _CIFAR = {
@@ -57,26 +58,38 @@ def _pickle_field(entry: dict[str, object], key: str, path: str) -> object:
     return entry[key]
 
 
-def _read_cifar_pickle_batch(path: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_cifar_pickle_batch(path: str, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     entry = _str_keys(read_cifar_pickle(path), path)
-    data = np.asarray(_pickle_field(entry, "data", path))
-    labels = np.asarray(_pickle_field(entry, label_key, path))
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_PIXELS:
-        raise DataError(f"{path}: 'data' is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
-    if labels.dtype.kind not in "iu" or labels.shape != (data.shape[0],):
-        raise DataError(f"{path}: {label_key!r} has shape {labels.shape}, expected ({data.shape[0]},)")
-    return data, labels.astype(np.int64)
+    data = _pickle_field(entry, "data", path)
+    labels = _pickle_field(entry, label_key, path)
+    return _checked_batch(data, labels, path, num_classes)
 
 
-def _read_cifar_bin_batch(path: str, label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+def _checked_batch(data, labels, path: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One batch through the one array validator (ssl_bf.validate): uint8 (N, 3072) pixels and N
+    labels in 0..num_classes-1."""
+    try:
+        data = np.asarray(data) if isinstance(data, (list, tuple)) else data
+        labels = np.asarray(labels) if isinstance(labels, (list, tuple)) else labels
+        data = check_images(data, path, 2, error=DataError)  # (N, 3072)
+        if data.shape[1] != _CIFAR_PIXELS:
+            raise DataError(f"{path}: images must be uint8 (N, {_CIFAR_PIXELS}), found shape {data.shape}")
+        labels = check_labels(labels, path, rows=len(data), num_classes=num_classes, error=DataError)
+    except (DataError, ValueError, OverflowError) as err:  # np.asarray of a ragged or huge list
+        raise DataError(f"{err}; re-download it" if str(err).startswith(path) else
+                        f"{path}: unreadable arrays ({err}); re-download it") from None
+    return data, labels
+
+
+def _read_cifar_bin_batch(path: str, label_bytes: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     raw = np.fromfile(path, dtype=np.uint8)
     record = label_bytes + _CIFAR_PIXELS
     if raw.size == 0 or raw.size % record:
         raise DataError(f"{path}: {raw.size} bytes is not a multiple of the {record}-byte record; "
                         f"the file is corrupt, re-download it")
     rows = raw.reshape(-1, record)  # (N, label_bytes + 3072)
-    labels = rows[:, label_bytes - 1].astype(np.int64)  # CIFAR-100: (coarse, fine) -> fine
-    return rows[:, label_bytes:], labels  # (N, 3072), (N,)
+    labels = rows[:, label_bytes - 1]  # CIFAR-100: (coarse, fine) -> fine
+    return _checked_batch(rows[:, label_bytes:], labels, path, num_classes)  # (N, 3072), (N,)
 
 
 def _decode_names(values: Sequence[object]) -> list[str]:
@@ -114,13 +127,11 @@ def _cifar_layout(root: str, spec: dict, split: str) -> Optional[tuple[str, str,
 def _load_cifar_arrays(layout: str, files: list[str], spec: dict
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     if layout == "pickle":
-        parts = [_read_cifar_pickle_batch(f, spec["py_label_key"]) for f in files]
+        parts = [_read_cifar_pickle_batch(f, spec["py_label_key"], spec["num_classes"]) for f in files]
     else:
-        parts = [_read_cifar_bin_batch(f, spec["label_bytes"]) for f in files]
+        parts = [_read_cifar_bin_batch(f, spec["label_bytes"], spec["num_classes"]) for f in files]
     data = np.concatenate([p[0] for p in parts])  # (N, 3072)
     labels = np.concatenate([p[1] for p in parts])  # (N,)
-    if labels.size and (labels.min() < 0 or labels.max() >= spec["num_classes"]):
-        raise DataError(f"labels out of range 0..{spec['num_classes'] - 1} in {files}; re-download")
     images = torch.from_numpy(np.ascontiguousarray(data.reshape(-1, 3, 32, 32)))  # (N, 3, 32, 32)
     return images, torch.from_numpy(labels)
 

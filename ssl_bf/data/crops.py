@@ -94,8 +94,9 @@ def decode_two_crops(path: str, out_size: int, scale: tuple[float, float], ratio
 class TwoCropFolder(Dataset):
     """`folder[i] -> (crop1 uint8 (3, S, S), crop2 uint8 (3, S, S), label)` at the MoCo crop recipe.
 
-    Wraps an `ImageFolderDataset` (its samples, classes, stats and unreadable-image policy). Call
-    `set_epoch(e)` before each epoch's DataLoader is created, so the workers see the new epoch.
+    Wraps an `ImageFolderDataset` (its samples, classes, stats and unreadable-image policy). The
+    epoch lives in shared memory: `set_epoch(e)` before an epoch's first index is sent reaches
+    DataLoader workers that are already running (`persistent_workers`) as well as new ones.
     """
 
     num_channels = 3
@@ -108,7 +109,7 @@ class TwoCropFolder(Dataset):
         self.out_size = out_size
         self.scale, self.ratio = tuple(scale), tuple(ratio)
         self.seed = seed
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # () int64, seen by the workers
 
     image_size = property(lambda self: self.out_size)
     classes = property(lambda self: self.folder.classes)
@@ -117,8 +118,12 @@ class TwoCropFolder(Dataset):
     name = property(lambda self: self.folder.name)
     root = property(lambda self: self.folder.root)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self._epoch.fill_(int(epoch))
 
     def __len__(self) -> int:
         return len(self.folder.samples)

@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..validate import check_images, check_labels
 from .base import CACHE_DIR, DataError, TensorImageDataset, cached_arrays, expand_path
 
 FASHION_MNIST_CLASSES = [
@@ -70,16 +71,16 @@ def _find_fmnist_files(root: str, split: str) -> Optional[tuple[str, str]]:
 
 
 def _load_fmnist_arrays(images_path: str, labels_path: str) -> tuple[torch.Tensor, torch.Tensor]:
-    images = read_idx(images_path)  # (N, 28, 28)
-    labels = read_idx(labels_path)  # (N,)
-    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise DataError(f"Fashion-MNIST files disagree: {images_path} has shape {images.shape}, "
-                        f"{labels_path} has shape {labels.shape}; re-download them")
-    if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
-        raise DataError(f"{labels_path}: label {labels.max()} is out of range 0..9; re-download it")
+    """The two IDX files through the one array validator (ssl_bf.validate): uint8 (N, 28, 28)
+    images, N labels in 0..9."""
+    try:
+        images = check_images(read_idx(images_path), images_path, 3, error=DataError)  # (N, 28, 28)
+        labels = check_labels(read_idx(labels_path), labels_path, rows=len(images),
+                              num_classes=len(FASHION_MNIST_CLASSES), error=DataError)  # (N,) int64
+    except DataError as err:
+        raise DataError(f"{err}; re-download or reinstall Fashion-MNIST") from None
     x = torch.from_numpy(images.copy()).unsqueeze(1)  # (N, 1, 28, 28) uint8
-    y = torch.from_numpy(labels.astype(np.int64))  # (N,)
-    return x, y
+    return x, torch.from_numpy(labels)
 
 
 def _download_fmnist(cache: str) -> Optional[str]:

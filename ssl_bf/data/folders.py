@@ -142,6 +142,14 @@ class ImageFolderDataset(ImageDataset):
         self.samples = self.samples[:n]
         self.unreadable.keep_first(n)
 
+    def label_array(self) -> np.ndarray:
+        return np.asarray([label for _, label in self.samples], dtype=np.int64)  # (N,)
+
+    def select(self, indices: np.ndarray) -> None:
+        """Keep the samples at `indices` (before any image is read: the marks start afresh)."""
+        self.samples = [self.samples[int(i)] for i in indices]
+        self.unreadable = UnreadableMarks(len(self.samples))
+
 
 def load_image(path: str, size: int) -> torch.Tensor:
     """Decode to RGB, resize the shorter side to `size`, centre crop: uint8 (3, size, size).

@@ -75,7 +75,7 @@ def check_indices(indices: np.ndarray, size: int, source: str) -> np.ndarray:
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             raise LongTailError(f"{source}: image indices must be integers, got {arr.dtype}")
-        if np.abs(arr).max() >= 2 ** 53:
+        if np.abs(arr.astype(np.float64)).max() >= 2 ** 53:
             raise LongTailError(f"{source}: image index {arr[np.argmax(np.abs(arr))]:g} is out of range")
     arr = arr.astype(np.int64)
     bad = np.flatnonzero((arr < 0) | (arr >= size))
@@ -88,6 +88,15 @@ def check_indices(indices: np.ndarray, size: int, source: str) -> np.ndarray:
     return unique
 
 
+def load_index_array(path: str, source: str) -> np.ndarray:
+    """The array of a .npy file (never unpickled), or LongTailError naming `source`."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as err:  # a decode boundary: a damaged header fails in numpy's parser in many ways
+        raise LongTailError(f"{source} is not a readable .npy array ({type(err).__name__}: {err})".replace("\n", " ")
+                            ) from None
+
+
 def read_index_file(path: str, size: int, image_paths: Optional[Sequence[str]] = None,
                     root: Optional[str] = None) -> np.ndarray:
     """A user's index file: `.npy` of integer indices into the train split (SDCLR's CIFAR splits),
@@ -96,11 +105,7 @@ def read_index_file(path: str, size: int, image_paths: Optional[Sequence[str]] =
     if not os.path.isfile(path):
         raise LongTailError(f"data.indices_file {path} does not exist")
     if path.endswith(".npy"):
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:
-            raise LongTailError(f"data.indices_file {path} is not a readable .npy array ({err})") from None
-        return check_indices(arr, size, f"data.indices_file {path}")
+        return check_indices(load_index_array(path, f"data.indices_file {path}"), size, f"data.indices_file {path}")
     if image_paths is None:
         raise LongTailError(f"data.indices_file {path}: a list of image paths needs an image-folder dataset; give "
                             f"a .npy of indices for tensor datasets")

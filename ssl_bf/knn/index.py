@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from .arrays import ArrayLike, as_numpy, l2_normalise
+from ..process_env import launch_env
+from .arrays import ArrayLike, as_numpy, l2_normalise, unit_rows_
 
 INDEX_KINDS = ("flat", "flat-fp16", "ivf", "hnsw")
 GPU_MAX_K = 2048
-
-
 
 
 def _faiss():
@@ -34,15 +33,54 @@ def use_gpu(device: str = "auto") -> bool:
     return available
 
 
-_GPU_RESOURCES = None
+def faiss_gpu_id(device: str, local_rank: int, gpus: int) -> int:
+    """The GPU a FAISS index goes on for a torch device string: `cuda:N` -> N; `cuda` or `auto` ->
+    this process's GPU (`local_rank` modulo the `gpus` FAISS sees), as `devices.resolve_device`
+    picks it for torch. Never GPU 0 for every rank."""
+    if gpus < 1:
+        raise RuntimeError("this FAISS build sees no GPU (install faiss-gpu, or use device='cpu')")
+    if device.startswith("cuda:"):
+        index = device.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= gpus:
+            raise ValueError(f"device '{device}': FAISS sees {gpus} GPU(s) (cuda:0 to cuda:{gpus - 1})")
+        return int(index)
+    return local_rank % gpus
+
+
+class _ResourceScope:
+    """The FAISS GPU resources of one `gpu_resources()` block, made on first use."""
+
+    def __init__(self, make: Callable[[], object]) -> None:
+        self.make, self.resources = make, None
+
+    def get(self) -> object:
+        if self.resources is None:
+            self.resources = self.make()
+        return self.resources
+
+
+_SCOPES: list[_ResourceScope] = []  # the open `gpu_resources()` blocks, innermost last
+_PROCESS_SCOPE = _ResourceScope(lambda: _faiss().StandardGpuResources())  # outside any block
+
+
+@contextlib.contextmanager
+def gpu_resources(make: Optional[Callable[[], object]] = None) -> Iterator[_ResourceScope]:
+    """A block whose GPU indexes share resources made for it on first use (`make()`: a new
+    `faiss.StandardGpuResources` by default; none is made if no GPU index is built), let go on
+    leaving the block, also on an error: once the block's indexes are gone too, their GPU memory
+    (temporary buffers, streams, cuBLAS handles) is freed instead of held until the next check."""
+    scope = _ResourceScope(make or (lambda: _faiss().StandardGpuResources()))
+    _SCOPES.append(scope)
+    try:
+        yield scope
+    finally:
+        _SCOPES.remove(scope)
+        scope.resources = None
 
 
 def _gpu_resources():
-    """One StandardGpuResources per process, kept alive as long as the indexes that use it."""
-    global _GPU_RESOURCES
-    if _GPU_RESOURCES is None:
-        _GPU_RESOURCES = _faiss().StandardGpuResources()
-    return _GPU_RESOURCES
+    """The innermost block's resources, else one set kept for the process (a one-shot `ssl-bf knn`)."""
+    return (_SCOPES[-1] if _SCOPES else _PROCESS_SCOPE).get()
 
 
 def build_index(train: ArrayLike, kind: str = "flat", device: str = "auto", *,
@@ -52,13 +90,18 @@ def build_index(train: ArrayLike, kind: str = "flat", device: str = "auto", *,
 
     kinds: `flat` (exact, IndexFlatIP), `flat-fp16` (exact search over float16 storage, half
     the memory, slower), `ivf` (IVF-Flat, approximate), `hnsw` (HNSW-Flat, approximate, CPU).
-    With `normalise`, rows are L2-normalised block by block as they are added, so no second
-    full-size copy of `train` is ever made.
+    With `normalise`, rows are L2-normalised block by block as they are added (in float64, whatever
+    their scale: `arrays.unit_rows_`), so no second full-size copy of `train` is ever made.
     """
     faiss = _faiss()
     train = as_numpy(train)
     n, d = train.shape
-    prep = (lambda x: l2_normalise(x)) if normalise else (lambda x: np.ascontiguousarray(x, np.float32))
+
+    def prep(rows: np.ndarray, start: int = 0) -> np.ndarray:  # (B, D) -> (B, D) float32
+        if not normalise:
+            return np.ascontiguousarray(rows, np.float32)
+        return unit_rows_(rows, "train features", start, n, np.empty(rows.shape, np.float32))
+
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
     elif kind == "flat-fp16":
@@ -75,20 +118,22 @@ def build_index(train: ArrayLike, kind: str = "flat", device: str = "auto", *,
     else:
         raise ValueError(f"unknown index '{kind}'; choose one of {', '.join(INDEX_KINDS)}")
     if kind in ("flat", "ivf") and use_gpu(device):
-        index = faiss.index_cpu_to_gpu(_gpu_resources(), 0, index)
+        gpu = faiss_gpu_id(device, launch_env().local_rank, faiss.get_num_gpus())
+        index = faiss.index_cpu_to_gpu(_gpu_resources(), gpu, index)
     step = 1 << 16
     for start in range(0, n, step):
-        index.add(prep(train[start:start + step]))
+        index.add(prep(train[start:start + step], start))
     return index
 
 
 def query_chunk_size(k: int, num_classes: int, memory_budget_gb: float, num_pairs: int = 1) -> int:
     """Queries per chunk so that search results and vote scores fit the budget.
 
-    Per query: k similarities (4 B) and ids (8 B), their labels and weights (16 B), and a few
-    (C,) float32 score rows. FAISS's own blocked search uses a fixed few MiB on top.
+    Per query: k similarities (4 B) and ids (8 B), their sorted copies, labels and weights (40 B),
+    and a few (C,) float64 / int64 rows (scores, first neighbours). FAISS's own blocked search uses
+    a fixed few MiB on top.
     """
-    per_query = k * 28 + num_classes * 4 * 3 + num_pairs * 5 * 8
+    per_query = k * 52 + num_classes * 8 * 3 + num_pairs * 5 * 8
     return int(max(1, min(1 << 16, memory_budget_gb * (1 << 30) // per_query)))
 
 
@@ -133,7 +178,7 @@ def search_recall(train_feats: ArrayLike, queries: ArrayLike, k: int, index,
     q = as_numpy(queries)
     rows = np.sort(np.random.default_rng(seed).choice(len(q), size=min(sample, len(q)), replace=False))
     sample_q = np.ascontiguousarray(q[rows], dtype=np.float32)
-    train = l2_normalise(train_feats)
+    train = l2_normalise(train_feats, "train features")
     _, exact = faiss.knn(sample_q, train, k, metric=faiss.METRIC_INNER_PRODUCT)
     del train
     _, approx = index.search(sample_q, k)

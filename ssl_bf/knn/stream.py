@@ -4,7 +4,9 @@ At the ImageNet shape (1.28M x 2048 ResNet-50 features) the float32 bank is 10.5
 2 GB budget, so it is never held whole. Instead:
 - the bank is read block by block (`FileRows`: `os.pread` of whole rows from a .npy or safetensors
   file into one reused buffer; never memory-mapped, since mapped pages count toward the process's
-  resident memory and would grow to the whole file), each block is L2-normalised in place;
+  resident memory and would grow to the whole file), each block is checked and L2-normalised in
+  place (`arrays.unit_rows_`: a row holding NaN, Inf or only zeros is refused naming the file and
+  the row; the norm is taken in float64, so any scale gives the same unit rows);
 - each block is searched exactly (`faiss.knn`, inner product: blocked sgemm + top-k heaps) and
   merged into a running top-k per query (`faiss.ResultHeap`), with the ids offset to bank rows;
 - queries go in chunks too, each chunk streaming the whole bank once.
@@ -25,7 +27,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-_EPS = 1e-12
+from .arrays import as_numpy, unit_rows_
+
 GIB = 1 << 30
 QUERY_TILE = 4096  # FAISS multiplies this many queries at a time
 _SAFETENSORS_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
@@ -51,6 +54,10 @@ class RowSource:
     def read(self, start: int, stop: int, out: Optional[np.ndarray] = None) -> np.ndarray:
         raise NotImplementedError
 
+    def read_unit(self, start: int, stop: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Rows start..stop checked and L2-normalised (`arrays.unit_rows_`), float32 (B, D)."""
+        return unit_rows_(self.read(start, stop, out), self.name, start, len(self))
+
     @property
     def stored_bytes_per_row(self) -> int:
         return 4 * self.shape[1]
@@ -60,7 +67,7 @@ class ArrayRows(RowSource):
     """Row blocks of an in-memory array (numpy or torch), converted to float32 block by block."""
 
     def __init__(self, x, name: str = "<memory>"):
-        self.x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+        self.x = as_numpy(x)
         self.shape = tuple(self.x.shape)
         self.name = name
 
@@ -71,6 +78,11 @@ class ArrayRows(RowSource):
         out = out[:stop - start]
         out[...] = block
         return out
+
+    def read_unit(self, start: int, stop: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Normalised from the array's own dtype (float64 rows beyond float32's range included)."""
+        out = np.empty((stop - start, self.shape[1]), np.float32) if out is None else out[:stop - start]
+        return unit_rows_(self.x[start:stop], self.name, start, len(self), out)
 
 
 class FileRows(RowSource):
@@ -131,13 +143,15 @@ def open_rows(path: str, key: str = "embeddings") -> FileRows:
             if size > 100 << 20:
                 raise ValueError(f"{path}: not a safetensors file (header of {size} bytes)")
             header = json.loads(f.read(size))
-            entry = header.get(key)
-            if not isinstance(entry, dict) or entry.get("dtype") not in _SAFETENSORS_DTYPES \
-                    or len(entry.get("shape", ())) != 2:
+            entry = header.get(key) if isinstance(header, dict) else None
+            try:
+                shape, begin = tuple(int(v) for v in entry["shape"]), 8 + size + int(entry["data_offsets"][0])
+                stored = _SAFETENSORS_DTYPES[entry["dtype"]]
+            except (TypeError, KeyError, IndexError, ValueError):
+                raise ValueError(f"{path}: no 2-D float tensor '{key}' (F32, F16 or BF16)") from None
+            if len(shape) != 2:
                 raise ValueError(f"{path}: no 2-D float tensor '{key}' (F32, F16 or BF16)")
-            begin = 8 + size + int(entry["data_offsets"][0])
-            return FileRows(path, begin, tuple(entry["shape"]), _SAFETENSORS_DTYPES[entry["dtype"]],
-                            bfloat16=entry["dtype"] == "BF16")
+            return FileRows(path, begin, shape, stored, bfloat16=entry["dtype"] == "BF16")
     raise ValueError(f"{path}: only .npy and .safetensors banks can be streamed")
 
 
@@ -222,23 +236,6 @@ def working_budget_gb(memory_budget_gb: float) -> float:
     return max(HEADROOM * (memory_budget_gb - resident_gb()) - RESERVE_GB, memory_budget_gb / 4)
 
 
-def normalise_rows_(x: np.ndarray, source: RowSource, start: int) -> np.ndarray:
-    """L2-normalise the rows of a float32 block in place; a row holding NaN or Inf is refused,
-    naming the file and the rows (found from the squared norms: no block-sized temporary)."""
-    norms = np.einsum("ij,ij->i", x, x)  # (B,)
-    if not np.isfinite(norms).all():
-        suspects = np.flatnonzero(~np.isfinite(norms))
-        bad = start + suspects[~np.isfinite(x[suspects]).all(axis=1)]
-        if bad.size:
-            shown = ", ".join(map(str, bad[:5])) + (", ..." if bad.size > 5 else "")
-            where = "" if len(x) == len(source) else f" among rows {start}-{start + len(x) - 1}"
-            raise ValueError(f"{source.name}: {bad.size} of {len(source)} rows{where} contain NaN or Inf "
-                             f"(rows {shown})")
-        norms = np.einsum("ij,ij->i", x.astype(np.float64), x.astype(np.float64))  # huge finite values
-    np.divide(x, np.maximum(np.sqrt(norms), _EPS)[:, None].astype(np.float32), out=x)
-    return x
-
-
 def stream_search(bank: RowSource, queries: RowSource, k: int, plan: StreamPlan, progress: bool = False
                   ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield `(start, similarities (B, k) float32, ids (B, k) int64)` per chunk of queries, best
@@ -252,10 +249,10 @@ def stream_search(bank: RowSource, queries: RowSource, k: int, plan: StreamPlan,
     bar = tqdm(total=passes, desc="k-NN search", unit="block", disable=not progress or passes < 2)
     with blas_tiles(QUERY_TILE, plan.database_tile):
         for qs in range(0, q, plan.query_rows):
-            chunk = normalise_rows_(queries.read(qs, min(q, qs + plan.query_rows)), queries, qs)  # (B, D)
+            chunk = queries.read_unit(qs, min(q, qs + plan.query_rows))  # (B, D)
             heap = faiss.ResultHeap(len(chunk), k, keep_max=True)
             for bs in range(0, n, plan.bank_rows):
-                rows = normalise_rows_(bank.read(bs, min(n, bs + plan.bank_rows), out=block), bank, bs)  # (b, D)
+                rows = bank.read_unit(bs, min(n, bs + plan.bank_rows), out=block)  # (b, D)
                 sims, ids = faiss.knn(chunk, rows, min(k, len(rows)),
                                       metric=faiss.METRIC_INNER_PRODUCT)
                 heap.add_result(sims, ids + bs)

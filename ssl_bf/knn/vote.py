@@ -1,16 +1,20 @@
 """Weighted k-NN classification on embeddings (InstDisc / DINO vote), searched with FAISS.
 
 The protocol (docs/protocols.md):
-- train and test features are L2-normalised; similarity is the cosine (inner product);
+- train and test features are L2-normalised (in float64, so any scale gives the same unit rows);
+  similarity is the cosine (inner product);
 - the top-k train neighbours vote for their label with weight exp(s / T);
-- the prediction is the argmax of the class scores, top-5 comes from the sorted scores.
+- classes are ranked by score; equal scores go to the class of the nearer neighbour (neighbours
+  are listed by similarity, then train row), so the ranking never depends on how classes are
+  numbered. Only classes some neighbour voted for are ranked: top-5 may list fewer than five.
 
 Design choices, each against a bug seen in the peers:
 - one neighbour search for max(k); every (k, T) pair is a slice of it (not one search per k);
 - queries are processed in chunks sized by a memory budget (never a fixed number of chunks,
   never the full Q x N similarity matrix);
 - the class count comes from the train labels or is given, never from the test labels;
-  labels may be any integers (non-contiguous, more than 1000 classes).
+  labels may be any integers >= 0 (non-contiguous, more than 1000 classes).
+- every input passes `ssl_bf.validate` (finite non-zero rows, integer labels, matching shapes).
 """
 from __future__ import annotations
 
@@ -22,13 +26,25 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..validate import check_feature_layout, check_features, check_labels, check_pair
 from .arrays import ArrayLike, as_numpy, l2_normalise
 from .index import GPU_MAX_K, build_index, query_chunk_size, search_chunks, search_recall, use_gpu
+from .labels import LabelSpace
+
+__all__ = ["KnnOutput", "LabelSpace", "as_numpy", "knn_accuracy", "knn_evaluate", "knn_predict", "knn_vote",
+           "nearest_first", "rank_classes", "use_gpu"]
 
 
 # ----------------------------------------------------------------------------------------------
-# The vote: a pure function of tensors
+# The vote: pure functions of tensors
 # ----------------------------------------------------------------------------------------------
+
+
+def nearest_first(sims: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's neighbours (Q, k) ordered by similarity, best first, then by train row: one
+    order whatever order the search returned equal similarities in."""
+    order = np.lexsort((ids, -sims.astype(np.float64)), axis=1)  # (Q, k)
+    return np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
 
 
 def knn_vote(similarities: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int,
@@ -42,91 +58,55 @@ def knn_vote(similarities: torch.Tensor, neighbour_labels: torch.Tensor, num_cla
         num_classes: C.
         temperature: T; each neighbour adds exp(s / T) to its class.
     Returns:
-        (Q, C) float32 scores. Shifting by the row maximum (exp((s - s_max) / T)) keeps small T
-        finite and leaves the ranking unchanged.
+        (Q, C) float64 scores. Shifting by the row maximum (exp((s - s_max) / T)) keeps small T
+        finite and leaves the ranking unchanged. Each class adds its neighbours in list order,
+        so two classes whose neighbours have the same similarities get exactly equal scores.
     """
-    sims = similarities.float()  # (Q, k)
+    sims = similarities.double()  # (Q, k)
     shift = sims.max(dim=1, keepdim=True).values if sims.shape[1] else sims.new_zeros(len(sims), 1)
     weights = ((sims - shift) / temperature).exp_()  # (Q, k)
     missing = neighbour_labels < 0
     weights = weights.masked_fill(missing, 0.0)
     labels = neighbour_labels.masked_fill(missing, 0)  # (Q, k)
-    scores = torch.zeros(sims.shape[0], num_classes, dtype=torch.float32, device=sims.device)
+    scores = torch.zeros(sims.shape[0], num_classes, dtype=torch.float64, device=sims.device)
     return scores.scatter_add_(1, labels, weights)  # (Q, C)
 
 
-def topk_predictions(scores: torch.Tensor, n: int = 5) -> torch.Tensor:
-    """(Q, C) class scores -> (Q, min(n, C)) class indices, best first."""
-    return scores.topk(min(n, scores.shape[1]), dim=1).indices
+def rank_classes(scores: torch.Tensor, neighbour_labels: torch.Tensor, n: int = 5) -> torch.Tensor:
+    """The `n` best classes of each query, best first: (Q, min(n, k, C)) int64, -1 where fewer
+    classes got a vote.
+
+    Classes are ranked by score; among equal scores, the class whose first neighbour comes
+    earlier in the list (nearer) ranks first. Classes no neighbour voted for are not ranked. Both
+    rules look at the neighbours only, never at the class numbers.
+    """
+    q, k = neighbour_labels.shape
+    voted = neighbour_labels >= 0  # (Q, k)
+    labels = neighbour_labels.clamp_min(0)  # (Q, k)
+    position = torch.arange(k, device=labels.device).expand(q, k)  # (Q, k)
+    first = torch.full_like(scores, k, dtype=torch.int64).scatter_reduce_(
+        1, labels, position.masked_fill(~voted, k), "amin")  # (Q, C): each class's first neighbour
+    is_first = voted & (first.gather(1, labels) == position)  # (Q, k): one entry per voted class
+    candidate = scores.gather(1, labels).masked_fill(~is_first, -math.inf)  # (Q, k)
+    n = min(n, scores.shape[1])
+    order = torch.sort(candidate, dim=1, descending=True, stable=True).indices[:, :n]  # ties: list order
+    top = labels.gather(1, order)  # (Q, min(n, k, C))
+    return top.masked_fill(candidate.gather(1, order) == -math.inf, -1)
 
 
 # ----------------------------------------------------------------------------------------------
-# Inputs: labels
+# Inputs
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class LabelSpace:
-    """Maps dataset labels (any integers) to class indices 0..C-1, defined by the train set."""
-
-    values: Optional[np.ndarray]  # sorted label values (None: labels already are 0..C-1)
-    num_classes: int
-
-    @classmethod
-    def from_train(cls, train_labels: np.ndarray, num_classes: Optional[int] = None) -> "LabelSpace":
-        """With `num_classes`, labels must lie in [0, num_classes); else the distinct train labels."""
-        if num_classes is not None:
-            if train_labels.size and (train_labels.min() < 0 or train_labels.max() >= num_classes):
-                raise ValueError(f"train labels span [{train_labels.min()}, {train_labels.max()}] but "
-                                 f"num_classes is {num_classes}")
-            return cls(None, int(num_classes))
-        values = np.unique(train_labels)
-        if values.size and values[0] == 0 and values[-1] == values.size - 1:
-            return cls(None, int(values.size))  # already contiguous 0..C-1
-        return cls(values, int(values.size))
-
-    def encode(self, labels: np.ndarray) -> np.ndarray:
-        """Dataset labels -> class indices; labels unknown to the train set become -1."""
-        labels = labels.astype(np.int64, copy=False)
-        if self.values is None:
-            return np.where((labels >= 0) & (labels < self.num_classes), labels, -1)
-        pos = np.clip(np.searchsorted(self.values, labels), 0, max(0, self.values.size - 1))
-        return np.where(self.values[pos] == labels, pos, -1) if self.values.size else -np.ones_like(labels)
-
-    def decode(self, indices: np.ndarray) -> np.ndarray:
-        """Class indices -> dataset labels."""
-        return indices if self.values is None else self.values[indices]
-
-
-def integer_labels(x: ArrayLike, name: str, error: type[Exception] = ValueError) -> np.ndarray:
-    """Labels as int64 (N,): integral floats are accepted, anything else raises `error` naming `name`."""
-    y = as_numpy(x)
-    if y.ndim != 1:
-        raise error(f"{name} must be 1-D (N,), got shape {tuple(y.shape)}")
-    if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            raise error(f"{name} must be integers, got non-integral floats")
-    elif y.dtype.kind not in "iub":
-        raise error(f"{name} must be integers, got dtype {y.dtype}")
-    return y.astype(np.int64, copy=False)
-
-
-def _check_inputs(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray,
-                  test_labels: np.ndarray, kmax: int) -> None:
-    if train.ndim != 2 or test.ndim != 2:
-        raise ValueError(f"features must be 2-D (N, D): train {train.shape}, test {test.shape}")
-    if train.shape[1] != test.shape[1]:
-        raise ValueError(f"feature dimensions differ: train D={train.shape[1]}, test D={test.shape[1]}")
-    if len(train_labels) != len(train):
-        raise ValueError(f"train has {len(train)} rows but {len(train_labels)} labels")
-    if len(test_labels) != len(test):
-        raise ValueError(f"test has {len(test)} rows but {len(test_labels)} labels")
-    if len(train) == 0 or len(test) == 0:
-        raise ValueError(f"empty features: train has {len(train)} rows, test {len(test)}")
-    if kmax > len(train):
-        raise ValueError(f"k={kmax} is larger than the train set ({len(train)} rows)")
-    if kmax < 1:
-        raise ValueError(f"k must be at least 1, got {kmax}")
+def _check_features(train, test, kmax: int) -> None:
+    """Shapes (and, for in-memory arrays, every row: a file's rows are checked as they are read)."""
+    for x, name in ((train, "train features"), (test, "test features")):
+        check_feature_layout(x.shape, x.dtype, getattr(x, "name", name))
+        if isinstance(x, np.ndarray):
+            check_features(x, name)
+    check_pair(train.shape, test.shape, getattr(train, "name", "train features"),
+               getattr(test, "name", "test features"), [kmax])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,7 +119,7 @@ class KnnOutput:
     """Everything one k-NN run measured."""
 
     results: list[dict]  # [{"k", "temperature", "top1", "top5"}], percent
-    predictions: dict[tuple[int, float], np.ndarray]  # (k, T) -> (Q, min(5, C)) labels, best first
+    predictions: dict[tuple[int, float], np.ndarray]  # (k, T) -> (Q, min(5, k, C)) labels, best first; -1: none
     num_classes: int
     search_seconds: float  # time inside FAISS search (index building excluded)
     recall: Optional[float] = None  # approximate indexes: recall@max(k) against exact search
@@ -154,9 +134,10 @@ def knn_accuracy(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: Ar
     """Weighted k-NN top-1 / top-5 accuracy (percent) for every (k, T) pair.
 
     Args:
-        train_feats, test_feats: (N, D) and (Q, D) features, numpy or torch, any float dtype;
-            they are L2-normalised here (cosine similarity), the inputs are not modified.
-        train_labels, test_labels: (N,) and (Q,) integer labels, any values.
+        train_feats, test_feats: (N, D) and (Q, D) features, numpy or torch, any float dtype and
+            any scale; they are L2-normalised here (cosine similarity), the inputs are not
+            modified. A row holding NaN, Inf or only zeros is refused (ValueError naming it).
+        train_labels, test_labels: (N,) and (Q,) integer labels >= 0, any values.
         ks, temperatures: every combination is scored from one search for max(ks); a value
             given twice is scored once.
         num_classes: C when known (labels then lie in [0, C)); None: the distinct train labels.
@@ -177,9 +158,10 @@ def knn_predict(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: Arr
                 ks: Sequence[int] = (20,), temperatures: Sequence[float] = (0.07,),
                 num_classes: Optional[int] = None, index: str = "flat",
                 memory_budget_gb: float = 2.0, device: str = "auto") -> dict[tuple[int, float], np.ndarray]:
-    """Top-5 predicted labels for every (k, T): `{(k, T): (Q, min(5, C)) int64}`, best first.
+    """Top-5 predicted labels for every (k, T): `{(k, T): (Q, min(5, k, C)) int64}`, best first.
 
-    Labels are returned as the train labels' own values (not remapped indices).
+    Labels are returned as the train labels' own values (not remapped indices); -1 fills the
+    places of a query whose neighbours voted for fewer classes.
     """
     return knn_evaluate(train_feats, train_labels, test_feats, None, ks, temperatures, num_classes,
                         index, memory_budget_gb, device, keep_predictions=True).predictions
@@ -209,11 +191,12 @@ def knn_evaluate(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: Ar
 
     train = train_feats if isinstance(train_feats, RowSource) else as_numpy(train_feats)
     test = test_feats if isinstance(test_feats, RowSource) else as_numpy(test_feats)
-    y_train = integer_labels(train_labels, "train labels")
-    y_test = integer_labels(test_labels, "test labels") if test_labels is not None else np.zeros(len(test), np.int64)
     kmax = max(ks)
-    _check_inputs(train, y_train, test, y_test, kmax)
+    _check_features(train, test, kmax)
+    y_train = check_labels(train_labels, "train labels", rows=len(train))
     space = LabelSpace.from_train(y_train, num_classes)
+    y_test = check_labels(test_labels, "test labels", rows=len(test)) if test_labels is not None \
+        else np.zeros(len(test), np.int64)
     train_idx = torch.from_numpy(space.encode(y_train))  # (N,) class indices
     test_idx = torch.from_numpy(space.encode(y_test))  # (Q,), -1: a class unseen in train
 
@@ -227,7 +210,7 @@ def knn_evaluate(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: Ar
         if isinstance(train, RowSource) or isinstance(test, RowSource):
             raise ValueError(f"--index {index} (or a GPU) needs the whole bank in memory; load the files")
         index_obj = build_index(train, index, device)
-        queries = l2_normalise(test)  # (Q, D) float32
+        queries = l2_normalise(test, "test features")  # (Q, D) float32
         chunk = query_chunk_size(kmax, space.num_classes, memory_budget_gb, len(pairs))
         chunks, plan = search_chunks(index_obj, queries, kmax, chunk, progress, memory_budget_gb), None
     top1 = dict.fromkeys(pairs, 0)
@@ -238,14 +221,15 @@ def knn_evaluate(train_feats: ArrayLike, train_labels: ArrayLike, test_feats: Ar
     tic = time.perf_counter()
     for start, chunk_sims, chunk_ids in chunks:
         seconds += time.perf_counter() - tic
+        chunk_sims, chunk_ids = nearest_first(chunk_sims, chunk_ids)
         for off in range(0, len(chunk_sims), vote_rows):
             sims_t = torch.from_numpy(chunk_sims[off:off + vote_rows])  # (B, kmax)
             ids_t = torch.from_numpy(chunk_ids[off:off + vote_rows])  # (B, kmax); -1: fewer found
             nbr = torch.where(ids_t >= 0, train_idx[ids_t.clamp_min(0)], torch.full_like(ids_t, -1))
             truth = test_idx[start + off:start + off + len(sims_t)]  # (B,)
             for k, t in pairs:
-                top = topk_predictions(knn_vote(sims_t[:, :k], nbr[:, :k], space.num_classes, t))  # (B, 5)
-                hits = top == truth[:, None]  # (B, 5)
+                top = rank_classes(knn_vote(sims_t[:, :k], nbr[:, :k], space.num_classes, t), nbr[:, :k])  # (B, 5)
+                hits = (top == truth[:, None]) & (top >= 0)  # (B, 5); -1: no class, unseen class
                 top1[(k, t)] += int(hits[:, 0].sum())
                 top5[(k, t)] += int(hits.any(dim=1).sum())
                 if keep_predictions:

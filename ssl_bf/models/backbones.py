@@ -97,9 +97,13 @@ class ViTBackbone(nn.Module):
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens with the class token prepended and the position embedding added:
-        (N, C, H, W) -> (N, T, D), T = 1 + (H / patch)^2."""
+        (N, C, H, W) -> (N, T, D), T = 1 + (H / patch)^2. Public attributes of torchvision's
+        VisionTransformer only (tests/test_private_apis.py: equal to its own forward)."""
         vit = self.vit
-        patches = vit._process_input(x)  # (N, T-1, D)
+        _, _, h, w = x.shape
+        if (h, w) != (vit.image_size, vit.image_size):  # torchvision's own check, as a clear error
+            raise ValueError(f"this ViT takes {vit.image_size}x{vit.image_size} images, got {h}x{w}")
+        patches = vit.conv_proj(x).flatten(2).transpose(1, 2)  # (N, D, H/p, W/p) -> (N, T-1, D)
         cls = vit.class_token.expand(patches.shape[0], -1, -1)  # (N, 1, D)
         return vit.encoder.dropout(torch.cat([cls, patches], dim=1) + vit.encoder.pos_embedding)  # (N, T, D)
 

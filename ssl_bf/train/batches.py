@@ -1,12 +1,21 @@
 """The data order of pretraining: an epoch's shuffled global batches, a function of (seed, epoch)
-alone, and this rank's share of them from any step on (what makes a mid-epoch resume exact)."""
+alone, and this rank's share of them from any step on (what makes a mid-epoch resume exact).
+Shards have an order of their own, by shard and stream (ssl_bf/data/shards/order.py).
+
+Image folders and shards are read by one DataLoader for the whole run: its workers are started
+once (`persistent_workers`) and learn each new epoch (and a resume's first step) through shared
+memory (`TwoCropFolder.set_epoch`, `ShardCropStream.set_position`), so nothing but the index
+lists changes between epochs and the crops are the ones a fresh DataLoader per epoch cut.
+"""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
+from torch.utils.data import DataLoader, Sampler
 
 from .. import distributed as dist_utils
+from ..data.shards import ShardCropStream
 
 
 def epoch_batches(n: int, global_batch: int, epoch: int, seed: int) -> torch.Tensor:
@@ -16,22 +25,74 @@ def epoch_batches(n: int, global_batch: int, epoch: int, seed: int) -> torch.Ten
     return torch.randperm(n, generator=g)[: steps * global_batch].view(steps, global_batch)
 
 
-def rank_batches(train_set, loader_set, epoch: int, start: int, batch_size: int, seed: int,
-                 crops_in_workers: bool, num_workers: int, pin_memory: bool) -> Iterator:
-    """This rank's batches of `epoch` from step `start` on: uint8 (B, C, H, W) from a tensor
-    dataset, or for image folders the pair of uint8 crops ((B, 3, S, S), (B, 3, S, S)) cut in the
-    DataLoader workers from `loader_set`."""
-    order = epoch_batches(len(train_set), batch_size * dist_utils.world_size(), epoch, seed)
-    r = dist_utils.rank()
-    mine = order[start:, r * batch_size:(r + 1) * batch_size]  # (steps, B)
-    if not crops_in_workers:
-        for idx in mine:
-            yield train_set.get_batch(idx)[0]
-        return
-    loader_set.set_epoch(epoch)  # the crop geometry is a function of (seed, epoch, index)
-    loader = torch.utils.data.DataLoader(
-        loader_set, batch_sampler=mine.tolist(), num_workers=num_workers, pin_memory=pin_memory,
-        persistent_workers=False,
-        generator=torch.Generator().manual_seed(seed + epoch))  # keeps the global RNG untouched
-    for crops1, crops2, _ in loader:
-        yield crops1, crops2
+class EpochBatchSampler(Sampler[list[int]]):
+    """The batch sampler of the run's DataLoader: the index lists of the epoch set last. It runs in
+    the main process (the workers are sent the index lists), so a plain attribute is enough."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def set_batches(self, batches: torch.Tensor) -> None:
+        self.batches = batches.tolist()  # (steps, B) -> steps lists of B indices
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _worker_ignores_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker leaves SIGTERM, SIGUSR1 and SIGUSR2 to the trainer: SLURM signals every
+    process of a job on preemption or timeout, and a worker killed by one would make torch raise
+    in the trainer while it saves its checkpoint. The worker still ends with the trainer (torch's
+    parent watchdog) or on SIGKILL."""
+    import signal
+
+    for name in ("SIGTERM", "SIGUSR1", "SIGUSR2"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+class PretrainBatches:
+    """This rank's batches of each epoch: uint8 (B, C, H, W) from a tensor dataset, or for image
+    folders and shards the pair of uint8 crops ((B, 3, S, S), (B, 3, S, S)) cut in the DataLoader
+    workers from `loader_set`. `close()` stops the workers."""
+
+    def __init__(self, train_set, loader_set, batch_size: int, seed: int, crops_in_workers: bool,
+                 num_workers: int, pin_memory: bool) -> None:
+        self.train_set, self.loader_set = train_set, loader_set
+        self.batch_size, self.seed = batch_size, seed
+        self.sampler: Optional[EpochBatchSampler] = None
+        self.loader: Optional[DataLoader] = None
+        options = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                       generator=torch.Generator().manual_seed(seed),  # keeps the global RNG untouched
+                       worker_init_fn=_worker_ignores_stop_signals if num_workers > 0 else None)
+        if isinstance(loader_set, ShardCropStream):  # streamed: the order is the stream's
+            rank_set = loader_set.rank_stream(dist_utils.rank(), dist_utils.world_size(), batch_size)
+            self.loader = DataLoader(rank_set, batch_size=None, **options)
+        elif crops_in_workers:
+            self.sampler = EpochBatchSampler()
+            self.loader = DataLoader(loader_set, batch_sampler=self.sampler, **options)
+
+    def epoch(self, epoch: int, start: int) -> Iterator:
+        """The batches of `epoch` from step `start` on."""
+        if isinstance(self.loader_set, ShardCropStream):
+            self.loader_set.set_position(epoch, start)  # read by the workers when the epoch starts
+            yield from self.loader
+            return
+        order = epoch_batches(len(self.train_set), self.batch_size * dist_utils.world_size(), epoch, self.seed)
+        r = dist_utils.rank()
+        mine = order[start:, r * self.batch_size:(r + 1) * self.batch_size]  # (steps, B)
+        if self.loader is None:
+            for idx in mine:
+                yield self.train_set.get_batch(idx)[0]
+            return
+        self.loader_set.set_epoch(epoch)  # the crop geometry is a function of (seed, epoch, index)
+        self.sampler.set_batches(mine)
+        for crops1, crops2, _ in self.loader:
+            yield crops1, crops2
+
+    def close(self) -> None:
+        """Let the workers go (they are stopped when their DataLoader's iterator is collected)."""
+        self.loader = None

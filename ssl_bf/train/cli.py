@@ -6,8 +6,12 @@ reaching up into `ssl_bf.cli`. (`ssl-bf export` is `ssl_bf.checkpoints.cli`.)
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Optional
 
 from ..cli_args import ArgumentError, Parser, fail, refuse
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 PROG = "ssl-bf pretrain"
 
@@ -64,12 +68,14 @@ def _pretrain(argv: list[str], args: argparse.Namespace) -> int:
     import shlex
     import signal
 
-    import yaml
     from ..checkpoints.checkpoint import last_path
     from ..config import ConfigError, to_dict
     from ..run_config import load_config
     from ..data import DataError
-    from ..io import OutputError, check_output, write_json_atomic
+    from ..atomic_write import write_json
+    from ..outputs import OutputError
+    from ..yaml_io import dump_yaml
+    from ..process_env import ProcessEnvError
     from .trainer import NonFiniteLossError, RunFolderError, TrainingInterrupted, pretrain
 
     try:
@@ -77,16 +83,10 @@ def _pretrain(argv: list[str], args: argparse.Namespace) -> int:
     except ConfigError as e:
         return refuse(PROG, f"config error: {e}")
     if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        print(dump_yaml(to_dict(cfg)))
         return 0
-    if args.json:
-        run = cfg.run.dir
-        try:
-            check_output(args.json, protected=[args.config, last_path(run), os.path.join(run, "config.yaml"),
-                                               os.path.join(run, "metrics.jsonl")], what="--json")
-        except OutputError as e:
-            return refuse(PROG, str(e))
     try:
+        check_pretrain_outputs(cfg, args.json, args.config)
         summary = pretrain(cfg)
     except ConfigError as e:
         return refuse(PROG, f"config error: {e}")
@@ -94,7 +94,7 @@ def _pretrain(argv: list[str], args: argparse.Namespace) -> int:
         return refuse(PROG, f"data error: {e}")
     except NonFiniteLossError as e:
         return refuse(PROG, str(e), 3)
-    except RunFolderError as e:
+    except (RunFolderError, OutputError, ProcessEnvError) as e:
         return refuse(PROG, str(e))
     except TrainingInterrupted as stop:
         name = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}.get(stop.signum, f"signal {stop.signum}")
@@ -103,9 +103,12 @@ def _pretrain(argv: list[str], args: argparse.Namespace) -> int:
         return refuse(PROG, f"stopped by {name} at step {stop.step} ({stop.where}); {saved}. "
                            f"Resume with the same command: ssl-bf pretrain {shlex.join(argv)}", 128 + stop.signum)
     if summary.get("knn_top1") is None:  # e.g. the run had already finished: report its last figure
-        from .metrics import read_metrics
-        done = [r["knn_top1"] for r in read_metrics(os.path.join(cfg.run.dir, "metrics.jsonl"))
-                if r.get("knn_top1") is not None and r.get("event") in (None, "knn")]
+        from .metrics import MetricsError, read_metrics
+        try:  # every record read is checked: knn_top1 is a percentage or null
+            records = read_metrics(os.path.join(cfg.run.dir, "metrics.jsonl"))
+        except MetricsError as e:
+            return refuse(PROG, f"the run is saved in {cfg.run.dir}, but its summary cannot be read: {e}")
+        done = [r["knn_top1"] for r in records if r.get("knn_top1") is not None and r.get("event") in (None, "knn")]
         summary["knn_top1"] = done[-1] if done else None
     if summary.get("knn_top1") is not None:
         split = (f"the last {cfg.data.val_holdout} train images held out" if cfg.data.val_holdout
@@ -115,9 +118,30 @@ def _pretrain(argv: list[str], args: argparse.Namespace) -> int:
     print(f"run folder: {cfg.run.dir}")
     if args.json:
         try:
-            write_json_atomic(summary, args.json)
-        except OSError as e:
-            return refuse(PROG, f"--json {args.json}: cannot write the summary ({e.strerror or e}); the run "
-                               f"itself is saved in {cfg.run.dir}")
+            write_json(summary, args.json, option="--json", inputs=[args.config], runs=[cfg.run.dir])
+        except OutputError as e:
+            return refuse(PROG, f"{e}; the run itself is saved in {cfg.run.dir}")
     return 0
+
+
+def check_pretrain_outputs(cfg: Config, json_out: Optional[str], config: Optional[str]) -> None:
+    """Before any work: the files pretrain writes in its run folder (config.yaml, metrics.jsonl,
+    tensorboard/ when on; checkpoints/last.pt is read and checked by `RunFolder` first) and
+    `--json`, which is never one of the run's files nor the config it read (OutputError naming
+    the file)."""
+    import os
+
+    from ..file_kinds import FileKind
+    from ..outputs import check_output, check_output_folder
+    from ..run_layout import Owner
+
+    run_dir = cfg.run.dir
+    own = {os.path.join(run_dir, "config.yaml"): FileKind.TEXT, os.path.join(run_dir, "metrics.jsonl"): FileKind.JSON}
+    for path, kind in own.items():
+        check_output(path, kind, option="run.dir's file", owner=Owner.PRETRAIN, runs=[run_dir],
+                     appended=path.endswith(".jsonl"))
+    if cfg.run.tensorboard:
+        check_output_folder(os.path.join(run_dir, "tensorboard"), option="run.dir's folder", owner=Owner.PRETRAIN)
+    if json_out:
+        check_output(json_out, FileKind.JSON, option="--json", inputs=[config], runs=[run_dir])
 

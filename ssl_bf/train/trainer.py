@@ -1,17 +1,12 @@
 """The pretraining loop: data -> device augmentation -> the method's step -> logs and checkpoints.
 
-The Trainer does three things: set-up (device, process group, data, augmentation, model, DDP,
-optimiser), one step, and the loop. Everything else is delegated: the run folder's rules to
-`RunFolder` (run_folder.py), the data order to batches.py, the online k-NN to `KnnMonitor`
-(monitor.py), the method's own knowledge (normalisation plan, momentum schedule, what a world
-size must satisfy) to the method's class (ssl_bf/models/).
+Set-up, one step, the loop; delegated: the run folder (run_folder.py), the data order (batches.py), the
+chosen images (train_subset.py), the online k-NN (monitor.py), the method's knowledge (ssl_bf/models/).
 
-Resume is exact on CPU: the batch order of an epoch is a function of (seed, epoch), and the
-checkpoint holds the model, optimiser, queue, RNG states and the position in the epoch.
-Preemption handlers (SIGUSR2/SIGTERM) are deferred to the end of a step (step_signals.py), so a
-SLURM handler that calls `save_checkpoint()` always sees the state between two steps. Outside
-SLURM, Ctrl-C and SIGTERM stop a one-process run at the next step boundary with a checkpoint
-(`TrainingInterrupted`).
+Resume is exact on CPU: an epoch's batch order is a function of (seed, epoch); the checkpoint holds the
+model, optimiser, queue, RNG states and the position. Preemption handlers (SIGUSR2/SIGTERM) wait for a
+step's end (step_signals.py), so SLURM's `save_checkpoint()` sees the state between two steps; outside
+SLURM, Ctrl-C and SIGTERM stop a one-process run at the next step with a checkpoint (`TrainingInterrupted`).
 """
 from __future__ import annotations
 
@@ -27,18 +22,20 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed as dist_utils
 from ..config import Config, ConfigError, save_config, to_dict
-from ..devices import resolve_device
+from ..devices import resolve_device, tune_for_fixed_shapes
 from ..models.registry import build_model, method_class
-from .batches import rank_batches
+from .batches import PretrainBatches
+from .checkpoint_schema import TrainingLayout
 from .data_setup import UnreadableLog, pretraining_data
-from .metrics import MetricsLogger, truncate_metrics
-from .monitor import KnnMonitor
+from .metrics import MetricsLogger
+from .monitor import KnnMonitor, knn_text
 from .optim import build_optimizer, set_lr
 from .rng import rng_state, seed_everything, set_rng_state
 from .run_folder import RunFolder, RunFolderError
 from .schedule import warmup_cosine
 from .step_signals import StepSignalGuard, StopSignals
 from .step_stats import StepStats
+from .train_subset import check_saved_indices, subset_fields, write_indices
 
 __all__ = ["NonFiniteLossError", "RunFolderError", "Trainer", "TrainingInterrupted", "current_trainer", "pretrain"]
 
@@ -79,6 +76,7 @@ class Trainer:
             self.device = resolve_device(cfg.train.device)
         except (ValueError, RuntimeError) as e:
             raise ConfigError(f"train.device: {e}; set train.device=auto or cpu") from None
+        tune_for_fixed_shapes(self.device)
         self.distributed = dist_utils.init_distributed(self.device, force=cfg.train.process_group == "always")
         self.is_main = dist_utils.is_main()
         self.world = dist_utils.world_size()
@@ -87,12 +85,13 @@ class Trainer:
         method.check_world(cfg, self.world)
         # Read-only checks of the run folder before the (slow) set-up; fit() repeats the checkpoint
         # check under the lock, should another process have written it meanwhile.
-        self.folder = RunFolder(cfg, self.world)
+        self.folder = RunFolder(cfg, self.world, self.device)
         seed_everything(cfg.seed + dist_utils.rank())
-
         data = pretraining_data(cfg, self.device)
-        self.train_set, self.loader_set, self.views = data.train_set, data.loader_set, data.views
+        self.train_set, self.loader_set, self.views, self.chosen = data.train_set, data.loader_set, data.views, data.chosen
         self.crops_in_workers, self.image_size, self.in_channels = data.crops_in_workers, data.image_size, data.in_channels
+        self.batches = PretrainBatches(self.train_set, self.loader_set, cfg.train.batch_size, cfg.seed, self.crops_in_workers,
+                                       cfg.data.num_workers, pin_memory=self.device.type == "cuda")
 
         self.norm = method.norm_plan(cfg, self.world, self.device.type)
         self.model = build_model(cfg, self.in_channels, self.image_size, self.norm.split_bn_groups).to(self.device)
@@ -110,7 +109,10 @@ class Trainer:
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         self.peak_lr = cfg.train.base_lr * self.global_batch / 256
         self.optimizer = build_optimizer(self.model, cfg, self.peak_lr)
-        self.monitor = KnnMonitor(cfg, self.device, self.image_size, labelled=bool(self.train_set.classes))
+        # the checkpoint's fields against what was built, before anything is loaded or written
+        self.folder.expect(TrainingLayout.of(self.model, self.optimizer, self.steps_per_epoch, cfg.train.epochs,
+                                             self.in_channels, self.image_size))
+        self.monitor = KnnMonitor(cfg, self.device, self.image_size, bool(self.train_set.classes), self.chosen)
         self.unreadable = UnreadableLog(cfg, [self.train_set, self.monitor.bank_set, self.monitor.query_set])
         self.epoch, self.step, self.step_in_epoch = 0, 0, 0
         self.last_loss = float("nan")
@@ -136,13 +138,20 @@ class Trainer:
                 "loss": self.last_loss}
 
     def save_checkpoint(self) -> Optional[str]:
-        """Write RUN/checkpoints/last.pt atomically (rank 0 only; no collectives, so a signal
-        handler may call it). A state reached through a non-finite loss is never written."""
-        if not self.is_main or not self.stats.locally_finite():
+        """RUN/checkpoints/last.pt, atomically, by rank 0 (no collectives: a signal handler may call it)."""
+        if not self.is_main or not self.stats.locally_finite():  # a non-finite state is never written
             return None
+        if self.world == 1 and len(self.stats):  # log the steps it holds first (one process: no peer to wait)
+            self._sync(time.time())
         path = self.folder.save(self.state_dict())
         self._saved_step = self.step
         return path
+
+    def _checkpoint_together(self) -> None:
+        """`save_checkpoint()` where every rank arrives: the others wait for rank 0's write on the
+        long-wait group (`wait_for_main`), never in the next step's collective, whose timeout is short."""
+        self.save_checkpoint()
+        dist_utils.wait_for_main()
 
     def _resume(self, state: Optional[dict]) -> Optional[int]:
         """Load a checked checkpoint state (or None: a fresh run) into the model and optimiser."""
@@ -237,13 +246,15 @@ class Trainer:
     def _fit(self) -> dict:
         global _CURRENT
         state = self.folder.checked_state()
+        check_saved_indices(self.run_dir, self.chosen, resuming=state is not None)  # before any write
         resumed = self._resume(state)
         epochs_before = state["config"].get("train", {}).get("epochs") if state is not None else None
         del state
-        if self.is_main:  # after the checks: a refused run leaves the folder's config as it was
+        if self.is_main:  # after the checks: a refused run leaves the folder's files as they were
+            for note in self.folder.rewind_metrics(resumed or 0):  # a fresh start redoes everything
+                print(f"note: {note}", flush=True)
             save_config(self.cfg, os.path.join(self.run_dir, "config.yaml"))
-        if self.is_main and resumed is not None:
-            truncate_metrics(os.path.join(self.run_dir, "metrics.jsonl"), resumed)
+            write_indices(self.run_dir, self.chosen)  # RUN/data_indices.npy: a long tail or index file only
         self.logger = MetricsLogger(self.run_dir, self.is_main, self.cfg.run.tensorboard)
         _CURRENT = self  # a SLURM checkpoint() from here on saves this (fully loaded) state
         self._log_start(resumed, epochs_before)
@@ -262,6 +273,7 @@ class Trainer:
                 self._signals.uninstall()
         finally:
             self._stop.uninstall()
+            self.batches.close()
             self.logger.close()
             _CURRENT = None
 
@@ -270,7 +282,8 @@ class Trainer:
                  "requeue_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
                  "world_size": self.world, "device": str(self.device), "peak_lr": self.peak_lr,
                  "normalisation": self.norm.description,
-                 "crops": "in DataLoader workers (whole image)" if self.crops_in_workers else "on the device"}
+                 "crops": "in DataLoader workers (whole image)" if self.crops_in_workers else "on the device",
+                 **subset_fields(self.chosen)}
         extended = resumed is not None and isinstance(epochs_before, int) and epochs_before != self.cfg.train.epochs
         if extended:  # the lr cosine now runs over the new total from this step on
             start.update(epochs_extended_from=epochs_before, schedule_total_steps=self.total_steps)
@@ -287,7 +300,7 @@ class Trainer:
         epochs, max_steps = self.cfg.train.epochs, self.cfg.train.max_steps
         stopped_early = False
         if epochs == 0:
-            self.save_checkpoint()
+            self._checkpoint_together()
         elif max_steps and self.step >= max_steps:
             stopped_early = True
         else:
@@ -296,7 +309,7 @@ class Trainer:
             clock = EpochClock(time.time())
             stopped_early = self._train_epoch(started, clock) or self._end_epoch(started, clock)
         return {"run_dir": self.run_dir, "epoch": self.epoch, "step": self.step, "loss": self.last_loss,
-                "knn_top1": self.last_knn, "stopped_early": stopped_early}
+                "knn_top1": self.last_knn, "stopped_early": stopped_early, **subset_fields(self.chosen)}
 
     def _train_epoch(self, started: float, clock: EpochClock) -> bool:
         """The steps of the current epoch from its saved position; True when max_steps or the time
@@ -310,10 +323,7 @@ class Trainer:
                    unit="step", dynamic_ncols=True, leave=False)
         self._epoch_losses = []
         stop = False
-        batches = rank_batches(self.train_set, self.loader_set, self.epoch, self.step_in_epoch,
-                               cfg.train.batch_size, cfg.seed, self.crops_in_workers, cfg.data.num_workers,
-                               pin_memory=self.device.type == "cuda")
-        for batch in batches:
+        for batch in self.batches.epoch(self.epoch, self.step_in_epoch):
             with self._signals.step():
                 out, lr = self._train_step(batch)
                 self.step += 1
@@ -331,7 +341,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{self.last_loss:.3f}",
                                 img_s=f"{clock.images / (time.time() - clock.started):.0f}")
                 if save or enough or over_budget:
-                    self.save_checkpoint()
+                    with self._signals.step():  # a preemption waits for this save, never interrupts it
+                        self._checkpoint_together()
                 stop = enough or over_budget
                 if stop:
                     break
@@ -347,8 +358,7 @@ class Trainer:
                   if self._epoch_losses else self.last_loss,
                   "images_per_s": clock.images / max(time.time() - clock.started, 1e-9),
                   "train_seconds": time.time() - clock.started}  # this process's share of the epoch
-        # A handler must never see epoch and position half-updated, and the epoch's record goes
-        # with them: a preemption during the k-NN below cannot lose it.
+        # A handler never sees epoch and position half-updated, nor loses the epoch's record to the k-NN below.
         with self._signals.step():
             self.epoch += 1
             self.step_in_epoch = 0
@@ -356,7 +366,7 @@ class Trainer:
         final = self.epoch == cfg.train.epochs
         stop = over_budget and not final
         if stop:
-            self.save_checkpoint()
+            self._checkpoint_together()
         else:
             if not final:  # before the k-NN check (the epoch's checkpoint included); a finished run just ends
                 self._stop_if_asked(started)
@@ -372,13 +382,13 @@ class Trainer:
         if cfg.monitor.knn_every and (self.epoch % cfg.monitor.knn_every == 0 or final):
             t_knn = time.time()
             self.last_knn = self.knn_monitor(full=final and cfg.monitor.full_sets)
-            self.logger.log({"event": "knn", "epoch": record["epoch"], "step": self.step,
-                             "knn_top1": self.last_knn, "knn_seconds": time.time() - t_knn})
+            self.logger.log({"event": "knn", "epoch": record["epoch"], "step": self.step, "knn_top1": self.last_knn,
+                             "knn_seconds": time.time() - t_knn, **self.monitor.group_fields()})
             self.unreadable.log(self.logger, self.step, self.epoch, self.device, self.is_main)
-            msg += f"  knn_top1 {self.last_knn:.2f}" if self.last_knn is not None else ""
+            msg += knn_text(self.last_knn, self.monitor.per_group)
         if self.is_main:
             print(msg, flush=True)
-        self.save_checkpoint()
+        self._checkpoint_together()
 
     def knn_monitor(self, full: bool) -> Optional[float]:
         """The online k-NN top-1 of the backbone now (rank 0's figure; None elsewhere or when off)."""

@@ -90,20 +90,29 @@ def test_two_node_ddp_pretrain(tmp_path, cancel_on_exit):
 
 
 # (c) ---------------------------------------------------------------------------------------------
-def test_preempted_run_requeues_and_matches_uninterrupted(tmp_path, cancel_on_exit):
+def preempt_after_step_3(tmp_path, args, cancel_on_exit, timeout: float, while_running=lambda job: None):
+    """Submit RUN=tmp_path/preempted and its uninterrupted twin tmp_path/reference; once the first
+    passes step 3, call `while_running(job)` and preempt it (SIGTERM + USR2, as SLURM does:
+    checkpoint() saves, the job requeues). Waits for both; returns (the preempted job, its result)."""
     opts = make_options(PRESET)
-    args = ("train.epochs=10",)  # 80 steps
     pre = submit("pretrain", tiny(tmp_path / "preempted", *args), opts)
     ref = submit("pretrain", tiny(tmp_path / "reference", *args), opts)
     job = pre.jobs[0]
     cancel_on_exit.extend([job, ref.jobs[0]])
-
     wait_for(lambda: any(r.get("step", 0) >= 3 and "loss" in r for r in metrics(tmp_path / "preempted")),
-             timeout=90, what="the run to pass step 3")
-    assert lock_holder(tmp_path / "preempted")["slurm_job_id"] == job.job_id  # the job holds RUN/.lock
-    job._interrupt()  # SIGTERM + USR2, as a preemption: checkpoint() saves, the job requeues
-    result = wait_job(job, timeout=150)[0]
-    wait_job(ref.jobs[0], timeout=60)
+             timeout=timeout, what="the run to pass step 3")
+    while_running(job)
+    job._interrupt()
+    result = wait_job(job, timeout=timeout + 60)[0]
+    wait_job(ref.jobs[0], timeout=timeout)
+    return job, result
+
+
+def test_preempted_run_requeues_and_matches_uninterrupted(tmp_path, cancel_on_exit):
+    def holds_the_lock(job):  # the job holds RUN/.lock
+        assert lock_holder(tmp_path / "preempted")["slurm_job_id"] == job.job_id
+
+    job, result = preempt_after_step_3(tmp_path, ("train.epochs=10",), cancel_on_exit, 90, holds_the_lock)  # 80 steps
 
     first, second = wait_for(lambda: starts(tmp_path / "preempted")[:2]
                              if len(starts(tmp_path / "preempted")) >= 2 else None, 5, "two start lines")
@@ -235,3 +244,30 @@ def test_two_task_linear_probe(tmp_path, cancel_on_exit):
     state = torch.load(tmp_path / "probe" / "linear-probe.pt", weights_only=True)
     assert state["epoch"] == 2 and state["world_size"] == 2
     assert "2 process(es)" in Path(str(sub.jobs[0].paths.stdout).replace("%t", "0")).read_text()
+
+
+# (h) ---------------------------------------------------------------------------------------------
+def test_sharded_pretraining_requeues_and_matches_uninterrupted(tmp_path, cancel_on_exit):
+    """Issue 24: `data.name: shards` under SLURM. Preempted mid-epoch, the requeued attempt resumes at
+    the same sample position (the stream order is a function of seed and epoch; its workers skip what
+    was read without decoding it) and ends with the uninterrupted run's weights."""
+    from shard_data import make_folder, make_shards
+
+    manifest = make_shards(make_folder(str(tmp_path / "jpegs"), train_per_class=64, val_per_class=16),
+                           str(tmp_path / "shards"), shard_size_mb=0.1)
+    args = ("data.name=shards", f"data.root={manifest}", "data.subset=null", "data.load_size=32",
+            "augment.image_size=32", "augment.recipe=light", "train.batch_size=32", "moco.queue_size=128",
+            "data.num_workers=2", "data.shard_streams=4", "train.epochs=6", "monitor.knn_every=0")  # 8 steps an epoch
+    job, result = preempt_after_step_3(tmp_path, args, cancel_on_exit, 150)
+
+    first, second = wait_for(lambda: starts(tmp_path / "preempted")[:2]
+                             if len(starts(tmp_path / "preempted")) >= 2 else None, 5, "two start lines")
+    assert first["resumed_from_step"] is None
+    assert 3 <= second["resumed_from_step"] < 48 and second["requeue_count"] == 1, second
+    assert result["summary"]["step"] == 48
+    steps = [r["step"] for r in metrics(tmp_path / "preempted") if "loss" in r and "event" not in r
+             and "images_per_s" not in r]
+    assert sorted(set(steps)) == list(range(1, 49))  # no step lost
+    a, b = model_state(tmp_path / "preempted"), model_state(tmp_path / "reference")
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"weights differ from the uninterrupted run: {different[:5]}"
