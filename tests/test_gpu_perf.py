@@ -156,6 +156,52 @@ def test_workers_are_not_respawned_between_epochs_and_stop_at_close(folder):
         assert not _alive(pid)
 
 
+def _wait_gone(pids) -> None:
+    for pid in pids:
+        for _ in range(200):
+            if not _alive(pid):
+                break
+            time.sleep(0.05)
+        assert not _alive(pid), f"worker {pid} still runs"
+
+
+def test_close_stops_the_workers_of_an_epoch_left_mid_way(folder):
+    crops = PidFolder(build_dataset("imagefolder", folder, "train", None, 32), out_size=16, seed=3, epochs=1)
+    batches = PretrainBatches(crops.folder, crops, 4, 3, True, 2, pin_memory=False)
+    running = batches.epoch(0, 0)
+    next(running)  # a step raised here: the traceback keeps the suspended epoch alive
+    pids = {p for p in crops.pids[0].tolist() if p}
+    assert pids and os.getpid() not in pids
+    batches.close()
+    _wait_gone(pids)
+    with pytest.raises(StopIteration):
+        next(running)  # the epoch ended with close()
+
+
+EXITS_WITHOUT_CLOSE = """
+import os, sys
+sys.path.insert(0, {tests!r})
+from ssl_bf.data import TwoCropFolder, build_dataset
+from ssl_bf.train.batches import PretrainBatches
+crops = TwoCropFolder(build_dataset("imagefolder", {root!r}, "train", None, 32), out_size=16, seed=3)
+batches = PretrainBatches(crops.folder, crops, 4, 3, True, 2, pin_memory=False)
+KEPT = batches.epoch(0, 0)
+next(KEPT)  # mid-epoch, never closed: what a caught exception leaves behind
+print("read one batch", flush=True)
+"""
+
+
+def test_a_program_that_never_closes_its_batches_still_exits(folder):
+    import subprocess
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    code = EXITS_WITHOUT_CLOSE.format(tests=tests, root=folder)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(tests))
+    assert done.returncode == 0, done.stderr
+    assert "read one batch" in done.stdout
+
+
 def test_the_epoch_set_in_the_main_process_reaches_running_workers(folder):
     crops = PidFolder(build_dataset("imagefolder", folder, "train", None, 32), out_size=16, seed=3, epochs=2)
     batches = PretrainBatches(crops.folder, crops, 4, 3, True, 1, pin_memory=False)

@@ -9,6 +9,8 @@ lists changes between epochs and the crops are the ones a fresh DataLoader per e
 """
 from __future__ import annotations
 
+import atexit
+import weakref
 from typing import Iterator, Optional
 
 import torch
@@ -54,10 +56,23 @@ def _worker_ignores_stop_signals(worker_id: int) -> None:
             signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
+_OPEN: "weakref.WeakSet[PretrainBatches]" = weakref.WeakSet()
+
+
+@atexit.register  # registered after multiprocessing's own exit hook, so it runs before it
+def _close_all_at_exit() -> None:
+    """Stop the workers of every PretrainBatches still open when the interpreter exits. Without it
+    multiprocessing's exit hook would SIGTERM them (ignored, see above) and wait for ever: a
+    `pretrain` called from Python that raised mid-epoch would hang the program at exit."""
+    for batches in list(_OPEN):
+        batches.close()
+
+
 class PretrainBatches:
     """This rank's batches of each epoch: uint8 (B, C, H, W) from a tensor dataset, or for image
     folders and shards the pair of uint8 crops ((B, 3, S, S), (B, 3, S, S)) cut in the DataLoader
-    workers from `loader_set`. `close()` stops the workers."""
+    workers from `loader_set`. `close()` stops the workers, also when an epoch is left mid-way
+    (an exception, a stop); the workers of one never closed stop at interpreter exit."""
 
     def __init__(self, train_set, loader_set, batch_size: int, seed: int, crops_in_workers: bool,
                  num_workers: int, pin_memory: bool) -> None:
@@ -68,6 +83,7 @@ class PretrainBatches:
         options = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
                        generator=torch.Generator().manual_seed(seed),  # keeps the global RNG untouched
                        worker_init_fn=_worker_ignores_stop_signals if num_workers > 0 else None)
+        self._running: Optional[Iterator] = None  # the epoch being read: it holds the workers' iterator
         if isinstance(loader_set, ShardCropStream):  # streamed: the order is the stream's
             rank_set = loader_set.rank_stream(dist_utils.rank(), dist_utils.world_size(), batch_size)
             self.loader = DataLoader(rank_set, batch_size=None, **options)
@@ -75,8 +91,17 @@ class PretrainBatches:
             self.sampler = EpochBatchSampler()
             self.loader = DataLoader(loader_set, batch_sampler=self.sampler, **options)
 
+        if self.loader is not None and num_workers > 0:
+            _OPEN.add(self)
+
     def epoch(self, epoch: int, start: int) -> Iterator:
         """The batches of `epoch` from step `start` on."""
+        if self._running is not None:
+            self._running.close()  # an epoch left mid-way (max_steps) ends here
+        self._running = self._epoch(epoch, start)
+        return self._running
+
+    def _epoch(self, epoch: int, start: int) -> Iterator:
         if isinstance(self.loader_set, ShardCropStream):
             self.loader_set.set_position(epoch, start)  # read by the workers when the epoch starts
             yield from self.loader
@@ -94,5 +119,11 @@ class PretrainBatches:
             yield crops1, crops2
 
     def close(self) -> None:
-        """Let the workers go (they are stopped when their DataLoader's iterator is collected)."""
+        """Stop the workers: end the epoch being read (its loop holds the DataLoader's iterator),
+        then drop the DataLoader, whose persistent iterator then sends the workers their stop and
+        joins them."""
+        if self._running is not None:
+            self._running.close()  # GeneratorExit at its `yield`: the loop lets the iterator go
+            self._running = None
         self.loader = None
+        _OPEN.discard(self)
