@@ -170,12 +170,14 @@ def test_close_stops_the_workers_of_an_epoch_left_mid_way(folder):
     batches = PretrainBatches(crops.folder, crops, 4, 3, True, 2, pin_memory=False)
     running = batches.epoch(0, 0)
     next(running)  # a step raised here: the traceback keeps the suspended epoch alive
+    kept = iter(batches.loader)  # as a worker's exception does: torch's frames in its traceback hold this
     pids = {p for p in crops.pids[0].tolist() if p}
     assert pids and os.getpid() not in pids
     batches.close()
     _wait_gone(pids)
     with pytest.raises(StopIteration):
         next(running)  # the epoch ended with close()
+    del kept
 
 
 EXITS_WITHOUT_CLOSE = """
@@ -187,6 +189,7 @@ crops = TwoCropFolder(build_dataset("imagefolder", {root!r}, "train", None, 32),
 batches = PretrainBatches(crops.folder, crops, 4, 3, True, 2, pin_memory=False)
 KEPT = batches.epoch(0, 0)
 next(KEPT)  # mid-epoch, never closed: what a caught exception leaves behind
+KEPT_TOO = iter(batches.loader)  # and torch's iterator, which its frames in a traceback hold
 print("read one batch", flush=True)
 """
 

@@ -7,6 +7,11 @@
   --dry-run` prints) has no public equivalent. submitit is pinned (pyproject.toml, environment.yml);
   a golden script made with that version and a check that the dry-run script is byte for byte the
   one submitit hands to sbatch fail with a message naming the version to re-check.
+- torch's `DataLoader` iterator method `_shutdown_workers` (ssl_bf/train/batches.py
+  `PretrainBatches.close`) stops persistent workers whose iterator an exception's traceback still
+  holds; there is no public way. torch is pinned (scripts/setup.sh, pyproject.toml); a test below
+  fails naming it if the method goes, and tests/test_gpu_perf.py checks that close() stops the
+  workers.
 - No other private name of another library is imported by ssl-bf's packages.
 """
 from __future__ import annotations
@@ -85,6 +90,19 @@ def test_dry_run_script_is_what_submitit_hands_to_sbatch(fake_sbatch, jobs):
     submitted = handles[0].paths.submission_file.read_text()
     assert sbatch_script(folder, params, array=jobs) == submitted, _recheck("the dry-run script differs from the "
                                                                             "script it submits")
+
+
+def test_torch_dataloader_iterators_still_stop_their_workers_with_shutdown_workers():
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(list(range(4)), batch_size=2, num_workers=1, persistent_workers=True)
+    iterator = iter(loader)
+    assert next(iterator).tolist() == [0, 1]
+    assert callable(getattr(iterator, "_shutdown_workers", None)), (
+        f"torch {torch.__version__}: DataLoader iterators no longer have _shutdown_workers, which "
+        "ssl_bf/train/batches.py PretrainBatches.close() calls to stop persistent workers; find the new way")
+    iterator._shutdown_workers()
+    assert not any(w.is_alive() for w in iterator._workers)
 
 
 def test_no_other_private_name_of_another_library_is_imported():

@@ -63,7 +63,7 @@ _OPEN: "weakref.WeakSet[PretrainBatches]" = weakref.WeakSet()
 def _close_all_at_exit() -> None:
     """Stop the workers of every PretrainBatches still open when the interpreter exits. Without it
     multiprocessing's exit hook would SIGTERM them (ignored, see above) and wait for ever: a
-    `pretrain` called from Python that raised mid-epoch would hang the program at exit."""
+    program that called `pretrain` and kept its exception would hang at exit."""
     for batches in list(_OPEN):
         batches.close()
 
@@ -83,7 +83,8 @@ class PretrainBatches:
         options = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
                        generator=torch.Generator().manual_seed(seed),  # keeps the global RNG untouched
                        worker_init_fn=_worker_ignores_stop_signals if num_workers > 0 else None)
-        self._running: Optional[Iterator] = None  # the epoch being read: it holds the workers' iterator
+        self._running: Optional[Iterator] = None  # the epoch being read
+        self._workers = None  # the DataLoader's persistent iterator: it owns the worker processes
         if isinstance(loader_set, ShardCropStream):  # streamed: the order is the stream's
             rank_set = loader_set.rank_stream(dist_utils.rank(), dist_utils.world_size(), batch_size)
             self.loader = DataLoader(rank_set, batch_size=None, **options)
@@ -104,7 +105,7 @@ class PretrainBatches:
     def _epoch(self, epoch: int, start: int) -> Iterator:
         if isinstance(self.loader_set, ShardCropStream):
             self.loader_set.set_position(epoch, start)  # read by the workers when the epoch starts
-            yield from self.loader
+            yield from self._loader_iterator()
             return
         order = epoch_batches(len(self.train_set), self.batch_size * dist_utils.world_size(), epoch, self.seed)
         r = dist_utils.rank()
@@ -115,15 +116,28 @@ class PretrainBatches:
             return
         self.loader_set.set_epoch(epoch)  # the crop geometry is a function of (seed, epoch, index)
         self.sampler.set_batches(mine)
-        for crops1, crops2, _ in self.loader:
+        for crops1, crops2, _ in self._loader_iterator():
             yield crops1, crops2
 
+    def _loader_iterator(self) -> Iterator:
+        """The DataLoader's iterator for a new epoch: with workers, the same (persistent) object
+        every epoch, kept so that close() can stop its workers."""
+        iterator = iter(self.loader)
+        if self.loader.num_workers > 0:
+            self._workers = iterator
+        return iterator
+
     def close(self) -> None:
-        """Stop the workers: end the epoch being read (its loop holds the DataLoader's iterator),
-        then drop the DataLoader, whose persistent iterator then sends the workers their stop and
-        joins them."""
+        """Stop the workers now: end the epoch being read, then have the DataLoader's iterator send
+        its workers their stop and join them. Dropping the DataLoader is not enough: an exception
+        raised while reading a batch keeps the iterator alive in its traceback (torch frames hold
+        it), and with it the workers. `_shutdown_workers` is torch's own stop, the one the
+        iterator's `__del__` calls; torch is pinned and tests/test_private_apis.py watches it."""
         if self._running is not None:
-            self._running.close()  # GeneratorExit at its `yield`: the loop lets the iterator go
+            self._running.close()  # GeneratorExit at its `yield`
             self._running = None
+        workers, self._workers = self._workers, None
         self.loader = None
         _OPEN.discard(self)
+        if workers is not None:
+            workers._shutdown_workers()  # idempotent: __del__ later finds it done
